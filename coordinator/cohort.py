@@ -1,0 +1,82 @@
+"""Sampling the pooled generator and releasing the cohort.
+
+The cohort is post-processing of the averaged DP weights only. Files are
+written to a staging folder and moved into place only once all of them and
+the manifest are complete, so a failure never leaves a partial release.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from protocols.encoding import build_encoding
+from protocols.generator import TabularVAE, build_generator, sample_encoded
+from protocols.manifest import (MANIFEST_NAME, PROVENANCE, SitePrivacySpent, build_manifest,
+                                write_manifest)
+from protocols.plan import StudyPlan
+from protocols.schema import Schema
+
+CSV_NAME = "synthetic.csv"
+PARQUET_NAME = "synthetic.parquet"
+_SAMPLING_SEED_OFFSET = 7919
+
+
+@dataclass(frozen=True)
+class Release:
+    """Where the released files are, and the manifest that describes them."""
+
+    directory: Path
+    manifest: dict
+
+
+def generator_from_state(schema: Schema, plan: StudyPlan,
+                         state: Mapping[str, torch.Tensor]) -> TabularVAE:
+    model = build_generator(build_encoding(schema), plan.hidden, plan.latent, plan.seed)
+    model.load_state_dict(dict(state))
+    return model
+
+
+def sample_cohort(model: TabularVAE, rows: int, seed: int) -> pd.DataFrame:
+    """Draw `rows` synthetic records decoded to the schema's columns and types."""
+    encoded = sample_encoded(model, rows, seed + _SAMPLING_SEED_OFFSET)
+    return model.encoding.decode(encoded)
+
+
+def release_cohort(cohort: pd.DataFrame, out_dir: Path, *, schema: Schema, plan: StudyPlan,
+                   sites: Mapping[str, SitePrivacySpent], contributors: list[str],
+                   engine: str) -> Release:
+    """Write synthetic.csv, synthetic.parquet and manifest.json into `out_dir`, all or nothing."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".fedsynth-release-", dir=out_dir))
+    try:
+        files = {CSV_NAME: staging / CSV_NAME, PARQUET_NAME: staging / PARQUET_NAME}
+        cohort.to_csv(files[CSV_NAME], index=False)
+        _write_parquet(cohort, files[PARQUET_NAME], schema.sha256)
+        manifest = build_manifest(schema_sha256=schema.sha256, plan=plan, sites=sites,
+                                  contributors=contributors, engine=engine, files=files,
+                                  rows=len(cohort))
+        write_manifest(manifest, staging / MANIFEST_NAME)
+        for name in (CSV_NAME, PARQUET_NAME, MANIFEST_NAME):
+            os.replace(staging / name, out_dir / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return Release(directory=out_dir, manifest=manifest)
+
+
+def _write_parquet(cohort: pd.DataFrame, path: Path, schema_sha256: str) -> None:
+    """Parquet with a provenance marker in its metadata, so it is never taken for real data."""
+    table = pa.Table.from_pandas(cohort, preserve_index=False)
+    marker = {"synthetic": True, "provenance": PROVENANCE, "schema_sha256": schema_sha256}
+    metadata = {**(table.schema.metadata or {}), b"fedsynth": json.dumps(marker).encode()}
+    pq.write_table(table.replace_schema_metadata(metadata), path)

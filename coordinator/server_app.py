@@ -1,0 +1,88 @@
+"""The coordinator's Flower ServerApp: the front door of the consortium side.
+
+It wires the small modules together: the study settings from the run config,
+a freshly initialised generator, FedAvg with reply checks (`strategy`), a
+checkpoint and a progress line after every round (`checkpoints`), and the
+release of the sampled cohort with its manifest (`cohort`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Context
+from flwr.serverapp import Grid, ServerApp
+
+from coordinator.checkpoints import save_checkpoint
+from coordinator.cohort import Release, generator_from_state, release_cohort, sample_cohort
+from coordinator.strategy import StudyStrategy
+from coordinator.study import StudySettings
+from protocols import messages as keys
+from protocols.encoding import build_encoding
+from protocols.generator import build_generator
+from protocols.manifest import SitePrivacySpent
+
+log = logging.getLogger(__name__)
+ProgressFn = Callable[[str], None]
+
+
+def build_server_app(overrides: Mapping[str, Any] | None = None,
+                     progress: ProgressFn | None = None,
+                     outcome: dict[str, Any] | None = None) -> ServerApp:
+    """A ServerApp whose run config is `overrides` on top of Flower's run config.
+
+    When `outcome` is given, the release (key "release") or the exception that
+    ended the study (key "error") is left in it for the caller: the simulation
+    engine runs the ServerApp in a thread and does not re-raise its errors.
+    """
+    app = ServerApp()
+    fixed = dict(overrides or {})
+    outcome = {} if outcome is None else outcome
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        try:
+            settings = StudySettings.from_run_config({**context.run_config, **fixed})
+            outcome["release"] = run_study(grid, settings, progress or log.info)
+        except Exception as exc:
+            outcome["error"] = exc
+            raise
+
+    return app
+
+
+def run_study(grid: Grid, settings: StudySettings, progress: ProgressFn) -> Release:
+    """Run every round of the study on `grid`, then release the cohort."""
+    schema, plan = settings.schema, settings.plan
+    model = build_generator(build_encoding(schema), plan.hidden, plan.latent, plan.seed)
+    initial = ArrayRecord(model.state_dict())
+    strategy = StudyStrategy(plan, initial)
+    plan_record = ConfigRecord({**plan.to_config(), keys.SCHEMA_SHA256: schema.sha256})
+    started = time.monotonic()
+
+    def after_round(server_round: int, arrays: ArrayRecord) -> None:
+        if server_round == 0:
+            return None
+        save_checkpoint(settings.out_dir, server_round, arrays, strategy.sites)
+        spent = [s.epsilon_spent for s in strategy.sites.values()]
+        progress(f"round {server_round}/{plan.rounds}: {len(strategy.contributors)} sites, "
+                 f"max epsilon spent {max(spent):.3f} of {plan.epsilon:g}, "
+                 f"{time.monotonic() - started:.1f} s")
+        return None
+
+    result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=plan.rounds,
+                            train_config=plan_record, evaluate_fn=after_round)
+    generator = generator_from_state(schema, plan, result.arrays.to_torch_state_dict())
+    cohort = sample_cohort(generator, plan.rows, plan.seed)
+    sites = {name: SitePrivacySpent(r.epsilon_spent, r.steps_total)
+             for name, r in strategy.sites.items()}
+    release = release_cohort(cohort, settings.out_dir, schema=schema, plan=plan, sites=sites,
+                             contributors=strategy.contributors, engine=settings.engine)
+    progress(f"released {len(cohort)} synthetic rows to {settings.out_dir}")
+    return release
+
+
+app = build_server_app()

@@ -1,0 +1,96 @@
+"""FedAvg over the generator's weights, with the checks a release needs.
+
+Before averaging, every reply is checked: its arrays must have exactly the
+global model's names, shapes and dtypes and be finite, its scalars must be the
+whitelisted ones, and the ε it reports must be within the plan. A reply that
+fails is dropped and logged; the round goes on if at least `min_sites`
+remain, and the study stops otherwise. The strategy remembers, per site, the
+last ε and steps reported, and which sites contributed to the final model.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+from flwr.app import ArrayRecord, Message, MetricRecord
+from flwr.serverapp.strategy import FedAvg
+
+from protocols import messages as keys
+from protocols.errors import FedsynthError
+from protocols.plan import StudyPlan
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SiteReport:
+    """What the coordinator knows about one site: only what it chose to send."""
+
+    epsilon_spent: float
+    steps_total: int
+    last_round: int
+
+
+class StudyStrategy(FedAvg):
+    """FedAvg with reply validation and a per-site privacy record."""
+
+    def __init__(self, plan: StudyPlan, reference: ArrayRecord) -> None:
+        super().__init__(fraction_train=1.0, fraction_evaluate=0.0,
+                         min_train_nodes=plan.min_sites, min_available_nodes=plan.min_sites,
+                         weighted_by_key=keys.WEIGHT)
+        self.plan = plan
+        self._shapes = {name: (a.numpy().shape, a.numpy().dtype) for name, a in reference.items()}
+        self.sites: dict[str, SiteReport] = {}
+        self.contributors: list[str] = []
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        accepted, names = [], []
+        for msg in replies:
+            if msg.has_error():
+                log.warning("round %d: node %s failed: %s", server_round,
+                            msg.metadata.src_node_id, msg.error.reason)
+                continue
+            problem = self._reply_problem(msg)
+            if problem:
+                log.warning("round %d: update from node %s rejected: %s", server_round,
+                            msg.metadata.src_node_id, problem)
+                continue
+            name = str(msg.content[keys.SITE][keys.SITE_NAME])
+            metrics = msg.content[keys.METRICS]
+            self.sites[name] = SiteReport(float(metrics[keys.EPSILON_SPENT]),
+                                          int(metrics[keys.STEPS_TOTAL]), server_round)
+            accepted.append(msg)
+            names.append(name)
+        if len(accepted) < self.plan.min_sites:
+            raise FedsynthError(f"Round {server_round}: only {len(accepted)} site update(s) "
+                                f"were usable, fewer than the plan's min-sites "
+                                f"({self.plan.min_sites}); the study stops here.")
+        self.contributors = sorted(names)
+        return super().aggregate_train(server_round, accepted)
+
+    def _reply_problem(self, msg: Message) -> str | None:
+        content = msg.content
+        if set(content.keys()) != {keys.ARRAYS, keys.METRICS, keys.SITE}:
+            return f"unexpected records {sorted(content.keys())}"
+        if set(content[keys.METRICS].keys()) != keys.REPLY_METRICS:
+            return f"metrics {sorted(content[keys.METRICS].keys())} are not the whitelisted ones"
+        if set(content[keys.SITE].keys()) != keys.REPLY_SITE:
+            return f"site fields {sorted(content[keys.SITE].keys())} are not the whitelisted ones"
+        arrays = content[keys.ARRAYS]
+        if set(arrays.keys()) != set(self._shapes):
+            return "weights do not match the global model's layers"
+        for name, array in arrays.items():
+            value = array.numpy()
+            if (tuple(value.shape), value.dtype) != self._shapes[name]:
+                return f"layer {name} has shape {value.shape} / {value.dtype}"
+            if not np.all(np.isfinite(value)):
+                return f"layer {name} holds NaN or Inf"
+        epsilon = float(content[keys.METRICS][keys.EPSILON_SPENT])
+        if self.plan.private and not (math.isfinite(epsilon) and epsilon <= self.plan.epsilon):
+            return f"reported epsilon {epsilon} exceeds the plan's {self.plan.epsilon}"
+        return None

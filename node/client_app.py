@@ -1,0 +1,76 @@
+"""The node's Flower ClientApp: the front door of the hospital side.
+
+On each training message it loads its own records, checks that the plan is
+for its schema, trains the global generator locally with DP-SGD and replies
+with the weights and the whitelisted scalars of `protocols.messages` — nothing
+else. The steps already run are kept in the node's context state, so the
+accountant covers every round of the study.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from node.site_config import resolve_site
+from node.training import SitePrivacy, train_round
+from protocols import messages as keys
+from protocols.errors import PlanError
+from protocols.generator import build_generator
+from protocols.plan import StudyPlan
+
+log = logging.getLogger(__name__)
+_STATE = "fedsynth-node"
+
+
+def build_client_app(overrides: Mapping[str, Any] | None = None) -> ClientApp:
+    """A ClientApp whose run config is `overrides` on top of Flower's run config."""
+    app = ClientApp()
+    fixed = dict(overrides or {})
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        run_config = {**context.run_config, **fixed}
+        return _train(msg, context, run_config)
+
+    return app
+
+
+def _train(msg: Message, context: Context, run_config: Mapping[str, Any]) -> Message:
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore", message="Full backward hook is firing")
+    plan_config = dict(msg.content[keys.PLAN])
+    schema, site = resolve_site(context.node_config, run_config).load()
+    if plan_config.get(keys.SCHEMA_SHA256) != schema.sha256:
+        raise PlanError(f"Site {site.name} refuses the plan: it is for schema "
+                        f"{plan_config.get(keys.SCHEMA_SHA256)}, but this site's schema is "
+                        f"{schema.sha256}.")
+    plan = StudyPlan.from_config(plan_config)
+    state = context.state.config_records.get(_STATE, ConfigRecord({keys.STEPS_TOTAL: 0}))
+    model = build_generator(site.encoding, plan.hidden, plan.latent, plan.seed)
+    model.load_state_dict(msg.content[keys.ARRAYS].to_torch_state_dict())
+    privacy = SitePrivacy.for_site(plan, site.n_records, site.name)
+    outcome = train_round(model, site.encoded, plan, privacy, int(state[keys.STEPS_TOTAL]))
+    context.state.config_records[_STATE] = ConfigRecord({keys.STEPS_TOTAL: outcome.steps_total})
+    log.info("site %s: round %s, %d steps, epsilon spent %.3f", site.name,
+             plan_config.get(keys.SERVER_ROUND), outcome.steps, outcome.epsilon)
+    reply = RecordDict({
+        keys.ARRAYS: ArrayRecord(model.state_dict()),
+        keys.METRICS: MetricRecord({
+            keys.WEIGHT: 1.0,
+            keys.STEPS: outcome.steps,
+            keys.STEPS_TOTAL: outcome.steps_total,
+            keys.EPSILON_SPENT: outcome.epsilon,
+        }),
+        keys.SITE: ConfigRecord({keys.SITE_NAME: site.name}),
+    })
+    return Message(content=reply, reply_to=msg)
+
+
+app = build_client_app()

@@ -1,0 +1,74 @@
+"""Where a node finds its schema and records.
+
+Deployment: the SuperNode's node config names them (`schema-path`,
+`data-path`, optionally `site-name`). Simulation: the run config lists one
+file per simulated site (`site-data`, joined with the OS path separator) and
+the node's `partition-id` picks its own. A simulated node with no file falls
+back to the built-in demo registry, so `flwr run .` works out of the box; a
+deployed node never does, it must be told where its records are.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from node.site_data import SiteData, encode_site, load_site
+from protocols.demo_registry import simulate_registry
+from protocols.errors import FedsynthError
+from protocols.records import validate_records
+from protocols.schema import Schema, load_schema, parse_schema
+
+
+@dataclass(frozen=True)
+class SiteSource:
+    """The files (or demo site) a node trains on."""
+
+    schema_path: str | None
+    data_path: str | None
+    site_name: str
+    demo_partition: int | None = None
+    demo_sites: int = 0
+
+    def load(self) -> tuple[Schema, SiteData]:
+        if self.demo_partition is not None:
+            return _demo_site(self.demo_partition, self.demo_sites)
+        schema = load_schema(self.schema_path)
+        return schema, load_site(self.data_path, schema, name=self.site_name)
+
+
+def resolve_site(node_config: Mapping[str, Any], run_config: Mapping[str, Any]) -> SiteSource:
+    """Decide which records this node trains on, from its node and run config."""
+    if node_config.get("data-path"):
+        data = str(node_config["data-path"])
+        return SiteSource(str(node_config.get("schema-path", "")), data,
+                          str(node_config.get("site-name") or Path(data).stem))
+    if "partition-id" not in node_config:
+        raise FedsynthError("This node has no 'data-path' in its node config: tell the "
+                            "SuperNode where the site's records are (--node-config).")
+    partition = int(node_config["partition-id"])
+    files = [f for f in str(run_config.get("site-data", "")).split(os.pathsep) if f]
+    if not files:
+        return SiteSource(None, None, "", demo_partition=partition,
+                          demo_sites=int(node_config.get("num-partitions", 1)))
+    if partition >= len(files):
+        raise FedsynthError(f"Simulated node {partition} has no data file: the run lists "
+                            f"{len(files)} site file(s).")
+    return SiteSource(str(run_config["schema-path"]), files[partition], Path(files[partition]).stem)
+
+
+def _demo_site(partition: int, n_partitions: int) -> tuple[Schema, SiteData]:
+    registry = simulate_registry(n_sites=min(12, max(5, n_partitions)))
+    schema = parse_schema(registry.schema_yaml, source="built-in demo registry")
+    if partition >= len(registry.sites):
+        raise FedsynthError(f"The built-in registry has {len(registry.sites)} hospitals; "
+                            f"simulated node {partition} has none. Use at most 12 nodes.")
+    name, frame = list(registry.sites.items())[partition]
+    text = frame.drop(columns=[c.name for c in schema.identifiers]).astype(object)
+    text = text.where(frame.notna(), "").astype(str)
+    validation = validate_records(text, schema, source=name)
+    validation.raise_if_invalid()
+    return schema, encode_site(validation.parsed, schema, name)

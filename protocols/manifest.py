@@ -1,0 +1,87 @@
+"""The manifest that travels with every released cohort.
+
+It states what the files are (synthetic, never real records), which data
+contract they follow (schema SHA-256), how private they are (per-site ε spent
+and δ, the plan, the accountant), how they were made (engine, rounds, sites,
+seed, fedsynth version) and the SHA-256 of each cohort file, so any change to
+a file is detectable.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from protocols import __version__
+from protocols.accounting import ACCOUNTANT
+from protocols.plan import StudyPlan
+
+MANIFEST_NAME = "manifest.json"
+PROVENANCE = "fedsynth synthetic cohort: generated, not real patient records"
+
+
+@dataclass(frozen=True)
+class SitePrivacySpent:
+    """One site's privacy cost as reported by its own accountant."""
+
+    epsilon: float
+    steps: int
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def build_manifest(*, schema_sha256: str, plan: StudyPlan, sites: Mapping[str, SitePrivacySpent],
+                   contributors: list[str], engine: str, files: Mapping[str, Path],
+                   rows: int) -> dict[str, Any]:
+    """The manifest as plain JSON values (ε of a non-private study is null)."""
+    return {
+        "synthetic": True,
+        "provenance": PROVENANCE,
+        "fedsynth_version": __version__,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "schema_sha256": schema_sha256,
+        "engine": engine,
+        "rows": rows,
+        "seed": plan.seed,
+        "rounds": plan.rounds,
+        "n_sites": len(sites),
+        "contributors": sorted(contributors),
+        "privacy": {
+            "private": plan.private,
+            "guarantee": ("record-level (epsilon, delta)-DP per site over the whole study, "
+                          "DP-SGD with Poisson sampling" if plan.private else
+                          "none: trained without differential privacy (reference only)"),
+            "accountant": ACCOUNTANT if plan.private else None,
+            "epsilon_target_per_site": _finite_or_none(plan.epsilon),
+            "delta_per_site": plan.delta if plan.private else None,
+            "sites": {name: {"epsilon_spent": _finite_or_none(spent.epsilon),
+                             "delta": plan.delta if plan.private else None,
+                             "steps": spent.steps}
+                      for name, spent in sorted(sites.items())},
+        },
+        "plan": {k: _finite_or_none(v) for k, v in plan.to_config().items()},
+        "files": {name: {"sha256": file_sha256(path), "bytes": path.stat().st_size}
+                  for name, path in sorted(files.items())},
+    }
+
+
+def write_manifest(manifest: Mapping[str, Any], path: Path) -> None:
+    path.write_text(json.dumps(manifest, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+
+
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

@@ -1,0 +1,94 @@
+"""The study plan: what every site agrees to before round 1.
+
+The plan fixes the privacy target (ε, δ per site over the whole study), the
+training schedule, the generator's size and the cohort to release. It travels
+with every training message as a flat `ConfigRecord`, together with the schema
+hash, so a node can check that it is training the study it agreed to.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from protocols.errors import PlanError
+
+
+@dataclass(frozen=True)
+class StudyPlan:
+    """Study-wide settings. `epsilon=inf` trains the same generator without DP."""
+
+    epsilon: float = 3.0
+    delta: float = 1e-5
+    rounds: int = 15
+    local_steps: int = 10
+    batch_size: int = 32
+    learning_rate: float = 2e-3
+    max_grad_norm: float = 1.0
+    hidden: int = 128
+    latent: int = 16
+    rows: int = 1000
+    seed: int = 0
+    min_sites: int = 2
+
+    def __post_init__(self) -> None:
+        check_plan(self)
+
+    @property
+    def private(self) -> bool:
+        return math.isfinite(self.epsilon)
+
+    @property
+    def total_steps(self) -> int:
+        """DP-SGD steps each site runs over the whole study (all rounds)."""
+        return self.rounds * self.local_steps
+
+    def to_config(self) -> dict[str, Any]:
+        """Flat dash-keyed values, as carried in a Flower ConfigRecord."""
+        return {name.replace("_", "-"): value for name, value in asdict(self).items()}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> StudyPlan:
+        """Build a plan from dash- or underscore-keyed values, ignoring other keys."""
+        known = {f.name: f.type for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for key, value in config.items():
+            name = str(key).replace("-", "_")
+            if name in known:
+                values[name] = _coerce(name, value, cls.__dataclass_fields__[name].default)
+        return cls(**values)
+
+    def with_overrides(self, **changes: Any) -> StudyPlan:
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def _coerce(name: str, value: Any, default: Any) -> Any:
+    try:
+        if isinstance(default, int) and not isinstance(default, bool):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        return float(value)
+    except (TypeError, ValueError):
+        raise PlanError(f"Study plan: {name.replace('_', '-')} = {value!r} is not a "
+                        f"valid {type(default).__name__}.") from None
+
+
+def check_plan(plan: StudyPlan) -> None:
+    """Refuse a plan that cannot give a meaningful study."""
+    rules = [
+        (plan.epsilon > 0, "epsilon must be positive (or inf for the non-private reference)"),
+        (0 < plan.delta < 1, "delta must lie strictly between 0 and 1"),
+        (plan.rounds >= 1, "rounds must be at least 1"),
+        (plan.local_steps >= 1, "local-steps must be at least 1"),
+        (plan.batch_size >= 1, "batch-size must be at least 1"),
+        (plan.learning_rate > 0, "learning-rate must be positive"),
+        (plan.max_grad_norm > 0, "max-grad-norm must be positive"),
+        (plan.hidden >= 4 and plan.latent >= 1, "hidden must be >= 4 and latent >= 1"),
+        (plan.rows >= 1, "rows must be at least 1"),
+        (plan.min_sites >= 1, "min-sites must be at least 1"),
+    ]
+    for holds, rule in rules:
+        if not holds:
+            raise PlanError(f"Study plan is invalid: {rule} (plan: {plan.to_config()}).")
