@@ -10,7 +10,15 @@ on one likelihood loss: all the privacy budget goes into the model that is
 released, training is stable under heavy gradient noise, and averaging weights
 across sites (FedAvg) behaves well. A DP-GAN spends its budget on a
 discriminator that is thrown away, and its adversarial game is fragile under
-noise and under weight averaging of non-IID sites. MEASUREMENT_NOTE
+noise and under weight averaging of non-IID sites.
+
+What was measured (in-process FedAvg of the real node training code over the
+six built-in hospitals, mean per-column shape agreement, 1 − TV or 1 − KS):
+the first defaults (hidden 128, batch 32, lr 0.002, 15×10 steps) scored 0.80
+at ε = 3; a smaller model with larger Poisson batches and a higher learning
+rate (hidden 64, latent 8, batch 64, lr 0.005, 15×20 steps, the plan's
+defaults) scored 0.84, against 0.87 for the same model without DP. A DP-GAN
+was not measured side by side yet: that comparison belongs to the benchmark.
 
 The heads follow the encoding (`protocols.encoding`): a Gaussian (mean, log
 σ) per continuous value, logits per one-hot block and per missingness slot.

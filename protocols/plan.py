@@ -22,12 +22,12 @@ class StudyPlan:
     epsilon: float = 3.0
     delta: float = 1e-5
     rounds: int = 15
-    local_steps: int = 10
-    batch_size: int = 32
-    learning_rate: float = 2e-3
+    local_steps: int = 20
+    batch_size: int = 64
+    learning_rate: float = 5e-3
     max_grad_norm: float = 1.0
-    hidden: int = 128
-    latent: int = 16
+    hidden: int = 64
+    latent: int = 8
     rows: int = 1000
     seed: int = 0
     min_sites: int = 2

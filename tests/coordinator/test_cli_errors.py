@@ -1,0 +1,77 @@
+"""Bad input to the CLIs: one paragraph, non-zero exit, no traceback, no output."""
+
+import subprocess
+import sys
+
+import pytest
+
+from coordinator.cli import main as coordinator_main
+from node.cli import main as node_main
+
+
+@pytest.fixture
+def files(tmp_path, demo_registry):
+    schema = tmp_path / "schema.yaml"
+    schema.write_text(demo_registry.schema_yaml)
+    good = tmp_path / "good.csv"
+    demo_registry.sites["hospital-01"].to_csv(good, index=False)
+    bad = tmp_path / "bad.csv"
+    frame = demo_registry.sites["hospital-02"].copy()
+    frame.loc[frame.index[4], "subtype"] = "unknown-subtype"
+    frame.to_csv(bad, index=False)
+    return schema, good, bad
+
+
+def test_simulate_refuses_a_bad_site_file_before_running_anything(files, tmp_path, capsys):
+    schema, good, bad = files
+    out = tmp_path / "out"
+    code = coordinator_main(["simulate", "--schema", str(schema), "--data", str(good),
+                             "--data", str(bad), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "bad.csv: row 5, column 'subtype', value 'unknown-subtype'" in err
+    assert "not one of the declared categories" in err
+    assert not out.exists()
+
+
+def test_simulate_refuses_delta_not_below_one_over_n(files, tmp_path, capsys):
+    schema, good, _ = files
+    code = coordinator_main(["simulate", "--schema", str(schema), "--data", str(good),
+                             "--data", str(good.with_name("good.csv")), "--out",
+                             str(tmp_path / "o"), "--min-sites", "1", "--delta", "0.1"])
+    assert code == 2
+    assert "good" in capsys.readouterr().err
+
+
+def test_simulate_refuses_a_contradictory_schema(files, tmp_path, capsys):
+    _, good, _ = files
+    schema = tmp_path / "broken.yaml"
+    schema.write_text("columns:\n  - {name: age, type: integer, min: 90, max: 0}\n")
+    code = coordinator_main(["simulate", "--schema", str(schema), "--data", str(good),
+                             "--out", str(tmp_path / "o"), "--min-sites", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "column 'age'" in err and "greater than max" in err
+
+
+def test_node_check_names_file_row_column_value_and_rule(files, capsys):
+    schema, _, bad = files
+    assert node_main(["check", "--schema", str(schema), "--data", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert "row 5, column 'subtype', value 'unknown-subtype'" in err and "1 problem(s)" in err
+
+
+def test_node_check_accepts_a_valid_file(files, capsys):
+    schema, good, _ = files
+    assert node_main(["check", "--schema", str(schema), "--data", str(good)]) == 0
+    assert "all valid" in capsys.readouterr().out
+
+
+def test_errors_reach_the_user_without_a_traceback(files, tmp_path):
+    schema, _, _ = files
+    result = subprocess.run(
+        [sys.executable, "-c", "import sys; from node.cli import main; sys.exit(main())",
+         "check", "--schema", str(schema), "--data", str(tmp_path / "missing.csv")],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "missing.csv does not exist" in result.stderr

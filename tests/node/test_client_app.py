@@ -1,0 +1,92 @@
+"""The node's ClientApp, called the way Flower calls it, on real files."""
+
+import math
+
+import pytest
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+
+from node.client_app import build_client_app
+from protocols import messages as keys
+from protocols.encoding import build_encoding
+from protocols.errors import BudgetError, PlanError, RecordError
+from protocols.generator import build_generator
+from protocols.plan import StudyPlan
+
+@pytest.fixture(autouse=True)
+def task_identity():
+    """Flower stamps messages with the running task's identity, as its engines set it."""
+    from flwr.supercore.task_identity import TaskIdentity
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
+
+
+PLAN = StudyPlan(epsilon=2.0, rounds=2, local_steps=3, batch_size=16, hidden=16, latent=4)
+
+
+def _message(schema, plan=PLAN, schema_hash=None):
+    model = build_generator(build_encoding(schema), plan.hidden, plan.latent, plan.seed)
+    config = ConfigRecord({**plan.to_config(), keys.SCHEMA_SHA256: schema_hash or schema.sha256,
+                           keys.SERVER_ROUND: 1})
+    content = RecordDict({keys.ARRAYS: ArrayRecord(model.state_dict()), keys.PLAN: config})
+    return Message(content=content, dst_node_id=1, message_type="train"), model
+
+
+def _context(schema_path, data_path):
+    return Context(run_id=1, node_id=1, node_config={"schema-path": str(schema_path),
+                                                     "data-path": str(data_path)},
+                   state=RecordDict(), run_config={})
+
+
+@pytest.fixture
+def site_files(tmp_path, demo_registry):
+    schema_path = tmp_path / "schema.yaml"
+    schema_path.write_text(demo_registry.schema_yaml)
+    data_path = tmp_path / "hospital-03.csv"
+    demo_registry.sites["hospital-03"].to_csv(data_path, index=False)
+    return schema_path, data_path
+
+
+def test_reply_holds_only_weights_of_the_global_shapes_and_whitelisted_scalars(
+        site_files, demo_schema):
+    msg, model = _message(demo_schema)
+    reply = build_client_app()(msg, _context(*site_files))
+    assert not reply.has_error()
+    assert set(reply.content.keys()) == {keys.ARRAYS, keys.METRICS, keys.SITE}
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert {k: tuple(a.numpy().shape) for k, a in reply.content[keys.ARRAYS].items()} == shapes
+    metrics = reply.content[keys.METRICS]
+    assert set(metrics.keys()) == keys.REPLY_METRICS
+    assert metrics[keys.WEIGHT] == 1.0  # no row count leaves the node
+    assert 0 < metrics[keys.EPSILON_SPENT] <= PLAN.epsilon
+    assert dict(reply.content[keys.SITE]) == {keys.SITE_NAME: "hospital-03"}
+
+
+def test_node_keeps_counting_steps_across_rounds(site_files, demo_schema):
+    app, context = build_client_app(), _context(*site_files)
+    first = app(_message(demo_schema)[0], context).content[keys.METRICS]
+    second = app(_message(demo_schema)[0], context).content[keys.METRICS]
+    assert second[keys.STEPS_TOTAL] == 2 * first[keys.STEPS_TOTAL] == PLAN.total_steps
+    assert first[keys.EPSILON_SPENT] < second[keys.EPSILON_SPENT] <= PLAN.epsilon
+    with pytest.raises(BudgetError, match="exceed"):
+        app(_message(demo_schema)[0], context)
+
+
+def test_node_refuses_a_plan_for_another_schema(site_files, demo_schema):
+    msg, _ = _message(demo_schema, schema_hash="0" * 64)
+    with pytest.raises(PlanError, match="refuses the plan"):
+        build_client_app()(msg, _context(*site_files))
+
+
+def test_node_refuses_records_that_break_the_schema(site_files, demo_schema):
+    schema_path, data_path = site_files
+    text = data_path.read_text().splitlines()
+    fields = text[1].split(",")
+    fields[1] = "130"  # age_at_diagnosis above the declared max of 90
+    data_path.write_text("\n".join([text[0], ",".join(fields), *text[2:]]) + "\n")
+    with pytest.raises(RecordError, match=r"row 1, column 'age_at_diagnosis', value '130'"):
+        build_client_app()(_message(demo_schema)[0], _context(schema_path, data_path))
+
+
+def test_non_private_plan_reports_infinite_epsilon(site_files, demo_schema):
+    plan = StudyPlan(epsilon=math.inf, rounds=1, local_steps=2, hidden=16, latent=4)
+    reply = build_client_app()(_message(demo_schema, plan)[0], _context(*site_files))
+    assert math.isinf(reply.content[keys.METRICS][keys.EPSILON_SPENT])
