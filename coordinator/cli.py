@@ -85,7 +85,7 @@ def _summarise(release: Release) -> None:
         print("privacy: NONE — trained without differential privacy; do not share this cohort.")
         return
     for name, site in privacy["sites"].items():
-        print(f"  {name}: epsilon spent {site['epsilon_spent']:.3f} "
+        print(f"  {name}: epsilon spent {site['epsilon_spent']:.4f} "
               f"(target {privacy['epsilon_target_per_site']:g}), delta {site['delta']:g}")
 
 

@@ -25,7 +25,8 @@ from protocols.encoding import build_encoding
 from protocols.generator import build_generator
 from protocols.manifest import SitePrivacySpent
 
-log = logging.getLogger(__name__)
+# Under `flwr run` only Flower's own logger reaches the operator's console.
+_FLOWER_LOG = logging.getLogger("flwr")
 ProgressFn = Callable[[str], None]
 
 
@@ -46,7 +47,7 @@ def build_server_app(overrides: Mapping[str, Any] | None = None,
     def main(grid: Grid, context: Context) -> None:
         try:
             settings = StudySettings.from_run_config({**context.run_config, **fixed})
-            outcome["release"] = run_study(grid, settings, progress or log.info)
+            outcome["release"] = run_study(grid, settings, progress or _FLOWER_LOG.info)
         except Exception as exc:
             outcome["error"] = exc
             raise
@@ -69,7 +70,7 @@ def run_study(grid: Grid, settings: StudySettings, progress: ProgressFn) -> Rele
         save_checkpoint(settings.out_dir, server_round, arrays, strategy.sites)
         spent = [s.epsilon_spent for s in strategy.sites.values()]
         progress(f"round {server_round}/{plan.rounds}: {len(strategy.contributors)} sites, "
-                 f"max epsilon spent {max(spent):.3f} of {plan.epsilon:g}, "
+                 f"max epsilon spent {max(spent):.4f} of {plan.epsilon:g}, "
                  f"{time.monotonic() - started:.1f} s")
         return None
 
