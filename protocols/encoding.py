@@ -141,7 +141,8 @@ def scale(col: Column, values: np.ndarray) -> np.ndarray:
 def unscale(col: Column, unit: np.ndarray) -> np.ndarray:
     """Inverse of `scale`, clipped into the declared domain (post-processing only)."""
     unit = np.clip(np.nan_to_num(unit.astype(float), nan=0.5), 0.0, 1.0)
-    return col.low + unit * (col.high - col.low)
+    # Clip again: low + 1.0 * (high - low) can round a few ulps past high.
+    return np.clip(col.low + unit * (col.high - col.low), col.low, col.high)
 
 
 def _discrete_series(col: Column, codes: np.ndarray, missing: np.ndarray) -> pd.Series:

@@ -117,10 +117,26 @@ def load_schema(path: str | Path) -> Schema:
     return parse_schema(text, source=str(path))
 
 
+class _SchemaLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that an impossible unquoted date (2021-02-30)
+    is a YAML error with its position instead of a bare ValueError."""
+
+
+def _construct_timestamp(loader: _SchemaLoader, node: yaml.Node) -> Any:
+    try:
+        return yaml.SafeLoader.construct_yaml_timestamp(loader, node)
+    except ValueError as exc:
+        raise yaml.constructor.ConstructorError(
+            None, None, f"{node.value!r} is not a real date ({exc})", node.start_mark) from None
+
+
+_SchemaLoader.add_constructor("tag:yaml.org,2002:timestamp", _construct_timestamp)
+
+
 def parse_schema(text: str, source: str = "<schema>") -> Schema:
     """Parse schema YAML text into a `Schema`, refusing any contradiction."""
     try:
-        doc = yaml.safe_load(text)
+        doc = yaml.load(text, Loader=_SchemaLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise SchemaError(f"Schema {source} is not valid YAML: {exc}".rstrip(".") + ".") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("columns"), list):

@@ -1,0 +1,50 @@
+"""Shared fixtures: the demo data dictionary, a CSV writer into tmp_path, hypothesis settings."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from hypothesis import settings
+from hypothesis.configuration import set_hypothesis_home_dir
+
+from protocols.demo_registry import DemoRegistry, simulate_registry
+from protocols.schema import Schema, parse_schema
+
+# Fast property tests with no example database; hypothesis' other caches (charmap,
+# constants) go to the system temp directory rather than `.hypothesis/` in the repo.
+settings.register_profile("ci", deadline=None, max_examples=60, database=None)
+settings.load_profile("ci")
+if not os.environ.get("HYPOTHESIS_STORAGE_DIRECTORY"):
+    set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "fedsynth-hypothesis")
+
+
+@pytest.fixture(scope="session")
+def demo_registry() -> DemoRegistry:
+    """The built-in simulated registry (schema YAML plus one frame per hospital)."""
+    return simulate_registry()
+
+
+@pytest.fixture(scope="session")
+def demo_schema(demo_registry: DemoRegistry) -> Schema:
+    """The demo registry's data dictionary, parsed by the real schema parser."""
+    return parse_schema(demo_registry.schema_yaml, source="demo-schema.yaml")
+
+
+@pytest.fixture
+def write_csv(tmp_path: Path) -> Callable[..., Path]:
+    """`write_csv(frame, name="records.csv", **to_csv_kwargs)` writes `frame` under tmp_path.
+
+    The index is never written; the path of the new file is returned.
+    """
+
+    def write(frame: pd.DataFrame, name: str = "records.csv", **to_csv_kwargs) -> Path:
+        path = tmp_path / name
+        frame.to_csv(path, index=False, **to_csv_kwargs)
+        return path
+
+    return write
