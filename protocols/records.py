@@ -81,28 +81,29 @@ def read_table(path: str | Path) -> pd.DataFrame:
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
+    """Parse with the csv module so every row's field count can be checked:
+    a short row is an error, never silently padded with empty cells."""
     try:
         with path.open(encoding="utf-8-sig", newline="") as handle:
-            header = next(csv.reader(handle), None)
+            rows = [row for row in csv.reader(handle, strict=True) if row]
     except UnicodeDecodeError:
         raise RecordError(f"{path} is not UTF-8 text (is it a CSV file?).") from None
-    if not header or all(not h.strip() for h in header):
+    except csv.Error as exc:
+        raise RecordError(f"{path} cannot be parsed as comma-separated values: {exc}.") from None
+    if not rows or all(not h.strip() for h in rows[0]):
         raise RecordError(f"{path} is empty: expected a header line and at least one record.")
+    header = [h.strip() for h in rows[0]]
     _check_header(path, header)
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False,
-                            encoding="utf-8-sig", skipinitialspace=False)
-    except (pd.errors.ParserError, ValueError) as exc:
-        raise RecordError(f"{path} cannot be parsed as comma-separated values: "
-                          f"{str(exc).strip()}.") from None
-    frame.columns = [c.strip() for c in header]
-    if frame.empty:
+    for number, row in enumerate(rows[1:], start=1):
+        if len(row) != len(header):
+            raise RecordError(f"{path}: row {number} has {len(row)} field(s) but the header has "
+                              f"{len(header)}; every row must have one value per column.")
+    if len(rows) == 1:
         raise RecordError(f"{path} has a header but no records.")
-    return frame
+    return pd.DataFrame(rows[1:], columns=header, dtype=object)
 
 
-def _check_header(path: Path, header: list[str]) -> None:
-    names = [h.strip() for h in header]
+def _check_header(path: Path, names: list[str]) -> None:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise RecordError(f"{path}: header, column '{dupes[0]}' appears more than once; "

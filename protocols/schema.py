@@ -27,6 +27,8 @@ from protocols.errors import SchemaError
 
 COLUMN_TYPES = ("numeric", "integer", "categorical", "boolean", "date", "identifier")
 BOUNDED_TYPES = ("numeric", "integer", "date")
+MAX_BOUND = 1e15  # float32 encoding and float64 spans stay meaningful below this
+_CONTROL_CHARACTERS = {chr(c) for c in range(32)} | {chr(127)}
 _COLUMN_KEYS = {"name", "type", "min", "max", "categories", "nullable", "description"}
 _SCHEMA_KEYS = {"name", "description", "columns"}
 
@@ -151,7 +153,9 @@ def parse_schema(text: str, source: str = "<schema>") -> Schema:
     columns = tuple(_parse_column(entry, i, source) for i, entry in enumerate(doc["columns"]))
     _check_columns(columns, source)
     return Schema(
-        name=str(doc.get("name") or Path(source).stem),
+        # No fallback to the file name: the name is part of the hash, and the same
+        # contract saved under two file names must keep one hash.
+        name=str(doc.get("name") or ""),
         columns=columns,
         description=str(doc.get("description") or ""),
     )
@@ -217,12 +221,24 @@ def _parse_bounds(entry: dict[str, Any], ctype: str, where: str) -> tuple[float,
     high = _parse_bound(entry["max"], ctype, f"{where}, max")
     if low > high:
         raise SchemaError(f"{where}: min {entry['min']} is greater than max {entry['max']}.")
+    if not math.isfinite(float(high) - float(low)) or max(abs(low), abs(high)) > MAX_BOUND:
+        raise SchemaError(f"{where}: bounds [{entry['min']}, {entry['max']}] are too large; "
+                          f"use bounds within ±{MAX_BOUND:g} (rescale the unit if needed).")
     return low, high
+
+
+def _number_from_text(text: str) -> Any:
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def _parse_bound(value: Any, ctype: str, where: str) -> float:
     if ctype == "date":
         return float(parse_date_days(value, where))
+    if isinstance(value, str):
+        value = _number_from_text(value)  # YAML 1.1 reads 1e5 (no dot) as text
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise SchemaError(f"{where}: {value!r} is not a number.")
     if not math.isfinite(value):
@@ -245,6 +261,9 @@ def _parse_categories(raw: Any, where: str) -> tuple[str, ...]:
         label = str(item)
         if label.strip() != label or not label:
             raise SchemaError(f"{where}: category {label!r} is empty or has surrounding spaces.")
+        if any(ch in label for ch in _CONTROL_CHARACTERS):
+            raise SchemaError(f"{where}: category {label!r} contains a line break or control "
+                              "character, which cannot be written safely to CSV.")
         if label in labels:
             raise SchemaError(f"{where}: category {label!r} is listed twice.")
         labels.append(label)

@@ -107,3 +107,20 @@ def test_non_private_reference_says_it_is_not_private(sites, tmp_path):
     assert all(s["epsilon_spent"] is None for s in manifest["privacy"]["sites"].values())
     assert "NONE" in result.stdout
     assert not math.isnan(manifest["rows"])
+
+
+def test_cohort_keeps_every_declared_category_alive(private_study, sites):
+    """Categories are sampled from the decoder's softmax, so none is erased."""
+    import torch
+
+    from coordinator.cohort import generator_from_state, sample_cohort
+    from protocols.plan import StudyPlan
+
+    out, _ = private_study
+    schema = parse_schema(sites[0].read_text())
+    plan = StudyPlan(rounds=2, local_steps=3, rows=300, seed=5)
+    state = torch.load(out / "checkpoints" / "round-0002.pt")
+    cohort = sample_cohort(generator_from_state(schema, plan, state), rows=20000, seed=1)
+    for column in schema.features:
+        if column.type == "categorical":
+            assert set(cohort[column.name].dropna()) == set(column.categories), column.name

@@ -33,7 +33,7 @@ FALSE_SPELLINGS = ("false", "0", "no", "f", "n", "FALSE", "No", " n ")
 
 # --- strategies -----------------------------------------------------------------------------
 
-_LABELS = st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_size=6).filter(
+_LABELS = st.text(st.characters(exclude_categories=("Cs", "Cc")), min_size=1, max_size=6).filter(
     lambda s: s.strip() == s)
 
 

@@ -229,7 +229,7 @@ def test_non_utf8_file_raises_record_error(tmp_path: Path) -> None:
 
 def test_row_with_too_many_fields_raises_record_error(tmp_path: Path) -> None:
     path = _write_text(tmp_path / "ragged.csv", "a,b\n1,2\n3,4,5\n")
-    with pytest.raises(RecordError, match="ragged.csv cannot be parsed as comma-separated"):
+    with pytest.raises(RecordError, match=r"ragged.csv: row 2 has 3 field\(s\) but the header has 2"):
         read_table(path)
 
 
@@ -378,3 +378,10 @@ def test_validator_never_crashes_on_arbitrary_text_in_a_real_csv_file(
     frame.to_csv(path, index=False, lineterminator="\r\n")
     validation = check_file(path, demo_schema)
     _assert_sound(validation, frame, demo_schema)
+
+
+def test_short_row_is_refused_not_padded(tmp_path):
+    path = tmp_path / "short.csv"
+    path.write_text("a,b,c\n1,2,3\n4,5\n")
+    with pytest.raises(RecordError, match=r"row 2 has 2 field\(s\) but the header has 3"):
+        read_table(path)
