@@ -50,7 +50,7 @@ def simulate_study(schema_path: Path, data_paths: Sequence[Path], plan: StudyPla
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         run_simulation(server_app=server, client_app=client, num_supernodes=len(data_paths),
-                       backend_config=_backend_config())
+                       backend_config=loopback_backend_config())
     if "error" in outcome:
         error = outcome["error"]
         raise error if isinstance(error, FedsynthError) else FedsynthError(
@@ -84,7 +84,7 @@ def _load_client_factory():
     return getattr(importlib.import_module(module_name), attr)
 
 
-def _backend_config() -> dict[str, Any]:
+def loopback_backend_config() -> dict[str, Any]:
     """Ray on loopback only, quiet, one CPU per simulated node."""
     return {
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},

@@ -31,7 +31,8 @@ from opacus.grad_sample import GradSampleModule
 from opacus.optimizers import DPOptimizer
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 
-from protocols.accounting import check_delta, noise_multiplier_for, sample_rate_for
+from protocols.accounting import (accountant_epsilon, check_delta, noise_multiplier_for,
+                                  sample_rate_for)
 from protocols.errors import BudgetError
 from protocols.generator import TabularVAE, per_record_loss
 from protocols.plan import StudyPlan
@@ -89,7 +90,7 @@ def train_round(model: TabularVAE, data: np.ndarray, plan: StudyPlan, privacy: S
     if plan.private:
         module.remove_hooks()
     steps_total = steps_before + plan.local_steps
-    epsilon = accountant.get_epsilon(plan.delta) if accountant else float("inf")
+    epsilon = accountant_epsilon(accountant, plan.delta) if accountant else float("inf")
     return RoundOutcome(steps=plan.local_steps, steps_total=steps_total, epsilon=float(epsilon),
                         mean_loss=float(np.nanmean(losses)) if losses else float("nan"))
 
