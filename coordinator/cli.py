@@ -27,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
         plan = DEMO_PLAN.with_overrides(epsilon=args.epsilon, delta=args.delta,
                                         rounds=args.rounds, rows=args.rows, seed=args.seed,
                                         local_steps=args.local_steps,
-                                        batch_size=args.batch_size, min_sites=args.min_sites)
+                                        batch_size=args.batch_size, min_sites=args.min_sites,
+                                        size_granularity=args.size_granularity)
         if args.command == "demo":
             release = run_demo(args.out, plan, _progress)
         else:
@@ -62,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--rows", type=int, help=f"cohort size (default {DEMO_PLAN.rows})")
         p.add_argument("--seed", type=int, help=f"default {DEMO_PLAN.seed}")
         p.add_argument("--min-sites", type=int, help=f"default {DEMO_PLAN.min_sites}")
+        p.add_argument("--size-granularity", type=int,
+                       help="0 = sites weigh equally, no size disclosed (default); k = each "
+                            "site discloses its size rounded to k and FedAvg weighs by it")
         p.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
     return parser
 

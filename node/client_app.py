@@ -63,7 +63,7 @@ def _train(msg: Message, context: Context, run_config: Mapping[str, Any]) -> Mes
     reply = RecordDict({
         keys.ARRAYS: ArrayRecord(model.state_dict()),
         keys.METRICS: MetricRecord({
-            keys.WEIGHT: 1.0,
+            keys.WEIGHT: plan.fedavg_weight(site.n_records),
             keys.STEPS: outcome.steps,
             keys.STEPS_TOTAL: outcome.steps_total,
             keys.EPSILON_SPENT: outcome.epsilon,

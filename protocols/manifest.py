@@ -64,6 +64,8 @@ def build_manifest(*, schema_sha256: str, plan: StudyPlan, sites: Mapping[str, S
                           "DP-SGD with Poisson sampling" if plan.private else
                           "none: trained without differential privacy (reference only)"),
             "accountant": ACCOUNTANT if plan.private else None,
+            "site_sizes_disclosed": (f"rounded to a multiple of {plan.size_granularity}"
+                                     if plan.size_granularity else "no"),
             "epsilon_target_per_site": _finite_or_none(plan.epsilon),
             "delta_per_site": plan.delta if plan.private else None,
             "sites": {name: {"epsilon_spent": _finite_or_none(spent.epsilon),

@@ -3,9 +3,10 @@
 A node's training reply holds exactly one `ArrayRecord` (the generator's
 weights, same names and shapes as the global model), one `MetricRecord` with
 the keys in `REPLY_METRICS`, and one `ConfigRecord` with the keys in
-`REPLY_SITE`. Nothing else leaves a node: no record, no row count, no column
-statistic. Site size is deliberately not sent, so FedAvg weighs every site
-equally (`WEIGHT` is always 1).
+`REPLY_SITE`. Nothing else leaves a node: no record, no row count more
+precise than the plan allows, no column statistic. `WEIGHT` is 1 unless the
+plan's size-granularity lets each site disclose its record count rounded to
+that granularity (see `StudyPlan`).
 """
 
 ARRAYS = "arrays"

@@ -17,7 +17,15 @@ from protocols.errors import PlanError
 
 @dataclass(frozen=True)
 class StudyPlan:
-    """Study-wide settings. `epsilon=inf` trains the same generator without DP."""
+    """Study-wide settings. `epsilon=inf` trains the same generator without DP.
+
+    `size_granularity` decides how sites weigh in FedAvg. 0 (default): every
+    site weighs the same and no site size leaves a node. k > 0: each node
+    discloses its record count rounded to a multiple of k (at least k) and
+    FedAvg weighs by it; larger sites inject relatively less DP noise, so the
+    cohort improves, at the price of a disclosure the consortium agrees to in
+    the plan. A rounded count is not protected by DP.
+    """
 
     epsilon: float = 3.0
     delta: float = 1e-5
@@ -31,6 +39,7 @@ class StudyPlan:
     rows: int = 1000
     seed: int = 0
     min_sites: int = 2
+    size_granularity: int = 0
 
     def __post_init__(self) -> None:
         check_plan(self)
@@ -43,6 +52,11 @@ class StudyPlan:
     def total_steps(self) -> int:
         """DP-SGD steps each site runs over the whole study (all rounds)."""
         return self.rounds * self.local_steps
+
+    def fedavg_weight(self, n_records: int) -> float:
+        """The FedAvg weight a site sends: 1, or its size rounded as the plan allows."""
+        k = self.size_granularity
+        return 1.0 if k == 0 else float(max(k, k * round(n_records / k)))
 
     def to_config(self) -> dict[str, Any]:
         """Flat dash-keyed values, as carried in a Flower ConfigRecord."""
@@ -88,6 +102,7 @@ def check_plan(plan: StudyPlan) -> None:
         (plan.hidden >= 4 and plan.latent >= 1, "hidden must be >= 4 and latent >= 1"),
         (plan.rows >= 1, "rows must be at least 1"),
         (plan.min_sites >= 1, "min-sites must be at least 1"),
+        (plan.size_granularity >= 0, "size-granularity must be 0 (equal weights) or positive"),
     ]
     for holds, rule in rules:
         if not holds:

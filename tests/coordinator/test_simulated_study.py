@@ -78,6 +78,7 @@ def test_manifest_is_consistent_with_the_study(private_study, sites):
     assert manifest["n_sites"] == 3 and manifest["contributors"] == list(SITES)
     privacy = manifest["privacy"]
     assert privacy["private"] is True and privacy["epsilon_target_per_site"] == 2.0
+    assert privacy["site_sizes_disclosed"] == "no"
     for name in SITES:
         site = privacy["sites"][name]
         assert 0 < site["epsilon_spent"] <= 2.0

@@ -90,3 +90,13 @@ def test_non_private_plan_reports_infinite_epsilon(site_files, demo_schema):
     plan = StudyPlan(epsilon=math.inf, rounds=1, local_steps=2, hidden=16, latent=4)
     reply = build_client_app()(_message(demo_schema, plan)[0], _context(*site_files))
     assert math.isinf(reply.content[keys.METRICS][keys.EPSILON_SPENT])
+
+
+def test_site_size_leaves_the_node_only_as_coarsely_as_the_plan_allows(site_files, demo_schema):
+    plan = StudyPlan(epsilon=2.0, rounds=1, local_steps=2, hidden=16, latent=4,
+                     size_granularity=25)
+    reply = build_client_app()(_message(demo_schema, plan)[0], _context(*site_files))
+    assert reply.content[keys.METRICS][keys.WEIGHT] == 100.0  # hospital-03 has 100 records
+    assert StudyPlan(size_granularity=25).fedavg_weight(7) == 25.0
+    assert StudyPlan(size_granularity=25).fedavg_weight(112) == 100.0
+    assert StudyPlan().fedavg_weight(112) == 1.0
