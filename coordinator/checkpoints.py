@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from flwr.app import ArrayRecord
 
-from coordinator.strategy import SiteReport
+from protocols.manifest import SitePrivacySpent
 
 
 def checkpoint_dir(out_dir: Path) -> Path:
@@ -23,7 +23,7 @@ def checkpoint_dir(out_dir: Path) -> Path:
 
 
 def save_checkpoint(out_dir: Path, server_round: int, arrays: ArrayRecord,
-                    sites: Mapping[str, SiteReport]) -> Path:
+                    sites: Mapping[str, SitePrivacySpent]) -> Path:
     """Write round-NNNN.pt (weights) and round-NNNN.json (site reports) atomically."""
     folder = checkpoint_dir(out_dir)
     folder.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,6 @@ from coordinator.study import StudySettings
 from protocols import messages as keys
 from protocols.encoding import build_encoding
 from protocols.generator import build_generator
-from protocols.manifest import SitePrivacySpent
 
 # Under `flwr run` only Flower's own logger reaches the operator's console.
 _FLOWER_LOG = logging.getLogger("flwr")
@@ -68,7 +67,7 @@ def run_study(grid: Grid, settings: StudySettings, progress: ProgressFn) -> Rele
         if server_round == 0:
             return None
         save_checkpoint(settings.out_dir, server_round, arrays, strategy.sites)
-        spent = [s.epsilon_spent for s in strategy.sites.values()]
+        spent = [s.epsilon for s in strategy.sites.values()]
         progress(f"round {server_round}/{plan.rounds}: {len(strategy.contributors)} sites, "
                  f"max epsilon spent {max(spent):.4f} of {plan.epsilon:g}, "
                  f"{time.monotonic() - started:.1f} s")
@@ -78,9 +77,8 @@ def run_study(grid: Grid, settings: StudySettings, progress: ProgressFn) -> Rele
                             train_config=plan_record, evaluate_fn=after_round)
     generator = generator_from_state(schema, plan, result.arrays.to_torch_state_dict())
     cohort = sample_cohort(generator, plan.rows, plan.seed)
-    sites = {name: SitePrivacySpent(r.epsilon_spent, r.steps_total)
-             for name, r in strategy.sites.items()}
-    release = release_cohort(cohort, settings.out_dir, schema=schema, plan=plan, sites=sites,
+    release = release_cohort(cohort, settings.out_dir, schema=schema, plan=plan,
+                             sites=strategy.sites,
                              contributors=strategy.contributors, engine=settings.engine)
     progress(f"released {len(cohort)} synthetic rows to {settings.out_dir}")
     return release

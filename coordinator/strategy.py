@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord
@@ -21,18 +20,10 @@ from flwr.serverapp.strategy import FedAvg
 
 from protocols import messages as keys
 from protocols.errors import FedsynthError
+from protocols.manifest import SitePrivacySpent
 from protocols.plan import StudyPlan
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class SiteReport:
-    """What the coordinator knows about one site: only what it chose to send."""
-
-    epsilon_spent: float
-    steps_total: int
-    last_round: int
 
 
 class StudyStrategy(FedAvg):
@@ -44,7 +35,7 @@ class StudyStrategy(FedAvg):
                          weighted_by_key=keys.WEIGHT)
         self.plan = plan
         self._shapes = {name: (a.numpy().shape, a.numpy().dtype) for name, a in reference.items()}
-        self.sites: dict[str, SiteReport] = {}
+        self.sites: dict[str, SitePrivacySpent] = {}
         self.contributors: list[str] = []
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
@@ -62,8 +53,8 @@ class StudyStrategy(FedAvg):
                 continue
             name = str(msg.content[keys.SITE][keys.SITE_NAME])
             metrics = msg.content[keys.METRICS]
-            self.sites[name] = SiteReport(float(metrics[keys.EPSILON_SPENT]),
-                                          int(metrics[keys.STEPS_TOTAL]), server_round)
+            self.sites[name] = SitePrivacySpent(float(metrics[keys.EPSILON_SPENT]),
+                                                int(metrics[keys.STEPS_TOTAL]))
             accepted.append(msg)
             names.append(name)
         if len(accepted) < self.plan.min_sites:

@@ -10,7 +10,6 @@ accountant covers every round of the study.
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -44,7 +43,6 @@ def build_client_app(overrides: Mapping[str, Any] | None = None) -> ClientApp:
 
 def _train(msg: Message, context: Context, run_config: Mapping[str, Any]) -> Message:
     torch.set_num_threads(1)
-    warnings.filterwarnings("ignore", message="Full backward hook is firing")
     plan_config = dict(msg.content[keys.PLAN])
     schema, site = resolve_site(context.node_config, run_config).load()
     if plan_config.get(keys.SCHEMA_SHA256) != schema.sha256:

@@ -22,6 +22,7 @@ optimiser, without clipping or noise (the non-private reference).
 from __future__ import annotations
 
 import secrets
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -81,12 +82,15 @@ def train_round(model: TabularVAE, data: np.ndarray, plan: StudyPlan, privacy: S
         module, optimizer, accountant = model, _adam(model, plan), None
     losses = []
     batches = iter(sampler)
-    for _ in range(plan.local_steps):
-        index = next(batches, None)
-        if index is None:
-            batches = iter(sampler)
-            index = next(batches)
-        losses.append(_step(module, optimizer, model, records[index]))
+    with warnings.catch_warnings():
+        # Opacus' hooks fire on module outputs because records need no gradient: expected.
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        for _ in range(plan.local_steps):
+            index = next(batches, None)
+            if index is None:
+                batches = iter(sampler)
+                index = next(batches)
+            losses.append(_step(module, optimizer, model, records[index]))
     if plan.private:
         module.remove_hooks()
     steps_total = steps_before + plan.local_steps
