@@ -22,10 +22,11 @@ from typing import Any
 
 from flwr.simulation import run_simulation
 
-from coordinator.cohort import Release
+from coordinator.cohort import CSV_NAME, PARQUET_NAME, Release
 from coordinator.server_app import ProgressFn, build_server_app
 from protocols.accounting import check_delta
 from protocols.errors import FedsynthError, PlanError
+from protocols.manifest import MANIFEST_NAME
 from protocols.plan import StudyPlan
 from protocols.records import check_file
 from protocols.schema import load_schema
@@ -37,6 +38,7 @@ def simulate_study(schema_path: Path, data_paths: Sequence[Path], plan: StudyPla
                    out_dir: Path, progress: ProgressFn) -> Release:
     """Check every input, then run the whole study in the simulation engine."""
     check_inputs(schema_path, data_paths, plan)
+    _refuse_overwriting_inputs(data_paths, out_dir)
     overrides: dict[str, Any] = {
         **plan.to_config(),
         "schema-path": str(schema_path.resolve()),
@@ -77,6 +79,15 @@ def check_inputs(schema_path: Path, data_paths: Sequence[Path], plan: StudyPlan)
         validation.raise_if_invalid()
         if plan.private:
             check_delta(plan.delta, validation.n_rows, str(path))
+
+
+def _refuse_overwriting_inputs(data_paths: Sequence[Path], out_dir: Path) -> None:
+    """Nothing a user gave us is lost: a cohort never replaces an input file."""
+    outputs = {(out_dir / name).resolve() for name in (CSV_NAME, PARQUET_NAME, MANIFEST_NAME)}
+    for path in data_paths:
+        if path.resolve() in outputs:
+            raise FedsynthError(f"{path} would be overwritten by the cohort written to "
+                                f"{out_dir}; choose another --out folder.")
 
 
 def _load_client_factory():

@@ -75,3 +75,14 @@ def test_errors_reach_the_user_without_a_traceback(files, tmp_path):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "missing.csv does not exist" in result.stderr
+
+
+def test_simulate_never_overwrites_an_input_file(files, capsys):
+    schema, good, _ = files
+    own = good.with_name("synthetic.csv")
+    own.write_bytes(good.read_bytes())
+    before = own.read_bytes()
+    code = coordinator_main(["simulate", "--schema", str(schema), "--data", str(own),
+                             "--out", str(own.parent), "--min-sites", "1"])
+    assert code == 2 and "would be overwritten" in capsys.readouterr().err
+    assert own.read_bytes() == before
