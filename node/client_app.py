@@ -18,6 +18,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from node.site_config import resolve_site
+from node.site_data import SiteData
 from node.training import SitePrivacy, train_round
 from protocols import messages as keys
 from protocols.errors import PlanError
@@ -50,12 +51,12 @@ def _train(msg: Message, context: Context, run_config: Mapping[str, Any]) -> Mes
                         f"{plan_config.get(keys.SCHEMA_SHA256)}, but this site's schema is "
                         f"{schema.sha256}.")
     plan = StudyPlan.from_config(plan_config)
-    state = context.state.config_records.get(_STATE, ConfigRecord({keys.STEPS_TOTAL: 0}))
+    state, privacy = _study_state(context, plan, schema.sha256, site)
     model = build_generator(site.encoding, plan.hidden, plan.latent, plan.seed)
     model.load_state_dict(msg.content[keys.ARRAYS].to_torch_state_dict())
-    privacy = SitePrivacy.for_site(plan, site.n_records, site.name)
     outcome = train_round(model, site.encoded, plan, privacy, int(state[keys.STEPS_TOTAL]))
-    context.state.config_records[_STATE] = ConfigRecord({keys.STEPS_TOTAL: outcome.steps_total})
+    state[keys.STEPS_TOTAL] = outcome.steps_total
+    context.state.config_records[_STATE] = state
     log.info("site %s: round %s, %d steps, epsilon spent %.3f", site.name,
              plan_config.get(keys.SERVER_ROUND), outcome.steps, outcome.epsilon)
     reply = RecordDict({
@@ -69,6 +70,28 @@ def _train(msg: Message, context: Context, run_config: Mapping[str, Any]) -> Mes
         keys.SITE: ConfigRecord({keys.SITE_NAME: site.name}),
     })
     return Message(content=reply, reply_to=msg)
+
+
+def _study_state(context: Context, plan: StudyPlan, schema_sha256: str, site: SiteData
+                 ) -> tuple[ConfigRecord, SitePrivacy]:
+    """The node's record of this study: steps run so far and the DP parameters.
+
+    The noise multiplier is fixed once, before the first round, and reused; a
+    plan that changes mid-study is refused, since the noise was calibrated to
+    the plan agreed at round 1.
+    """
+    fingerprint = plan.fingerprint(schema_sha256)
+    state = context.state.config_records.get(_STATE)
+    if state is None:
+        privacy = SitePrivacy.for_site(plan, site.n_records, site.name)
+        state = ConfigRecord({keys.STEPS_TOTAL: 0, "plan": fingerprint,
+                              "sample-rate": privacy.sample_rate,
+                              "noise-multiplier": privacy.noise_multiplier})
+        return state, privacy
+    if state["plan"] != fingerprint:
+        raise PlanError(f"Site {site.name} refuses the plan: it differs from the plan this "
+                        "study started with, and the noise was calibrated to that one.")
+    return state, SitePrivacy(float(state["sample-rate"]), float(state["noise-multiplier"]))
 
 
 app = build_client_app()

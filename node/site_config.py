@@ -10,6 +10,7 @@ deployed node never does, it must be told where its records are.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -34,10 +35,28 @@ class SiteSource:
     demo_sites: int = 0
 
     def load(self) -> tuple[Schema, SiteData]:
-        if self.demo_partition is not None:
-            return _demo_site(self.demo_partition, self.demo_sites)
-        schema = load_schema(self.schema_path)
-        return schema, load_site(self.data_path, schema, name=self.site_name)
+        """The validated, encoded site. A node process answers every round of a
+        study, so the result is kept until either file changes on disk."""
+        return _load_cached(self, _file_stamp(self.schema_path), _file_stamp(self.data_path))
+
+
+def _file_stamp(path: str | None) -> tuple[int, int] | None:
+    if not path:
+        return None
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None  # the loader reports the missing file properly
+    return stat.st_mtime_ns, stat.st_size
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cached(source: SiteSource, schema_stamp: object, data_stamp: object
+                 ) -> tuple[Schema, SiteData]:
+    if source.demo_partition is not None:
+        return _demo_site(source.demo_partition, source.demo_sites)
+    schema = load_schema(source.schema_path)
+    return schema, load_site(source.data_path, schema, name=source.site_name)
 
 
 def resolve_site(node_config: Mapping[str, Any], run_config: Mapping[str, Any]) -> SiteSource:

@@ -28,8 +28,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from opacus.accountants import RDPAccountant
-from opacus.grad_sample import GradSampleModule
-from opacus.optimizers import DPOptimizer
+from opacus.grad_sample import GradSampleModuleFastGradientClipping
+from opacus.optimizers import DPOptimizerFastGradientClipping
+from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 
 from protocols.accounting import (accountant_epsilon, check_delta, noise_multiplier_for,
@@ -90,7 +91,7 @@ def train_round(model: TabularVAE, data: np.ndarray, plan: StudyPlan, privacy: S
             if index is None:
                 batches = iter(sampler)
                 index = next(batches)
-            losses.append(_step(module, optimizer, model, records[index]))
+            losses.append(_step(module, optimizer, model, records[index], plan.private))
     if plan.private:
         module.remove_hooks()
     steps_total = steps_before + plan.local_steps
@@ -105,9 +106,11 @@ def _adam(model: torch.nn.Module, plan: StudyPlan) -> torch.optim.Optimizer:
 
 def _private_setup(model: TabularVAE, plan: StudyPlan, privacy: SitePrivacy,
                    records: torch.Tensor, steps_before: int, entropy: torch.Generator
-                   ) -> tuple[GradSampleModule, DPOptimizer, RDPAccountant]:
-    module = GradSampleModule(model, loss_reduction="mean")
-    optimizer = DPOptimizer(
+                   ) -> tuple[GradSampleModuleFastGradientClipping,
+                              DPOptimizerFastGradientClipping, RDPAccountant]:
+    module = GradSampleModuleFastGradientClipping(
+        model, loss_reduction="mean", max_grad_norm=plan.max_grad_norm, use_ghost_clipping=True)
+    optimizer = DPOptimizerFastGradientClipping(
         _adam(module, plan), noise_multiplier=privacy.noise_multiplier,
         max_grad_norm=plan.max_grad_norm,
         expected_batch_size=max(1, round(privacy.sample_rate * len(records))),
@@ -120,14 +123,16 @@ def _private_setup(model: TabularVAE, plan: StudyPlan, privacy: SitePrivacy,
 
 
 def _step(module: torch.nn.Module, optimizer: torch.optim.Optimizer, model: TabularVAE,
-          batch: torch.Tensor) -> float:
-    """One (DP-)SGD step; an empty Poisson batch still takes a noise-only step."""
+          batch: torch.Tensor, private: bool) -> float:
+    """One (DP-)SGD step; an empty Poisson batch still takes a noise-only DP step."""
     optimizer.zero_grad(set_to_none=True)
     out, mu, logvar = module(batch)
-    loss = per_record_loss(model.encoding, batch, out, mu, logvar).mean()
-    if len(batch):
-        loss.backward()
-    else:
-        (out.sum() + mu.sum() + logvar.sum()).backward()
+    per_record = per_record_loss(model.encoding, batch, out, mu, logvar)
+    if private:
+        # Ghost clipping: per-record gradient norms from the layers' activations and
+        # output gradients, then a second backward pass weighted by the clip factors.
+        DPTensorFastGradientClipping(module, optimizer, per_record, "mean").backward()
+    elif len(batch):
+        per_record.mean().backward()
     optimizer.step()
-    return float(loss.detach()) if len(batch) else float("nan")
+    return float(per_record.mean().detach()) if len(batch) else float("nan")

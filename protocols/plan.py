@@ -8,6 +8,8 @@ hash, so a node can check that it is training the study it agreed to.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
@@ -57,6 +59,11 @@ class StudyPlan:
         """The FedAvg weight a site sends: 1, or its size rounded as the plan allows."""
         k = self.size_granularity
         return 1.0 if k == 0 else float(max(k, k * round(n_records / k)))
+
+    def fingerprint(self, schema_sha256: str) -> str:
+        """SHA-256 of this plan with its schema: what a node agreed to at round 1."""
+        text = json.dumps({**self.to_config(), "schema": schema_sha256}, sort_keys=True)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
     def to_config(self) -> dict[str, Any]:
         """Flat dash-keyed values, as carried in a Flower ConfigRecord."""

@@ -100,3 +100,11 @@ def test_site_size_leaves_the_node_only_as_coarsely_as_the_plan_allows(site_file
     assert StudyPlan(size_granularity=25).fedavg_weight(7) == 25.0
     assert StudyPlan(size_granularity=25).fedavg_weight(112) == 100.0
     assert StudyPlan().fedavg_weight(112) == 1.0
+
+
+def test_node_refuses_a_plan_changed_mid_study(site_files, demo_schema):
+    app, context = build_client_app(), _context(*site_files)
+    app(_message(demo_schema)[0], context)
+    looser = StudyPlan(epsilon=8.0, rounds=2, local_steps=3, batch_size=16, hidden=16, latent=4)
+    with pytest.raises(PlanError, match="differs from the plan this study started with"):
+        app(_message(demo_schema, looser)[0], context)
