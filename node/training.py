@@ -77,7 +77,7 @@ def train_round(model: TabularVAE, data: np.ndarray, plan: StudyPlan, privacy: S
     sampler = UniformWithReplacementSampler(num_samples=len(records),
                                             sample_rate=privacy.sample_rate, generator=entropy)
     if plan.private:
-        module, optimizer, accountant = _private_setup(model, plan, privacy, records,
+        module, optimizer, accountant = dp_setup(model, plan, privacy, records,
                                                        steps_before, entropy)
     else:
         module, optimizer, accountant = model, _adam(model, plan), None
@@ -91,7 +91,7 @@ def train_round(model: TabularVAE, data: np.ndarray, plan: StudyPlan, privacy: S
             if index is None:
                 batches = iter(sampler)
                 index = next(batches)
-            losses.append(_step(module, optimizer, model, records[index], plan.private))
+            losses.append(train_step(module, optimizer, model, records[index], plan.private))
     if plan.private:
         module.remove_hooks()
     steps_total = steps_before + plan.local_steps
@@ -104,10 +104,12 @@ def _adam(model: torch.nn.Module, plan: StudyPlan) -> torch.optim.Optimizer:
     return torch.optim.Adam(model.parameters(), lr=plan.learning_rate)
 
 
-def _private_setup(model: TabularVAE, plan: StudyPlan, privacy: SitePrivacy,
-                   records: torch.Tensor, steps_before: int, entropy: torch.Generator
-                   ) -> tuple[GradSampleModuleFastGradientClipping,
-                              DPOptimizerFastGradientClipping, RDPAccountant]:
+def dp_setup(model: TabularVAE, plan: StudyPlan, privacy: SitePrivacy,
+             records: torch.Tensor, steps_before: int, entropy: torch.Generator
+             ) -> tuple[GradSampleModuleFastGradientClipping,
+                        DPOptimizerFastGradientClipping, RDPAccountant]:
+    """Wrap `model` for ghost-clipped DP-SGD with an accountant that carries the
+    steps of earlier rounds and counts every step the optimiser takes."""
     module = GradSampleModuleFastGradientClipping(
         model, loss_reduction="mean", max_grad_norm=plan.max_grad_norm, use_ghost_clipping=True)
     optimizer = DPOptimizerFastGradientClipping(
@@ -122,7 +124,7 @@ def _private_setup(model: TabularVAE, plan: StudyPlan, privacy: SitePrivacy,
     return module, optimizer, accountant
 
 
-def _step(module: torch.nn.Module, optimizer: torch.optim.Optimizer, model: TabularVAE,
+def train_step(module: torch.nn.Module, optimizer: torch.optim.Optimizer, model: TabularVAE,
           batch: torch.Tensor, private: bool) -> float:
     """One (DP-)SGD step; an empty Poisson batch still takes a noise-only DP step."""
     optimizer.zero_grad(set_to_none=True)

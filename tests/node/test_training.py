@@ -96,16 +96,16 @@ def test_ghost_clipping_gives_the_same_clipped_update_as_per_sample_gradients(si
     from opacus.grad_sample import GradSampleModule
     from opacus.optimizers import DPOptimizer
 
-    from node.training import _private_setup, _step
+    from node.training import dp_setup, train_step
 
     plan = StudyPlan(epsilon=1.0, max_grad_norm=0.05, learning_rate=1e-2, **SMALL)
     privacy = SitePrivacy(sample_rate=0.5, noise_multiplier=0.0)
     batch = torch.as_tensor(site.encoded[:24])
     fast = build_generator(site.encoding, plan.hidden, plan.latent, 3)
-    module, optimizer, _ = _private_setup(fast, plan, privacy, torch.as_tensor(site.encoded),
+    module, optimizer, _ = dp_setup(fast, plan, privacy, torch.as_tensor(site.encoded),
                                           0, torch.Generator().manual_seed(0))
     torch.manual_seed(11)
-    _step(module, optimizer, fast, batch, private=True)
+    train_step(module, optimizer, fast, batch, private=True)
 
     reference = build_generator(site.encoding, plan.hidden, plan.latent, 3)
     ref_module = GradSampleModule(reference, loss_reduction="mean")
