@@ -17,14 +17,14 @@ from coordinator.simulation import simulate_study
 from protocols.errors import FedsynthError
 from protocols.plan import StudyPlan
 
-DEMO_PLAN = StudyPlan()
+DEFAULT_PLAN = StudyPlan()
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _configure_logging(args.verbose)
     try:
-        plan = DEMO_PLAN.with_overrides(epsilon=args.epsilon, delta=args.delta,
+        plan = DEFAULT_PLAN.with_overrides(epsilon=args.epsilon, delta=args.delta,
                                         rounds=args.rounds, rows=args.rows, seed=args.seed,
                                         local_steps=args.local_steps,
                                         batch_size=args.batch_size, min_sites=args.min_sites,
@@ -55,14 +55,14 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--out", type=Path, required=True)
     for p in (demo, sim):
         p.add_argument("--epsilon", type=float, help=f"per site, whole study; 'inf' = no DP "
-                       f"(default {DEMO_PLAN.epsilon})")
-        p.add_argument("--delta", type=float, help=f"per site (default {DEMO_PLAN.delta})")
-        p.add_argument("--rounds", type=int, help=f"default {DEMO_PLAN.rounds}")
-        p.add_argument("--local-steps", type=int, help=f"default {DEMO_PLAN.local_steps}")
-        p.add_argument("--batch-size", type=int, help=f"default {DEMO_PLAN.batch_size}")
-        p.add_argument("--rows", type=int, help=f"cohort size (default {DEMO_PLAN.rows})")
-        p.add_argument("--seed", type=int, help=f"default {DEMO_PLAN.seed}")
-        p.add_argument("--min-sites", type=int, help=f"default {DEMO_PLAN.min_sites}")
+                       f"(default {DEFAULT_PLAN.epsilon})")
+        p.add_argument("--delta", type=float, help=f"per site (default {DEFAULT_PLAN.delta})")
+        p.add_argument("--rounds", type=int, help=f"default {DEFAULT_PLAN.rounds}")
+        p.add_argument("--local-steps", type=int, help=f"default {DEFAULT_PLAN.local_steps}")
+        p.add_argument("--batch-size", type=int, help=f"default {DEFAULT_PLAN.batch_size}")
+        p.add_argument("--rows", type=int, help=f"cohort size (default {DEFAULT_PLAN.rows})")
+        p.add_argument("--seed", type=int, help=f"default {DEFAULT_PLAN.seed}")
+        p.add_argument("--min-sites", type=int, help=f"default {DEFAULT_PLAN.min_sites}")
         p.add_argument("--size-granularity", type=int,
                        help="0 = sites weigh equally, no size disclosed (default); k = each "
                             "site discloses its size rounded to k and FedAvg weighs by it")

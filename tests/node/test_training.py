@@ -6,24 +6,22 @@ import numpy as np
 import pytest
 import torch
 
-from node.site_data import encode_site
+from node.site_config import resolve_site
 from node.training import SitePrivacy, train_round
 from protocols.accounting import epsilon_spent
 from protocols.errors import BudgetError, PlanError
 from protocols.generator import build_generator, per_record_loss
 from protocols.plan import StudyPlan
-from protocols.records import validate_records
 
 SMALL = dict(rounds=3, local_steps=4, batch_size=16, hidden=16, latent=4)
 
 
 @pytest.fixture
-def site(demo_registry, demo_schema):
-    frame = demo_registry.sites["hospital-01"].drop(columns=["patient_id"])
-    text = frame.astype(object).where(frame.notna(), "").astype(str)
-    validation = validate_records(text, demo_schema, "hospital-01")
-    assert validation.ok
-    return encode_site(validation.parsed, demo_schema, "hospital-01")
+def site():
+    """The built-in registry's first hospital (40 records), loaded as a simulated node does."""
+    _, site = resolve_site({"partition-id": 0, "num-partitions": 6}, {}).load()
+    assert site.name == "hospital-01" and site.n_records == 40
+    return site
 
 
 def _run_study(site, plan):
