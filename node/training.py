@@ -125,7 +125,7 @@ def dp_setup(model: TabularVAE, plan: StudyPlan, privacy: SitePrivacy,
 
 
 def train_step(module: torch.nn.Module, optimizer: torch.optim.Optimizer, model: TabularVAE,
-          batch: torch.Tensor, private: bool) -> float:
+               batch: torch.Tensor, private: bool) -> float:
     """One (DP-)SGD step; an empty Poisson batch still takes a noise-only DP step."""
     optimizer.zero_grad(set_to_none=True)
     out, mu, logvar = module(batch)
