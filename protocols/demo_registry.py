@@ -103,6 +103,8 @@ def _schema() -> dict:
             num("survival_months", "numeric", 0, 312),
             {"name": "death", "type": "boolean", "nullable": False},
         ],
+        "evaluation": {"target": "treated",
+                       "survival": {"time": "survival_months", "event": "death"}},
     }
 
 

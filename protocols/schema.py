@@ -24,13 +24,14 @@ from typing import Any
 import yaml
 
 from protocols.errors import SchemaError
+from protocols.schema_roles import EvaluationRoles, parse_roles
 
 COLUMN_TYPES = ("numeric", "integer", "categorical", "boolean", "date", "identifier")
 BOUNDED_TYPES = ("numeric", "integer", "date")
 MAX_BOUND = 1e15  # float32 encoding and float64 spans stay meaningful below this
 _CONTROL_CHARACTERS = {chr(c) for c in range(32)} | {chr(127)}
 _COLUMN_KEYS = {"name", "type", "min", "max", "categories", "nullable", "description"}
-_SCHEMA_KEYS = {"name", "description", "columns"}
+_SCHEMA_KEYS = {"name", "description", "columns", "evaluation"}
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ class Schema:
     name: str
     columns: tuple[Column, ...]
     description: str = ""
+    roles: EvaluationRoles = EvaluationRoles()  # not part of the contract, nor of the hash
 
     @property
     def features(self) -> tuple[Column, ...]:
@@ -158,6 +160,7 @@ def parse_schema(text: str, source: str = "<schema>") -> Schema:
         name=str(doc.get("name") or ""),
         columns=columns,
         description=str(doc.get("description") or ""),
+        roles=parse_roles(doc.get("evaluation"), columns, source),
     )
 
 
