@@ -58,7 +58,7 @@ def main() -> None:
     args = _parser().parse_args()
     plan = StudyPlan(rows=args.rows)
     started = time.perf_counter()
-    lines = [f"# fedsynth privacy–utility benchmark\n",
+    lines = ["# fedsynth privacy–utility benchmark\n",
              f"Command: `python benchmarks/quality.py --repeats {args.repeats}"
              f"{' --quick' if args.quick else ''}`  ",
              f"Run: {dt.datetime.now().isoformat(timespec='seconds')}, {platform.machine()}, "

@@ -1,8 +1,8 @@
 """Speed and memory of fedsynth, measured in one run on this machine.
 
-    python benchmarks/speed.py [--quick] [--results benchmarks/RESULTS.md]
+    python benchmarks/speed.py [--quick] [--results benchmarks/SPEED.md]
 
-Prints (and writes to RESULTS.md) every figure issue 4 asks for, each measured
+Prints (and writes to SPEED.md) every figure issue 4 asks for, each measured
 here, now, side by side:
 1. DP-SGD step throughput on one site: no DP, Opacus per-sample hooks, and the
    ghost clipping that nodes use.
@@ -74,7 +74,7 @@ def main() -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
+    parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "SPEED.md")
     return parser
 
 

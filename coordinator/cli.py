@@ -1,4 +1,4 @@
-"""`fedsynth-coordinator`: run a study, in the demo or on your own site files.
+"""`fedsynth-coordinator`: run a study (demo or your own site files) and evaluate cohorts.
 
 User errors (bad schema, bad records, bad plan) end with one paragraph on
 stderr and exit status 2, never a traceback.
@@ -14,6 +14,7 @@ from pathlib import Path
 from coordinator.cohort import Release
 from coordinator.demo import run_demo
 from coordinator.simulation import simulate_study
+from protocols.cohort_evaluation import evaluate_files, score_lines
 from protocols.errors import FedsynthError
 from protocols.plan import StudyPlan
 
@@ -22,8 +23,10 @@ DEFAULT_PLAN = StudyPlan()
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    _configure_logging(args.verbose)
+    _configure_logging(getattr(args, "verbose", False))
     try:
+        if args.command == "evaluate":
+            return _evaluate(args)
         plan = DEFAULT_PLAN.with_overrides(epsilon=args.epsilon, delta=args.delta,
                                         rounds=args.rounds, rows=args.rows, seed=args.seed,
                                         local_steps=args.local_steps,
@@ -32,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             release = run_demo(args.out, plan, _progress)
         else:
-            release = simulate_study(args.schema, args.data, plan, args.out, _progress)
+            release = simulate_study(args.schema, args.data, plan, args.out, _progress,
+                                     federated_evaluation=not args.no_evaluation)
     except FedsynthError as exc:
         print(f"fedsynth-coordinator: error: {exc}", file=sys.stderr)
         return 2
@@ -53,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--data", type=Path, action="append", required=True,
                      help="one site's records; repeat once per site")
     sim.add_argument("--out", type=Path, required=True)
+    sim.add_argument("--no-evaluation", action="store_true",
+                     help="skip federated evaluation (sites scoring the cohort) after release")
+    _evaluate_parser(sub)
     for p in (demo, sim):
         p.add_argument("--epsilon", type=float, help=f"per site, whole study; 'inf' = no DP "
                        f"(default {DEFAULT_PLAN.epsilon})")
@@ -68,6 +75,29 @@ def _parser() -> argparse.ArgumentParser:
                             "site discloses its size rounded to k and FedAvg weighs by it")
         p.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
     return parser
+
+
+def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
+    ev = sub.add_parser("evaluate", help="score a synthetic cohort against real records")
+    ev.add_argument("--schema", type=Path, required=True, help="the consortium schema (YAML)")
+    ev.add_argument("--real", type=Path, action="append", required=True,
+                    help="real records the cohort was trained on; repeat to pool several files")
+    ev.add_argument("--synthetic", type=Path, required=True, help="the cohort (CSV or Parquet)")
+    ev.add_argument("--holdout", type=Path, action="append", default=[],
+                    help="real records NOT used in training (enables DCR and membership "
+                         "inference); repeatable")
+    ev.add_argument("--manifest", type=Path,
+                    help="the cohort's manifest (default: manifest.json beside the cohort)")
+    ev.add_argument("--out", type=Path, required=True,
+                    help="report.html to write (report.json is written beside it)")
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    report = evaluate_files(args.schema, args.real, args.synthetic, args.out,
+                            holdout_paths=args.holdout, manifest_path=args.manifest)
+    print(score_lines(report))
+    print(f"report: {args.out} (and {args.out.with_suffix('.json')})")
+    return 0
 
 
 def _configure_logging(verbose: bool) -> None:

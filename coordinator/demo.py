@@ -2,38 +2,78 @@
 
 `fedsynth-coordinator demo --out DIR` writes the simulated hospitals' CSV files
 and the schema into DIR/sites and DIR/schema.yaml, runs a full federated DP
-study over them in Flower's simulation engine, and leaves the cohort, its
-manifest and the checkpoints beside them.
+study over them in Flower's simulation engine (with federated evaluation), and
+leaves the cohort, its manifest, the checkpoints and report.html beside them.
+
+A fifth of every simulated hospital's patients is kept out of training, in
+DIR/holdout, so that the report can measure privacy risk (distance to closest
+record, membership inference). Because the demo simulated the hospitals itself,
+its report also compares the cohort with their pooled records, figures
+included, which a real coordinator can never do: in a real consortium the
+report holds only the sites' federated scores.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from coordinator.cohort import Release
+import numpy as np
+
+from coordinator.cohort import CSV_NAME, Release
+from coordinator.federated_evaluation import REPORT_NAME
 from coordinator.server_app import ProgressFn
 from coordinator.simulation import simulate_study
+from protocols.cohort_evaluation import evaluate_files
 from protocols.demo_registry import simulate_registry
 from protocols.errors import FedsynthError
 from protocols.manifest import MANIFEST_NAME
 from protocols.plan import StudyPlan
+from protocols.report_html import write_report
+
+HOLDOUT_SHARE = 0.2
 
 
 def run_demo(out_dir: Path, plan: StudyPlan, progress: ProgressFn, n_sites: int = 6) -> Release:
     _refuse_foreign_folder(out_dir)
-    registry = simulate_registry(seed=plan.seed, n_sites=n_sites)
-    sites_dir = out_dir / "sites"
-    sites_dir.mkdir(parents=True, exist_ok=True)
+    schema_path, paths, holdout = _write_registry(out_dir, plan.seed, n_sites)
+    sizes = ", ".join(f"{p.stem} ({sum(1 for _ in p.open()) - 1})" for p in paths)
+    progress(f"built-in registry: {len(paths)} hospitals: {sizes}; "
+             f"{HOLDOUT_SHARE:.0%} of each held out in {holdout[0].parent}; schema {schema_path}")
+    release = simulate_study(schema_path, paths, plan, out_dir, progress)
+    report_path = out_dir / REPORT_NAME
+    federated = _federated_section(report_path)
+    report = evaluate_files(schema_path, paths, out_dir / CSV_NAME, report_path,
+                            holdout_paths=holdout)
+    report["title"] = "Demo cohort: built-in simulated registry"
+    report["federated"] = federated
+    write_report(report, report_path)
+    progress(f"report: {report_path}")
+    return release
+
+
+def _write_registry(out_dir: Path, seed: int, n_sites: int) -> tuple[Path, list[Path], list[Path]]:
+    registry = simulate_registry(seed=seed, n_sites=n_sites)
+    rng = np.random.default_rng(seed)
     schema_path = out_dir / "schema.yaml"
+    (out_dir / "sites").mkdir(parents=True, exist_ok=True)
+    (out_dir / "holdout").mkdir(exist_ok=True)
     schema_path.write_text(registry.schema_yaml, encoding="utf-8")
-    paths = []
+    paths, holdout = [], []
     for name, frame in registry.sites.items():
-        path = sites_dir / f"{name}.csv"
-        frame.to_csv(path, index=False)
-        paths.append(path)
-    sizes = ", ".join(f"{name} ({len(f)})" for name, f in registry.sites.items())
-    progress(f"built-in registry: {len(paths)} hospitals: {sizes}; schema {schema_path}")
-    return simulate_study(schema_path, paths, plan, out_dir, progress)
+        held = rng.random(len(frame)) < HOLDOUT_SHARE
+        paths.append(out_dir / "sites" / f"{name}.csv")
+        holdout.append(out_dir / "holdout" / f"{name}.csv")
+        frame[~held].to_csv(paths[-1], index=False)
+        frame[held].to_csv(holdout[-1], index=False)
+    return schema_path, paths, holdout
+
+
+def _federated_section(report_path: Path) -> dict | None:
+    json_path = report_path.with_suffix(".json")
+    if not json_path.is_file():
+        return None
+    return json.loads(json_path.read_text(encoding="utf-8")).get("federated")
 
 
 def _refuse_foreign_folder(out_dir: Path) -> None:

@@ -3,7 +3,8 @@
 It wires the small modules together: the study settings from the run config,
 a freshly initialised generator, FedAvg with reply checks (`strategy`), a
 checkpoint and a progress line after every round (`checkpoints`), and the
-release of the sampled cohort with its manifest (`cohort`).
+release of the sampled cohort with its manifest (`cohort`), and the federated
+evaluation of that cohort at the sites (`federated_evaluation`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from coordinator.checkpoints import save_checkpoint
-from coordinator.cohort import Release, generator_from_state, release_cohort, sample_cohort
+from coordinator.cohort import (CSV_NAME, Release, generator_from_state, release_cohort,
+                                sample_cohort)
+from coordinator.federated_evaluation import REPORT_NAME, evaluate_at_sites, write_study_report
 from coordinator.strategy import StudyStrategy
 from coordinator.study import StudySettings
 from protocols import messages as keys
@@ -81,7 +84,26 @@ def run_study(grid: Grid, settings: StudySettings, progress: ProgressFn) -> Rele
                              sites=strategy.sites,
                              contributors=strategy.contributors, engine=settings.engine)
     progress(f"released {len(cohort)} synthetic rows to {settings.out_dir}")
+    _evaluate_release(grid, settings, release, progress)
     return release
+
+
+def _evaluate_release(grid: Grid, settings: StudySettings, release: Release,
+                      progress: ProgressFn) -> None:
+    """Federated evaluation of the released cohort, or no report at all: a report
+    left from an earlier study in this folder would describe another cohort."""
+    for stale in (REPORT_NAME, REPORT_NAME.replace(".html", ".json")):
+        (settings.out_dir / stale).unlink(missing_ok=True)
+    if not settings.federated_evaluation:
+        return
+    cohort_csv = (release.directory / CSV_NAME).read_bytes()
+    scores = evaluate_at_sites(grid, settings.schema, cohort_csv)
+    if not scores:
+        progress("federated evaluation: no site returned valid scores; no report written")
+        return
+    report = write_study_report(settings.out_dir, settings.schema, release.manifest, scores,
+                                release.manifest["rows"])
+    progress(f"federated evaluation: {len(scores)} sites scored the cohort; report {report}")
 
 
 app = build_server_app()

@@ -35,7 +35,8 @@ CLIENT_APP_FACTORY = "node.client_app:build_client_app"
 
 
 def simulate_study(schema_path: Path, data_paths: Sequence[Path], plan: StudyPlan,
-                   out_dir: Path, progress: ProgressFn) -> Release:
+                   out_dir: Path, progress: ProgressFn,
+                   federated_evaluation: bool = True) -> Release:
     """Check every input, then run the whole study in the simulation engine."""
     check_inputs(schema_path, data_paths, plan)
     _refuse_overwriting_inputs(data_paths, out_dir)
@@ -45,6 +46,7 @@ def simulate_study(schema_path: Path, data_paths: Sequence[Path], plan: StudyPla
         "site-data": os.pathsep.join(str(p.resolve()) for p in data_paths),
         "out-dir": str(out_dir.resolve()),
         "engine": "simulation",
+        "federated-evaluation": federated_evaluation,
     }
     outcome: dict[str, Any] = {}
     server = build_server_app(overrides, progress, outcome)

@@ -1,7 +1,9 @@
 """`fedsynth-node`: what a hospital's data steward runs.
 
 `check` validates a records file against the consortium's schema and prints a
-short report; it exits 0 only when every row is valid. User errors end with
+short report; it exits 0 only when every row is valid. `evaluate` scores a
+synthetic cohort against the site's own records and writes report.html (and
+report.json) at the hospital; nothing leaves. User errors end with
 one paragraph on stderr and a non-zero exit, never a traceback.
 """
 
@@ -12,6 +14,7 @@ import json
 import sys
 from pathlib import Path
 
+from protocols.cohort_evaluation import evaluate_files, score_lines
 from protocols.errors import FedsynthError
 from protocols.manifest import MANIFEST_NAME
 from protocols.records import check_file
@@ -21,6 +24,12 @@ from protocols.schema import load_schema
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command == "evaluate":
+            report = evaluate_files(args.schema, [args.data], args.synthetic, args.out,
+                                    holdout_paths=args.holdout)
+            print(score_lines(report))
+            print(f"report: {args.out} (and {args.out.with_suffix('.json')})")
+            return 0
         return _check(args.schema, args.data)
     except FedsynthError as exc:
         print(f"fedsynth-node: error: {exc}", file=sys.stderr)
@@ -33,6 +42,15 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate a records file against the schema")
     check.add_argument("--schema", type=Path, required=True, help="the consortium schema (YAML)")
     check.add_argument("--data", type=Path, required=True, help="records, CSV or Parquet")
+    ev = sub.add_parser("evaluate", help="score a synthetic cohort against this site's records")
+    ev.add_argument("--schema", type=Path, required=True, help="the consortium schema (YAML)")
+    ev.add_argument("--data", type=Path, required=True, help="this site's records")
+    ev.add_argument("--synthetic", type=Path, required=True, help="the cohort (CSV or Parquet)")
+    ev.add_argument("--holdout", type=Path, action="append", default=[],
+                    help="site records NOT used in training (enables DCR and membership "
+                         "inference)")
+    ev.add_argument("--out", type=Path, required=True,
+                    help="report.html to write (report.json is written beside it)")
     return parser
 
 

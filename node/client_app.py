@@ -3,7 +3,8 @@
 On each training message it loads its own records, checks that the plan is
 for its schema, trains the global generator locally with DP-SGD and replies
 with the weights and the whitelisted scalars of `protocols.messages` — nothing
-else. The steps already run are kept in the node's context state, so the
+else. On an evaluation message (after the release) it scores the cohort
+against its records and replies with the whitelisted scalar scores only. The steps already run are kept in the node's context state, so the
 accountant covers every round of the study.
 """
 
@@ -19,6 +20,7 @@ from flwr.clientapp import ClientApp
 
 from node.site_config import resolve_site
 from node.site_data import SiteData
+from node.site_evaluation import score_cohort
 from node.training import SitePrivacy, train_round
 from protocols import messages as keys
 from protocols.errors import PlanError
@@ -38,6 +40,11 @@ def build_client_app(overrides: Mapping[str, Any] | None = None) -> ClientApp:
     def train(msg: Message, context: Context) -> Message:
         run_config = {**context.run_config, **fixed}
         return _train(msg, context, run_config)
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        run_config = {**context.run_config, **fixed}
+        return _evaluate(msg, context, run_config)
 
     return app
 
@@ -69,6 +76,26 @@ def _train(msg: Message, context: Context, run_config: Mapping[str, Any]) -> Mes
         }),
         keys.SITE: ConfigRecord({keys.SITE_NAME: site.name}),
     })
+    return Message(content=reply, reply_to=msg)
+
+
+def _evaluate(msg: Message, context: Context, run_config: Mapping[str, Any]) -> Message:
+    """Score the released cohort against this site's records; reply with scalars only.
+
+    A hospital that does not want to return scores sets `federated-evaluation =
+    false` in its node config and the node declines."""
+    torch.set_num_threads(1)
+    schema, site = resolve_site(context.node_config, run_config).load()
+    if str(context.node_config.get("federated-evaluation", "true")).lower() == "false":
+        raise PlanError(f"Site {site.name} declines federated evaluation (node config).")
+    config = msg.content[keys.PLAN]
+    if config.get(keys.SCHEMA_SHA256) != schema.sha256:
+        raise PlanError(f"Site {site.name} refuses to score a cohort of schema "
+                        f"{config.get(keys.SCHEMA_SHA256)}; its schema is {schema.sha256}.")
+    scores = score_cohort(schema, site, bytes(msg.content[keys.COHORT][keys.COHORT_CSV]))
+    log.info("site %s: scored the released cohort", site.name)
+    reply = RecordDict({keys.SCORES: MetricRecord(scores),
+                        keys.SITE: ConfigRecord({keys.SITE_NAME: site.name})})
     return Message(content=reply, reply_to=msg)
 
 

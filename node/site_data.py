@@ -26,6 +26,7 @@ class SiteData:
     name: str
     encoding: TableEncoding
     encoded: np.ndarray
+    parsed: pd.DataFrame  # the validated records, for evaluation at the node
 
     @property
     def n_records(self) -> int:
@@ -41,4 +42,4 @@ def load_site(path: str | Path, schema: Schema, name: str | None = None) -> Site
 
 def encode_site(parsed: pd.DataFrame, schema: Schema, name: str) -> SiteData:
     encoding = build_encoding(schema)
-    return SiteData(name=name, encoding=encoding, encoded=encoding.encode(parsed))
+    return SiteData(name=name, encoding=encoding, encoded=encoding.encode(parsed), parsed=parsed)

@@ -25,3 +25,13 @@ REPLY_METRICS = frozenset({WEIGHT, STEPS, STEPS_TOTAL, EPSILON_SPENT})
 
 SITE_NAME = "name"
 REPLY_SITE = frozenset({SITE_NAME})
+
+# Federated evaluation (after the release): the coordinator sends the released
+# cohort as CSV bytes; a node replies with one MetricRecord holding exactly the
+# scalar scores in `REPLY_SCORES` (NaN where a score does not apply) and the
+# `SITE` record. No figure, record, row count or column statistic leaves.
+COHORT = "cohort"
+COHORT_CSV = "csv"
+SCORES = "scores"
+REPLY_SCORES = ("column_shapes", "pairwise", "strong_associations_kept", "tstr_ratio",
+                "exact_copy_share", "km_distance", "hr_direction_agreement", "bias_flags")

@@ -199,7 +199,7 @@ def _rule_series(text: pd.Series, flag: pd.Series, rule: str) -> pd.Series:
 
 
 def _parse_numbers(text: pd.Series, missing: pd.Series, col: Column) -> tuple[pd.Series, pd.Series]:
-    numbers = pd.to_numeric(text.where(~missing, None), errors="coerce").astype(float)
+    numbers = _to_float(text.where(~missing, None))
     not_number = ~missing & numbers.isna()
     infinite = ~missing & np.isinf(numbers)
     bad = _rule_series(text, not_number, "not a number")
@@ -211,6 +211,18 @@ def _parse_numbers(text: pd.Series, missing: pd.Series, col: Column) -> tuple[pd
     bad = bad.mask(out_of_range & bad.isna(),
                    f"outside the declared bounds [{_fmt(col, col.low)}, {_fmt(col, col.high)}]")
     return numbers.where(bad.isna(), np.nan), bad
+
+
+_NUMBER = r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[+-]?(?:inf|infinity)"
+
+
+def _to_float(text: pd.Series) -> pd.Series:
+    """Plain ASCII decimal numbers, parsed correctly rounded (pandas' fast parser can be off
+    by an ulp at extreme exponents, which would move a value at a bound outside it); any
+    other text (digit separators, other scripts' digits, 'nan') becomes NaN."""
+    plain = text.str.fullmatch(_NUMBER, case=False, na=False)
+    return text.where(plain, None).astype(object).map(
+        lambda v: float("nan") if v is None else float(v)).astype(float)
 
 
 def _parse_dates(text: pd.Series, missing: pd.Series, col: Column) -> tuple[pd.Series, pd.Series]:

@@ -27,12 +27,11 @@ from protocols.evaluation.methods import METHODS
 from protocols.evaluation.privacy_risk import distance_risks, exact_copies
 from protocols.evaluation.survival import survival_agreement
 from protocols.evaluation.utility import tstr
+from protocols.messages import REPLY_SCORES
 from protocols.schema import Schema
 
 REPORT_VERSION = 1
-# The scalars a node may return in federated evaluation: nothing else leaves it.
-SITE_SCORES = ("column_shapes", "pairwise", "strong_associations_kept", "tstr_ratio",
-               "exact_copy_share", "km_distance", "hr_direction_agreement", "bias_flags")
+SITE_SCORES = REPLY_SCORES  # the scalars a node may return in federated evaluation
 
 
 def evaluate_cohort(schema: Schema, real: pd.DataFrame, synthetic: pd.DataFrame, *,
@@ -103,6 +102,50 @@ def site_scores(report: Mapping[str, Any]) -> dict[str, float]:
     scores = report["scores"]
     return {key: float("nan") if scores.get(key) is None else float(scores[key])
             for key in SITE_SCORES}
+
+
+def federated_summary(sites: Mapping[str, Mapping[str, float]]) -> dict[str, Any]:
+    """Per-site scalar scores and their unweighted mean, min and max over sites.
+
+    Sites weigh equally: weighting by size would need site sizes, which do not
+    leave a node."""
+    aggregate = {}
+    for key in SITE_SCORES:
+        values = [float(s[key]) for s in sites.values()
+                  if s.get(key) is not None and np.isfinite(s[key])]
+        aggregate[key] = ({"mean": float(np.mean(values)), "min": min(values),
+                           "max": max(values)} if values else
+                          {"mean": None, "min": None, "max": None})
+    return _json_safe({
+        "sites": {name: dict(scores) for name, scores in sorted(sites.items())},
+        "aggregate": aggregate,
+        "note": ("Each hospital scored the released cohort against its own records and "
+                 "returned only these scalars (without differential privacy). exact_copy_share "
+                 "is the share of cohort rows identical to one of that hospital's records."),
+    })
+
+
+def study_report(schema: Schema, manifest: Mapping[str, Any] | None,
+                 federated: Mapping[str, Any], synthetic_rows: int) -> dict[str, Any]:
+    """The coordinator's report of a study: it holds no real record, so its scores
+    are the sites' federated means and it has no figures."""
+    means = {k: v["mean"] for k, v in federated["aggregate"].items()}
+    scores = {key: None for key in ("column_shapes", "pairwise", "strong_associations_kept",
+                                    "tstr_ratio", "dcr_share", "exact_copies",
+                                    "exact_copy_share", "mia_auc", "km_distance",
+                                    "hr_direction_agreement", "bias_flags")}
+    scores.update(means)
+    return _json_safe({
+        "report_version": REPORT_VERSION,
+        "title": f"Synthetic cohort, federated evaluation: {schema.name or 'unnamed schema'}",
+        "schema": {"name": schema.name, "sha256": schema.sha256},
+        "inputs": {"real": f"records of {len(federated['sites'])} hospitals, scored at each "
+                           "hospital", "synthetic": "synthetic.csv", "holdout": None,
+                   "real_rows": None, "synthetic_rows": synthetic_rows, "holdout_rows": None},
+        "privacy_statement": privacy_statement(manifest), "scores": scores,
+        "fidelity": None, "utility": None, "survival": None, "privacy": None, "bias": None,
+        "methods": dict(METHODS), "figures": None, "federated": dict(federated),
+    })
 
 
 def privacy_statement(manifest: Mapping[str, Any] | None) -> dict[str, Any] | None:

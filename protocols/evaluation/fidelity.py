@@ -107,7 +107,9 @@ def marginal_figures(schema: Schema, real: pd.DataFrame, synthetic: pd.DataFrame
         values = r.dropna().to_numpy(dtype=float)
         low, high = (values.min(), values.max()) if len(values) else (col.low, col.high)
         edges = np.linspace(low, high if high > low else low + 1.0, FIGURE_BINS + 1)
-        figures.append({"column": col.name, "kind": "numeric", "edges": edges.tolist(),
+        shown = 1970.0 + edges / 365.25 if col.type == "date" else edges  # dates as years
+        figures.append({"column": col.name + (" (year)" if col.type == "date" else ""),
+                        "kind": "numeric", "edges": shown.tolist(),
                         "real": _histogram(r, edges), "synthetic": _histogram(s, edges)})
     return figures
 

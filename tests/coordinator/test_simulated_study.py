@@ -125,3 +125,25 @@ def test_cohort_keeps_every_declared_category_alive(private_study, sites):
     for column in schema.features:
         if column.type == "categorical":
             assert set(cohort[column.name].dropna()) == set(column.categories), column.name
+
+
+def test_every_site_scores_the_cohort_and_the_study_report_holds_only_their_scalars(
+        private_study):
+    out, result = private_study
+    report = json.loads((out / "report.json").read_text())
+    federated = report["federated"]
+    assert sorted(federated["sites"]) == list(SITES)
+    for scores in federated["sites"].values():
+        assert 0 < scores["column_shapes"] <= 1
+    assert report["scores"]["column_shapes"] == federated["aggregate"]["column_shapes"]["mean"]
+    assert report["figures"] is None and report["fidelity"] is None  # no real record here
+    assert report["privacy_statement"]["epsilon_target_per_site"] == 2.0
+    assert (out / "report.html").read_text().count("<img") == 0
+    assert "federated evaluation: 3 sites" in result.stdout
+
+
+def test_a_study_without_federated_evaluation_leaves_no_report(sites, tmp_path):
+    (tmp_path / "report.html").write_text("an earlier study's report")
+    result = _simulate(sites, tmp_path, "--epsilon", "2", "--no-evaluation")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not (tmp_path / "report.html").exists()

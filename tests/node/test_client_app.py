@@ -108,3 +108,45 @@ def test_node_refuses_a_plan_changed_mid_study(site_files, demo_schema):
     looser = StudyPlan(epsilon=8.0, rounds=2, local_steps=3, batch_size=16, hidden=16, latent=4)
     with pytest.raises(PlanError, match="differs from the plan this study started with"):
         app(_message(demo_schema, looser)[0], context)
+
+
+def _evaluate_message(schema, cohort_csv: bytes, schema_hash=None):
+    content = RecordDict({
+        keys.COHORT: ConfigRecord({keys.COHORT_CSV: cohort_csv}),
+        keys.PLAN: ConfigRecord({keys.SCHEMA_SHA256: schema_hash or schema.sha256}),
+    })
+    return Message(content=content, dst_node_id=1, message_type="evaluate")
+
+
+def test_evaluation_reply_holds_only_the_whitelisted_scores(site_files, demo_schema,
+                                                           demo_registry):
+    cohort = demo_registry.sites["hospital-05"].to_csv(index=False).encode()
+    reply = build_client_app()(_evaluate_message(demo_schema, cohort), _context(*site_files))
+    assert not reply.has_error()
+    assert set(reply.content.keys()) == {keys.SCORES, keys.SITE}
+    scores = reply.content[keys.SCORES]
+    assert tuple(scores.keys()) == keys.REPLY_SCORES
+    assert 0.5 < scores["column_shapes"] <= 1.0
+    assert dict(reply.content[keys.SITE]) == {keys.SITE_NAME: "hospital-03"}
+
+
+def test_node_refuses_to_score_a_cohort_that_breaks_its_schema(site_files, demo_schema,
+                                                              demo_registry):
+    frame = demo_registry.sites["hospital-05"].copy()
+    frame.loc[0, "subtype"] = "made-up"
+    msg = _evaluate_message(demo_schema, frame.to_csv(index=False).encode())
+    with pytest.raises(RecordError, match="refuses to score"):
+        build_client_app()(msg, _context(*site_files))
+
+
+def test_node_refuses_to_score_a_cohort_of_another_schema(site_files, demo_schema):
+    msg = _evaluate_message(demo_schema, b"a\n1\n", schema_hash="0" * 64)
+    with pytest.raises(PlanError, match="refuses to score"):
+        build_client_app()(msg, _context(*site_files))
+
+
+def test_a_site_can_decline_federated_evaluation(site_files, demo_schema):
+    context = _context(*site_files)
+    context.node_config["federated-evaluation"] = "false"
+    with pytest.raises(PlanError, match="declines"):
+        build_client_app()(_evaluate_message(demo_schema, b"x\n"), context)

@@ -1,0 +1,154 @@
+"""The evaluation scores behave as their definitions say, on the demo registry."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from protocols.errors import SchemaError
+from protocols.evaluation import (SITE_SCORES, evaluate_cohort, federated_summary, site_scores,
+                                  study_report)
+from protocols.records import drop_identifiers, validate_records
+from protocols.schema import parse_schema
+
+
+@pytest.fixture(scope="module")
+def parsed_sites(demo_registry, demo_schema) -> list[pd.DataFrame]:
+    frames = []
+    for name, frame in demo_registry.sites.items():
+        text = drop_identifiers(frame, demo_schema).astype(object)
+        text = text.where(frame[text.columns].notna(), "").astype(str)
+        validation = validate_records(text, demo_schema, name)
+        validation.raise_if_invalid()
+        frames.append(validation.parsed)
+    return frames
+
+
+@pytest.fixture(scope="module")
+def pooled(parsed_sites) -> pd.DataFrame:
+    return pd.concat(parsed_sites, ignore_index=True)
+
+
+def _split(frame: pd.DataFrame, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    order = np.random.default_rng(seed).permutation(len(frame))
+    half = len(frame) // 2
+    return (frame.iloc[order[:half]].reset_index(drop=True),
+            frame.iloc[order[half:]].reset_index(drop=True))
+
+
+def _independent(frame: pd.DataFrame, rows: int, seed: int = 1) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({c: frame[c].to_numpy()[rng.integers(0, len(frame), rows)]
+                         for c in frame.columns})
+
+
+def test_a_cohort_identical_to_the_records_scores_perfectly_and_is_all_copies(demo_schema, pooled):
+    report = evaluate_cohort(demo_schema, pooled, pooled.copy())
+    scores = report["scores"]
+    assert scores["column_shapes"] == pytest.approx(1.0)
+    assert scores["pairwise"] == pytest.approx(1.0)
+    assert scores["strong_associations_kept"] == pytest.approx(1.0)
+    assert scores["km_distance"] == pytest.approx(0.0)
+    assert scores["hr_direction_agreement"] == pytest.approx(1.0)
+    assert scores["bias_flags"] == 0
+    assert scores["exact_copies"] == len(pooled)  # memorisation is what this score catches
+
+
+def test_independent_marginals_keep_columns_but_lose_the_associations(demo_schema, pooled):
+    scores = evaluate_cohort(demo_schema, pooled, _independent(pooled, 3000))["scores"]
+    assert scores["column_shapes"] > 0.95
+    assert scores["strong_associations_kept"] < 0.3
+    real = evaluate_cohort(demo_schema, pooled, pooled.copy())["scores"]
+    assert scores["pairwise"] < real["pairwise"]
+
+
+def test_fresh_records_from_the_same_population_are_private_and_useful(demo_schema, pooled):
+    train, holdout = _split(pooled)
+    fresh, rest = _split(holdout, seed=3)
+    report = evaluate_cohort(demo_schema, train, fresh, holdout=rest)
+    scores = report["scores"]
+    assert 0.4 < scores["dcr_share"] < 0.6
+    assert 0.4 < scores["mia_auc"] < 0.6
+    assert scores["tstr_ratio"] > 0.85
+    assert report["utility"]["metric"] == "AUC"
+
+
+def test_a_cohort_that_memorised_its_training_records_is_caught(demo_schema, pooled):
+    train, holdout = _split(pooled)
+    scores = evaluate_cohort(demo_schema, train, train.copy(), holdout=holdout)["scores"]
+    assert scores["dcr_share"] > 0.95
+    assert scores["mia_auc"] > 0.95
+
+
+def test_bias_flags_an_erased_and_a_shrunk_category(demo_schema, pooled):
+    cohort = pooled[pooled["subtype"] != "atypical"].copy()
+    classic = cohort.index[cohort["subtype"] == "classic"]
+    cohort = cohort.drop(classic[: int(len(classic) * 0.8)])
+    flags = {(b["column"], b["category"]): b["flag"]
+             for b in evaluate_cohort(demo_schema, pooled, cohort)["bias"]}
+    assert flags[("subtype", "atypical")] == "erased"
+    assert flags[("subtype", "classic")] == "shrunk"
+    assert flags[("sex", "female")] is None
+
+
+def test_a_numeric_target_is_scored_by_mae(demo_registry, pooled):
+    text = demo_registry.schema_yaml.replace("target: treated", "target: bmi")
+    schema = parse_schema(text)
+    utility = evaluate_cohort(schema, pooled, pooled.copy())["utility"]
+    assert utility["metric"] == "MAE" and utility["task"] == "regression"
+    assert utility["ratio"] == pytest.approx(1.0, abs=0.15)
+
+
+def test_the_report_is_strict_json_with_figures(demo_schema, pooled):
+    report = evaluate_cohort(demo_schema, pooled, _independent(pooled, 500))
+    text = json.dumps(report, allow_nan=False)
+    assert json.loads(text) == report
+    columns = [c.name for c in demo_schema.features]
+    assert report["figures"]["association"]["columns"] == columns
+    shown = [m["column"].removesuffix(" (year)") for m in report["figures"]["marginals"]]
+    assert shown == columns
+    assert report["figures"]["km"]["real"]["survival"][0] == pytest.approx(1.0)
+
+
+def test_site_scores_are_exactly_the_whitelisted_scalars(demo_schema, pooled):
+    scores = site_scores(evaluate_cohort(demo_schema, pooled, pooled.copy(), figures=False))
+    assert tuple(scores) == SITE_SCORES
+    assert all(isinstance(v, float) for v in scores.values())
+
+
+def test_federated_summary_averages_sites_equally_and_skips_missing_scores(demo_schema):
+    base = dict.fromkeys(SITE_SCORES, 0.5)
+    sites = {"a": {**base, "column_shapes": 0.8}, "b": {**base, "column_shapes": 0.9,
+                                                         "tstr_ratio": float("nan")}}
+    summary = federated_summary(sites)
+    assert summary["aggregate"]["column_shapes"] == {"mean": pytest.approx(0.85), "min": 0.8,
+                                                     "max": 0.9}
+    assert summary["aggregate"]["tstr_ratio"]["mean"] == 0.5
+    assert summary["sites"]["b"]["tstr_ratio"] is None
+    report = study_report(demo_schema, None, summary, synthetic_rows=100)
+    assert report["scores"]["column_shapes"] == pytest.approx(0.85)
+    assert report["figures"] is None and report["privacy_statement"] is None
+
+
+def test_evaluation_roles_stay_out_of_the_schema_hash(demo_registry):
+    with_roles = parse_schema(demo_registry.schema_yaml)
+    without = parse_schema(demo_registry.schema_yaml.split("evaluation:")[0])
+    assert with_roles.roles.survival == ("survival_months", "death")
+    assert without.roles.target is None
+    assert with_roles.sha256 == without.sha256
+
+
+@pytest.mark.parametrize("roles, rule", [
+    ("evaluation: {target: nope}", "not a modelled column"),
+    ("evaluation: {survival: {time: sex, event: death}}", "numeric or integer"),
+    ("evaluation: {survival: {time: bmi, event: sex}}", "boolean column"),
+    ("evaluation: {survival: {time: bmi}}", "exactly 'time' and 'event'"),
+    ("evaluation: [target]", "must be a mapping"),
+])
+def test_schema_refuses_impossible_evaluation_roles(demo_registry, roles, rule):
+    text = demo_registry.schema_yaml.split("evaluation:")[0] + roles + "\n"
+    with pytest.raises(SchemaError, match=rule):
+        parse_schema(text, source="s.yaml")
