@@ -61,14 +61,20 @@ def read_reply(reply: Message) -> tuple[str, dict[str, float], str | None]:
         return "", {}, "the scores are not exactly the whitelisted keys"
     if not isinstance(site, ConfigRecord) or set(site.keys()) != set(keys.REPLY_SITE):
         return "", {}, "the site record holds more than the site's name"
-    values = {k: float(metrics[k]) for k in keys.REPLY_SCORES}
-    for key, value in values.items():
-        if math.isnan(value):
-            continue
+    name = site[keys.SITE_NAME]
+    if not isinstance(name, str) or not name.strip():
+        return "", {}, "the site name is not a non-empty text"
+    values: dict[str, float] = {}
+    for key in keys.REPLY_SCORES:
+        value = metrics[key]
+        # A MetricRecord may also hold lists; bool is an int but never a score.
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return "", {}, f"score {key} = {value!r} is not a number"
+        values[key] = value = float(value)
         upper = math.inf if key in _UNBOUNDED else 1.0
-        if not 0.0 <= value <= upper or math.isinf(value):
+        if not math.isnan(value) and (not 0.0 <= value <= upper or math.isinf(value)):
             return "", {}, f"score {key} = {value} is outside [0, {upper:g}]"
-    return str(site[keys.SITE_NAME]), values, None
+    return name, values, None
 
 
 def write_study_report(out_dir: Path, schema: Schema, manifest: Mapping,

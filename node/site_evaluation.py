@@ -15,7 +15,7 @@ from pathlib import Path
 from node.site_data import SiteData
 from protocols.errors import RecordError
 from protocols.evaluation import evaluate_cohort, site_scores
-from protocols.records import check_file
+from protocols.records import drop_identifiers, read_table, validate_records
 from protocols.schema import Schema
 
 
@@ -24,7 +24,12 @@ def score_cohort(schema: Schema, site: SiteData, cohort_csv: bytes) -> dict[str,
     with tempfile.TemporaryDirectory(prefix="fedsynth-eval-") as tmp:
         path = Path(tmp) / "cohort.csv"
         path.write_bytes(cohort_csv)
-        validation = check_file(path, schema)
+        try:  # messages name the released cohort, not this temporary copy
+            frame = drop_identifiers(read_table(path), schema)
+        except RecordError as exc:
+            raise RecordError(f"Site {site.name} refuses to score the cohort: "
+                              f"{str(exc).replace(str(path), 'the released cohort')}") from None
+    validation = validate_records(frame, schema, source="the released cohort")
     if not validation.ok:
         raise RecordError(f"Site {site.name} refuses to score the cohort: it does not match "
                           f"the site's schema ({validation.summary()}).")

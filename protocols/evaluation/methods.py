@@ -23,18 +23,23 @@ METHODS = {
         "regression, mean absolute error, ratio MAE_TRTR / MAE_TSTR. 1 means parity."),
     "Survival": (
         "Kaplan-Meier curves of the declared time and event: the largest and the mean absolute "
-        "gap between the real and synthetic curves up to the shorter follow-up. Cox "
+        "gap between the real and synthetic curves, read at 200 evenly spaced times up to the "
+        "shorter follow-up (records with a missing time or event are left out). Cox "
         "proportional-hazards models (penalizer 0.01) fitted on real and on synthetic records "
         "with the same covariates; direction agreement is the share of significant real hazard "
-        "ratios (p < 0.05) whose synthetic counterpart points the same way."),
+        "ratios (p < 0.05; all of them if none is significant) whose synthetic counterpart "
+        "points the same way. A covariate that does not vary in one data set is left out of "
+        "that data set's model."),
     "Exact copies": "Synthetic rows identical to a real record in every modelled column.",
     "DCR share": (
         "Distance to closest record, in the schema's scaled encoding: the share of synthetic "
         "rows that lie closer to a training record than to a held-out record, with equally "
-        "many of each. 0.5 means the cohort is no closer to the records it learned from."),
+        "many of each (a tie counts half). 0.5 means the cohort is no closer to the records it "
+        "learned from."),
     "Membership inference AUC": (
-        "An attacker scores each real record by its distance to the nearest synthetic row and "
-        "tries to tell training records from held-out ones; 0.5 means the attack is a coin flip."),
+        "An attacker scores each real record by its distance to the nearest synthetic row (closer "
+        "means 'used in training') and tries to tell training records from as many held-out "
+        "ones; the ROC AUC of that guess is 0.5 when the attack is a coin flip."),
     "Bias": (
         "Every declared category's share of rows, real against synthetic; a category is "
         "flagged 'erased' when the cohort has none of it and 'shrunk' when its share fell "

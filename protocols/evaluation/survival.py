@@ -1,13 +1,18 @@
 """Survival agreement for a schema with a (time, event) pair: the synthetic-control-arm check.
 
 - Kaplan–Meier distance: both curves (lifelines' `KaplanMeierFitter`) are read on
-  a common grid of the real event times up to the shorter follow-up; we report
-  the largest gap (a KS-type sup distance) and the mean gap over the grid.
+  a common grid of evenly spaced times from 0 to the shorter follow-up; we report
+  the largest gap (a KS-type sup distance) and the mean gap over the grid. A
+  record whose time or event is missing is left out (of the Cox fits too); with
+  no record left on one side, the curves are not compared.
 - Cox hazard ratios: `CoxPHFitter` (penalizer 0.01, so a cohort with a rare
   level still converges) on the same covariates for real and synthetic records:
   every other modelled column in the schema's encoding (numbers scaled by their
   declared bounds, so a hazard ratio is per full declared range; one-hot levels
-  against the first declared category). Direction agreement is the share of the
+  against the first declared category). A covariate that does not vary in one
+  data set is left out of that data set's model (it has no hazard ratio there,
+  and a cohort that dropped a rare level is still compared on the others).
+  Direction agreement is the share of the
   real model's significant covariates (p < 0.05; all covariates if none is) whose
   synthetic log hazard ratio has the same sign.
 """
@@ -28,32 +33,39 @@ GRID_POINTS = 200
 
 
 def event_indicator(values: pd.Series) -> np.ndarray:
-    """1 for an event, 0 for censoring, from a boolean label or a 0/1 integer."""
+    """1 for an event, 0 for censoring, NaN where unknown, from a boolean label or a 0/1
+    integer (a missing event is not a censoring: the record is left out)."""
     if values.dtype == object:
-        return values.astype(str).str.lower().eq("true").to_numpy(float)
+        events = values.astype(str).str.lower().eq("true").to_numpy(float)
+        return np.where(values.isna().to_numpy(), np.nan, events)
     return values.to_numpy(float)
 
 
 def survival_agreement(schema: Schema, real: pd.DataFrame, synthetic: pd.DataFrame,
-                       time: str, event: str) -> tuple[dict, dict]:
-    """(scores, figure data) for the survival pair."""
+                       time: str, event: str) -> tuple[dict, dict | None]:
+    """(scores, figure data) for the survival pair; the Kaplan–Meier scores and the
+    figure are None when one side has no record with both time and event known."""
     curves = {name: _kaplan_meier(frame, time, event)
               for name, frame in (("real", real), ("synthetic", synthetic))}
+    ratios = _hazard_ratios(schema, real, synthetic, time, event)
+    scores = {"time": time, "event": event, "km_distance": None, "km_mean_distance": None,
+              "hazard_ratios": ratios, "hr_direction_agreement": _direction_agreement(ratios)}
+    if curves["real"] is None or curves["synthetic"] is None:
+        return scores, None
     horizon = min(curves["real"].timeline.max(), curves["synthetic"].timeline.max())
     grid = np.linspace(0.0, horizon, GRID_POINTS)
     gaps = np.abs(_survival_at(curves["real"], grid) - _survival_at(curves["synthetic"], grid))
-    ratios = _hazard_ratios(schema, real, synthetic, time, event)
-    scores = {"time": time, "event": event, "km_distance": float(gaps.max()),
-              "km_mean_distance": float(gaps.mean()), "hazard_ratios": ratios,
-              "hr_direction_agreement": _direction_agreement(ratios)}
+    scores.update(km_distance=float(gaps.max()), km_mean_distance=float(gaps.mean()))
     figure = {name: {"time": fitter.timeline.tolist(),
                      "survival": fitter.survival_function_.iloc[:, 0].tolist()}
               for name, fitter in curves.items()}
     return scores, figure
 
 
-def _kaplan_meier(frame: pd.DataFrame, time: str, event: str) -> KaplanMeierFitter:
+def _kaplan_meier(frame: pd.DataFrame, time: str, event: str) -> KaplanMeierFitter | None:
     known = frame[[time, event]].dropna()
+    if known.empty:
+        return None
     fitter = KaplanMeierFitter()
     fitter.fit(known[time].to_numpy(float), event_observed=event_indicator(known[event]))
     return fitter
@@ -94,22 +106,30 @@ def _hazard_ratios(schema: Schema, real: pd.DataFrame, synthetic: pd.DataFrame,
     for covariate in usable:
         if covariate.startswith("__"):
             continue
-        real_fit, syn_fit = fits["real"], fits["synthetic"]
-        log_r = None if real_fit is None else float(real_fit.params_[covariate])
-        log_s = None if syn_fit is None else float(syn_fit.params_[covariate])
+        log_r, real_p = _coefficient(fits["real"], covariate)
+        log_s, _ = _coefficient(fits["synthetic"], covariate)
         rows.append({"covariate": covariate,
                      "real": None if log_r is None else float(np.exp(log_r)),
                      "synthetic": None if log_s is None else float(np.exp(log_s)),
-                     "real_p": None if real_fit is None else float(real_fit.summary.loc[covariate, "p"]),
+                     "real_p": real_p,
                      "same_direction": None if None in (log_r, log_s)
                      else bool(np.sign(log_r) == np.sign(log_s))})
     return rows
 
 
+def _coefficient(fit: CoxPHFitter | None, covariate: str) -> tuple[float | None, float | None]:
+    """(log hazard ratio, p) of `covariate`, or Nones where the fit left it out."""
+    if fit is None or covariate not in fit.params_.index:
+        return None, None
+    return float(fit.params_[covariate]), float(fit.summary.loc[covariate, "p"])
+
+
 def _fit_cox(frame: pd.DataFrame) -> CoxPHFitter | None:
-    """A penalised Cox fit, or None where it cannot be fitted (too few events, no variation)."""
+    """A penalised Cox fit on the covariates that vary in `frame` (a constant one makes
+    the fit singular), or None where it cannot be fitted (too few events)."""
     if frame["__event"].sum() < 2:
         return None
+    frame = frame[[c for c in frame.columns if c.startswith("__") or frame[c].nunique() > 1]]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

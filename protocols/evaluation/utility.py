@@ -10,7 +10,8 @@ Features are every other modelled column, encoded by the schema's own
 data-independent encoding (scaled numbers, one-hot categories, missingness
 flags). With a holdout of real records, both models are tested on it; without
 one, TRTR is 5-fold cross-validation on the real records and TSTR is tested on
-all of them.
+all of them. A score with no labelled record to train or test on (or, for AUC,
+a test set with one class) is undefined, and so is the ratio.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ def tstr(schema: Schema, real: pd.DataFrame, synthetic: pd.DataFrame,
     x_real, y_real = data["real"]
     if holdout is not None:
         x_test, y_test = data["holdout"]
-        trtr = _score(task, classes, x_real, y_real, x_test, y_test)
+        trtr = (_score(task, classes, x_real, y_real, x_test, y_test) if len(y_real)
+                else float("nan"))  # no labelled real record: no reference model
         protocol = "both models tested on the held-out real records"
     else:
         x_test, y_test = x_real, y_real
@@ -56,13 +58,19 @@ def tstr(schema: Schema, real: pd.DataFrame, synthetic: pd.DataFrame,
         protocol = (f"TRTR: {FOLDS}-fold cross-validation on the real records; "
                     "TSTR: trained on the cohort, tested on all real records")
     tstr_score = _score(task, classes, *data["synthetic"], x_test, y_test)
-    if task == "classification":
-        ratio = tstr_score / trtr if trtr > 0 else None
-    else:
-        ratio = trtr / tstr_score if tstr_score > 0 else (1.0 if trtr == 0 else None)
     return {"target": target, "task": task, "metric": "AUC" if classes is not None else "MAE",
             "model": "logistic regression" if classes is not None else "ridge regression",
-            "trtr": trtr, "tstr": tstr_score, "ratio": ratio, "protocol": protocol}
+            "trtr": trtr, "tstr": tstr_score, "ratio": _ratio(task, trtr, tstr_score),
+            "protocol": protocol}
+
+
+def _ratio(task: str, trtr: float, tstr_score: float) -> float | None:
+    """TSTR relative to TRTR, 1 at parity; None where either score is undefined."""
+    if not (np.isfinite(trtr) and np.isfinite(tstr_score)):
+        return None
+    if task == "classification":
+        return tstr_score / trtr if trtr > 0 else None
+    return trtr / tstr_score if tstr_score > 0 else (1.0 if trtr == 0 else None)
 
 
 def _xy(encoding: TableEncoding, frame: pd.DataFrame, target: str, discrete: bool,
@@ -78,6 +86,8 @@ def _xy(encoding: TableEncoding, frame: pd.DataFrame, target: str, discrete: boo
 
 def _score(task: str, classes: np.ndarray | None, x_train: np.ndarray, y_train: np.ndarray,
            x_test: np.ndarray, y_test: np.ndarray) -> float:
+    if len(y_test) == 0:
+        return float("nan")  # no labelled record to test on
     if task == "regression":
         if len(y_train) == 0:
             return float(np.mean(np.abs(y_test - np.median(y_test))))  # no model: the worst case
@@ -108,6 +118,8 @@ def _cross_validated(task: str, classes: np.ndarray | None, x: np.ndarray, y: np
         splitter = StratifiedKFold(n_splits=min(FOLDS, int(counts.min())), shuffle=True,
                                    random_state=seed)
     else:
-        splitter = KFold(n_splits=min(FOLDS, max(2, len(y))), shuffle=True, random_state=seed)
+        if len(y) < 2:
+            return float("nan")  # too few labelled records to cross-validate
+        splitter = KFold(n_splits=min(FOLDS, len(y)), shuffle=True, random_state=seed)
     scores = [_score(task, classes, x[tr], y[tr], x[te], y[te]) for tr, te in splitter.split(x, y)]
     return float(np.nanmean(scores))

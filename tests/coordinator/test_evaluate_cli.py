@@ -2,6 +2,7 @@
 
 import json
 
+import pandas as pd
 import pytest
 
 from coordinator.cli import main as coordinator_main
@@ -87,3 +88,50 @@ def test_a_manifest_beside_the_cohort_gives_the_privacy_statement(files):
     assert _coordinator_evaluate(files, files / "report.html") == 0
     statement = json.loads((files / "report.json").read_text())["privacy_statement"]
     assert statement["epsilon_target_per_site"] == 3.0
+
+
+def test_a_cohort_with_no_survival_time_known_is_reported_with_the_reason(files, capsys):
+    schema = (files / "schema.yaml").read_text()
+    head, tail = schema.split("- name: survival_months\n", 1)
+    (files / "schema.yaml").write_text(
+        head + "- name: survival_months\n" + tail.replace("nullable: false", "nullable: true", 1))
+    cohort = pd.read_csv(files / "hospital-04.csv", dtype=str, keep_default_na=False)
+    cohort["survival_months"] = ""
+    cohort.to_csv(files / "hospital-04.csv", index=False)
+    assert _coordinator_evaluate(files, files / "report.html") == 0
+    assert "Traceback" not in capsys.readouterr().err
+    report = json.loads((files / "report.json").read_text())
+    assert report["scores"]["km_distance"] is None and report["figures"]["km"] is None
+    assert "no record with its time and event known" in (files / "report.html").read_text()
+
+
+def test_a_typed_parquet_cohort_scores_exactly_as_its_csv(files, demo_registry):
+    cohort = demo_registry.sites["hospital-04"].copy()
+    cohort["diagnosis_date"] = pd.to_datetime(cohort["diagnosis_date"])
+    for name in ("treated", "death"):
+        cohort[name] = cohort[name].astype("boolean")
+    cohort["ecog"] = cohort["ecog"].astype("Int64")
+    cohort.to_parquet(files / "cohort.parquet")
+    assert _coordinator_evaluate(files, files / "csv.html") == 0
+    assert coordinator_main(["evaluate", "--schema", str(files / "schema.yaml"),
+                             "--real", str(files / "hospital-05.csv"),
+                             "--real", str(files / "hospital-06.csv"),
+                             "--synthetic", str(files / "cohort.parquet"),
+                             "--out", str(files / "parquet.html")]) == 0
+    scores = [json.loads((files / f"{n}.json").read_text())["scores"] for n in ("csv", "parquet")]
+    assert scores[0] == scores[1]
+
+
+@pytest.mark.parametrize("rows, code", [(20, 0), (19, 2)])
+def test_twenty_rows_are_the_minimum_for_every_input(files, capsys, rows, code):
+    for name in ("hospital-04", "hospital-05", "hospital-06"):
+        frame = pd.read_csv(files / f"{name}.csv", dtype=str, keep_default_na=False)
+        frame.iloc[:rows].to_csv(files / f"{name}.csv", index=False)
+    assert _coordinator_evaluate(files, files / "report.html",
+                                 "--holdout", str(files / "hospital-04.csv")) == code
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    if code:
+        assert "at least 20" in err and not (files / "report.json").exists()
+    else:
+        json.loads((files / "report.json").read_text())

@@ -40,9 +40,37 @@ def test_a_reply_with_exactly_the_whitelisted_scores_is_accepted():
     (lambda: _reply({**dict.fromkeys(keys.REPLY_SCORES, 0.5), "column_shapes": 1.7}),
      "outside"),
     (lambda: _reply({**dict.fromkeys(keys.REPLY_SCORES, 0.5), "pairwise": -0.1}), "outside"),
+    (lambda: _reply({**dict.fromkeys(keys.REPLY_SCORES, 0.5), "column_shapes": [0.5, 0.6]}),
+     "not a number"),
     (lambda: _reply(site={keys.SITE_NAME: "h", "rows": "120"}), "more than the site's name"),
+    (lambda: _reply(site={keys.SITE_NAME: b"hospital"}), "site name"),
     (lambda: _reply(extra={"records": ConfigRecord({"x": "1"})}), "unexpected records"),
 ])
 def test_a_reply_with_anything_else_is_dropped(reply, why):
     _, _, problem = read_reply(reply())
     assert problem is not None and why in problem
+
+
+@pytest.fixture
+def site(tmp_path, demo_registry, demo_schema):
+    from node.site_data import load_site
+    demo_registry.sites["hospital-01"].to_csv(tmp_path / "hospital-01.csv", index=False)
+    return load_site(tmp_path / "hospital-01.csv", demo_schema)
+
+
+def test_a_site_returns_exactly_the_whitelisted_scores(site, demo_registry, demo_schema):
+    from node.site_evaluation import score_cohort
+    cohort = demo_registry.sites["hospital-02"].to_csv(index=False).encode()
+    scores = score_cohort(demo_schema, site, cohort)
+    assert tuple(scores) == keys.REPLY_SCORES
+    assert all(type(v) is float for v in scores.values())
+
+
+@pytest.mark.parametrize("cohort", [b"", b"age_at_diagnosis\n42\n"])
+def test_a_site_refuses_a_bad_cohort_naming_the_cohort_not_a_temporary_file(
+        site, demo_schema, cohort):
+    from node.site_evaluation import score_cohort
+    from protocols.errors import RecordError
+    with pytest.raises(RecordError, match="released cohort") as caught:
+        score_cohort(demo_schema, site, cohort)
+    assert "fedsynth-eval-" not in str(caught.value)

@@ -152,3 +152,92 @@ def test_schema_refuses_impossible_evaluation_roles(demo_registry, roles, rule):
     text = demo_registry.schema_yaml.split("evaluation:")[0] + roles + "\n"
     with pytest.raises(SchemaError, match=rule):
         parse_schema(text, source="s.yaml")
+
+
+def _nullable_survival_schema(demo_registry):
+    """The demo schema with a survival time and event that may be missing."""
+    text = demo_registry.schema_yaml
+    for name in ("survival_months", "death"):
+        head, tail = text.split(f"- name: {name}\n", 1)
+        text = head + f"- name: {name}\n" + tail.replace("nullable: false", "nullable: true", 1)
+    return parse_schema(text)
+
+
+def _with(frame: pd.DataFrame, **values) -> pd.DataFrame:
+    frame = frame.copy()
+    for name, value in values.items():
+        frame[name] = value
+    return frame
+
+
+def test_a_numeric_target_unlabelled_in_real_records_leaves_utility_unscored(demo_registry, pooled):
+    schema = parse_schema(demo_registry.schema_yaml.replace("target: treated", "target: bmi"))
+    train, holdout = _split(pooled)
+    unlabelled = _with(train, bmi=np.nan)
+    for real, held in ((unlabelled, None), (unlabelled, holdout), (train, _with(holdout, bmi=np.nan))):
+        report = evaluate_cohort(schema, real, pooled.copy(), holdout=held, figures=False)
+        assert report["scores"]["tstr_ratio"] is None
+        json.dumps(report, allow_nan=False)
+
+
+def test_a_numeric_target_with_one_labelled_real_record_has_no_cross_validated_trtr(
+        demo_registry, pooled):
+    schema = parse_schema(demo_registry.schema_yaml.replace("target: treated", "target: bmi"))
+    real = _with(pooled, bmi=np.nan)
+    real.loc[0, "bmi"] = 25.0
+    report = evaluate_cohort(schema, real, pooled.copy(), figures=False)
+    assert report["utility"]["trtr"] is None and report["scores"]["tstr_ratio"] is None
+
+
+@pytest.mark.parametrize("which", ["real", "synthetic"])
+@pytest.mark.parametrize("column", ["survival_months", "death"])
+def test_a_survival_column_missing_everywhere_leaves_the_survival_scores_unscored(
+        demo_registry, pooled, which, column):
+    schema = _nullable_survival_schema(demo_registry)
+    frames = {"real": pooled, "synthetic": pooled.copy()}
+    frames[which] = _with(frames[which], **{column: None if column == "death" else np.nan})
+    report = evaluate_cohort(schema, frames["real"], frames["synthetic"])
+    assert report["scores"]["km_distance"] is None
+    assert report["scores"]["hr_direction_agreement"] is None
+    assert report["figures"]["km"] is None
+    json.dumps(report, allow_nan=False)
+
+
+def test_a_missing_survival_event_is_left_out_not_counted_as_censored(demo_registry, pooled):
+    schema = _nullable_survival_schema(demo_registry)
+    real = pooled.copy()
+    real.loc[real.index[::3], "death"] = None
+    known = real[real["death"].notna()].reset_index(drop=True)
+    ratios = evaluate_cohort(schema, real, pooled, figures=False)["survival"]["hazard_ratios"]
+    expected = evaluate_cohort(schema, known, pooled, figures=False)["survival"]["hazard_ratios"]
+    assert [r["real"] for r in ratios] == pytest.approx([r["real"] for r in expected])
+
+
+@pytest.mark.parametrize("change, unscored", [
+    ({"real": {"bmi": np.nan}, "synthetic": {"bmi": np.nan}}, set()),
+    ({"synthetic": {"genotype": None}}, set()),
+    ({"real": {"serum_marker": 100.0}, "synthetic": {"serum_marker": 100.0}}, set()),
+    ({"real": {"diagnosis_date": 11000.0}}, set()),
+    ({"real": {"sex": "female"}, "synthetic": {"sex": "female"}}, set()),
+    ({"synthetic": {"treated": "false"}}, set()),
+    ({"real": {"treated": "true"}}, {"tstr_ratio"}),
+    ({"synthetic": {"death": "false"}}, {"hr_direction_agreement"}),
+    ({"real": {"death": "false"}}, {"hr_direction_agreement"}),
+])
+def test_degenerate_columns_give_a_strict_report_with_only_the_affected_scores_missing(
+        demo_schema, pooled, change, unscored):
+    real, synthetic = (_with(frame.iloc[:200].reset_index(drop=True), **change.get(key, {}))
+                       for key, frame in (("real", pooled), ("synthetic", pooled.iloc[200:])))
+    report = evaluate_cohort(demo_schema, real, synthetic, seed=0)
+    json.dumps(report, allow_nan=False)
+    missing = {k for k, v in report["scores"].items() if v is None}
+    assert missing - {"dcr_share", "mia_auc"} == unscored
+
+
+def test_twenty_rows_each_is_enough_for_a_strict_report(demo_schema, pooled):
+    real, synthetic, holdout = (pooled.iloc[i:i + 20].reset_index(drop=True)
+                                for i in (0, 20, 40))
+    report = evaluate_cohort(demo_schema, real, synthetic, holdout=holdout)
+    json.dumps(report, allow_nan=False)
+    assert report["scores"]["column_shapes"] is not None
+    assert report["scores"]["dcr_share"] is not None

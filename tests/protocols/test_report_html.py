@@ -192,7 +192,7 @@ def test_report_without_optional_parts_renders_and_says_guarantee_is_unknown() -
     assert "<img" not in page
     for absent in ("Utility: train on synthetic", "<h2>Survival</h2>", "Federated evaluation"):
         assert absent not in page
-    assert "— <span class=\"why\">(no prediction target)</span>" in page
+    assert "— <span class=\"why\">(no prediction target, or too few labelled real records to score one)</span>" in page
     assert "<h2>Column distributions</h2>" in page  # the fidelity table still shows
 
 
