@@ -34,10 +34,10 @@ class StudyPlan:
     rounds: int = 15
     local_steps: int = 20
     batch_size: int = 64
-    learning_rate: float = 5e-3
+    learning_rate: float = 2e-2
     max_grad_norm: float = 1.0
-    hidden: int = 64
-    latent: int = 8
+    hidden: int = 32
+    latent: int = 4
     rows: int = 1000
     seed: int = 0
     min_sites: int = 2

@@ -120,3 +120,51 @@ def test_ghost_clipping_gives_the_same_clipped_update_as_per_sample_gradients(si
         assert param.grad is not None and fast_grads[name].grad is not None, name
         assert torch.allclose(fast_grads[name].grad, param.grad, atol=1e-7), name
         assert param.grad.abs().sum() > 0, name
+
+
+def test_continuous_bins_are_a_fixed_grid_over_the_declared_range():
+    from protocols.generator import CONTINUOUS_BINS, bin_edges, value_bins
+
+    edges = bin_edges()
+    assert len(edges) == CONTINUOUS_BINS + 1
+    assert edges[0] == 0.0 and edges[-1] == 1.0 and bool((edges.diff() > 0).all())
+    inner = (edges[:-1] + edges[1:]) / 2
+    assert torch.equal(value_bins(inner, edges), torch.arange(CONTINUOUS_BINS))
+    assert value_bins(torch.tensor([0.0, 1.0]), edges).tolist() == [0, CONTINUOUS_BINS - 1]
+
+
+def test_decoder_head_of_a_column_reads_only_the_columns_before_it(site):
+    """Autoregressive decoder: changing column j and later ones leaves the heads of
+    columns up to j unchanged, so ancestral sampling is exact."""
+    from protocols.generator import _head_width
+
+    model = build_generator(site.encoding, 16, 4, 0)
+    blocks = site.encoding.blocks
+    columns = list(dict.fromkeys(b.column for b in blocks))
+    x = torch.as_tensor(site.encoded[:8])
+    z = torch.randn(8, 4)
+    j = len(columns) // 2
+    later = [i for b in blocks if columns.index(b.column) >= j for i in range(b.start, b.stop)]
+    changed = x.clone()
+    changed[:, later] = torch.as_tensor(site.encoded[8:16])[:, later]
+    widths = [_head_width(b.kind, b.width) for b in blocks]
+    upto = sum(w for b, w in zip(blocks, widths) if columns.index(b.column) <= j)
+    with torch.no_grad():
+        assert torch.allclose(model.decode(z, x)[:, :upto], model.decode(z, changed)[:, :upto])
+        assert not torch.allclose(model.decode(z, x), model.decode(z, changed))
+
+
+def test_samples_stay_in_the_unit_range_and_missing_numbers_read_as_encoded(site):
+    from protocols.generator import sample_encoded
+
+    model = build_generator(site.encoding, 16, 4, 0)
+    sample = sample_encoded(model, 500, seed=1)
+    assert sample.shape == (500, site.encoding.width)
+    assert sample.min() >= 0.0 and sample.max() <= 1.0
+    missing = {b.column: b for b in site.encoding.blocks if b.kind == "missing"}
+    for block in site.encoding.blocks:
+        if block.kind == "continuous" and block.column in missing:
+            flagged = sample[:, missing[block.column].start] == 1.0
+            assert flagged.any() and (sample[flagged, block.start] == 0.5).all()
+    decoded = site.encoding.decode(sample)
+    assert list(decoded.columns) == [c.name for c in site.encoding.schema.columns]
