@@ -16,7 +16,7 @@ from coordinator.demo import run_demo
 from coordinator.simulation import simulate_study
 from protocols.cohort_evaluation import evaluate_files, score_lines
 from protocols.errors import FedsynthError
-from protocols.plan import StudyPlan
+from protocols.plan import GENERATORS, StudyPlan
 
 DEFAULT_PLAN = StudyPlan()
 
@@ -28,10 +28,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "evaluate":
             return _evaluate(args)
         plan = DEFAULT_PLAN.with_overrides(epsilon=args.epsilon, delta=args.delta,
-                                        rounds=args.rounds, rows=args.rows, seed=args.seed,
+                                        rounds=_rounds(args), rows=args.rows, seed=args.seed,
                                         local_steps=args.local_steps,
                                         batch_size=args.batch_size, min_sites=args.min_sites,
-                                        size_granularity=args.size_granularity)
+                                        size_granularity=args.size_granularity,
+                                        generator=args.generator)
         if args.command == "demo":
             release = run_demo(args.out, plan, _progress)
         else:
@@ -73,8 +74,16 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--size-granularity", type=int,
                        help="0 = sites weigh equally, no size disclosed (default); k = each "
                             "site discloses its size rounded to k and FedAvg weighs by it")
+        p.add_argument("--generator", choices=GENERATORS,
+                       help="vae: DP-SGD on a small VAE over many rounds (default); marginals: "
+                            "each site releases noisy column and pair tables once")
         p.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
     return parser
+
+
+def _rounds(args: argparse.Namespace) -> int | None:
+    """The marginals generator releases once: one round unless the user says otherwise."""
+    return 1 if args.rounds is None and args.generator == "marginals" else args.rounds
 
 
 def _evaluate_parser(sub: argparse._SubParsersAction) -> None:

@@ -18,14 +18,12 @@ from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from coordinator.checkpoints import save_checkpoint
-from coordinator.cohort import (CSV_NAME, Release, generator_from_state, release_cohort,
-                                sample_cohort)
+from coordinator.cohort import CSV_NAME, Release, release_cohort
 from coordinator.federated_evaluation import REPORT_NAME, evaluate_at_sites, write_study_report
+from coordinator.generator_family import initial_arrays, sample_release
 from coordinator.strategy import StudyStrategy
 from coordinator.study import StudySettings
 from protocols import messages as keys
-from protocols.encoding import build_encoding
-from protocols.generator import build_generator
 
 # Under `flwr run` only Flower's own logger reaches the operator's console.
 _FLOWER_LOG = logging.getLogger("flwr")
@@ -60,8 +58,7 @@ def build_server_app(overrides: Mapping[str, Any] | None = None,
 def run_study(grid: Grid, settings: StudySettings, progress: ProgressFn) -> Release:
     """Run every round of the study on `grid`, then release the cohort."""
     schema, plan = settings.schema, settings.plan
-    model = build_generator(build_encoding(schema), plan.hidden, plan.latent, plan.seed)
-    initial = ArrayRecord(model.state_dict())
+    initial = initial_arrays(schema, plan)
     strategy = StudyStrategy(plan, initial)
     plan_record = ConfigRecord({**plan.to_config(), keys.SCHEMA_SHA256: schema.sha256})
     started = time.monotonic()
@@ -78,8 +75,7 @@ def run_study(grid: Grid, settings: StudySettings, progress: ProgressFn) -> Rele
 
     result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=plan.rounds,
                             train_config=plan_record, evaluate_fn=after_round)
-    generator = generator_from_state(schema, plan, result.arrays.to_torch_state_dict())
-    cohort = sample_cohort(generator, plan.rows, plan.seed)
+    cohort = sample_release(schema, plan, result.arrays)
     release = release_cohort(cohort, settings.out_dir, schema=schema, plan=plan,
                              sites=strategy.sites,
                              contributors=strategy.contributors, engine=settings.engine)

@@ -20,12 +20,14 @@ from flwr.clientapp import ClientApp
 
 from node.site_config import resolve_site
 from node.site_data import SiteData
+from node.marginal_release import release_marginals
 from node.site_evaluation import score_cohort
 from node.training import SitePrivacy, train_round
 from protocols import messages as keys
 from protocols.errors import PlanError
 from protocols.generator import build_generator
 from protocols.plan import StudyPlan
+from protocols.schema import Schema
 
 log = logging.getLogger(__name__)
 _STATE = "fedsynth-node"
@@ -59,6 +61,8 @@ def _train(msg: Message, context: Context, run_config: Mapping[str, Any]) -> Mes
                         f"{schema.sha256}.")
     plan = StudyPlan.from_config(plan_config)
     state, privacy = _study_state(context, plan, schema.sha256, site)
+    if plan.generator == "marginals":
+        return _release(msg, context, state, schema, site, plan)
     model = build_generator(site.encoding, plan.hidden, plan.latent, plan.seed)
     model.load_state_dict(msg.content[keys.ARRAYS].to_torch_state_dict())
     outcome = train_round(model, site.encoded, plan, privacy, int(state[keys.STEPS_TOTAL]))
@@ -66,17 +70,36 @@ def _train(msg: Message, context: Context, run_config: Mapping[str, Any]) -> Mes
     context.state.config_records[_STATE] = state
     log.info("site %s: round %s, %d steps, epsilon spent %.3f", site.name,
              plan_config.get(keys.SERVER_ROUND), outcome.steps, outcome.epsilon)
-    reply = RecordDict({
-        keys.ARRAYS: ArrayRecord(model.state_dict()),
+    reply = _reply_content(ArrayRecord(model.state_dict()), plan, site, outcome.steps,
+                           outcome.steps_total, outcome.epsilon)
+    return Message(content=reply, reply_to=msg)
+
+
+def _release(msg: Message, context: Context, state: ConfigRecord, schema: Schema,
+             site: SiteData, plan: StudyPlan) -> Message:
+    """The marginals generator: one noisy release of the site's tables, then never again."""
+    release = release_marginals(schema, site, plan, int(state[keys.STEPS_TOTAL]))
+    state[keys.STEPS_TOTAL] = 1
+    context.state.config_records[_STATE] = state
+    log.info("site %s: released noisy tables, epsilon %.3f", site.name, release.epsilon)
+    arrays = {name: torch.from_numpy(table) for name, table in release.tables.items()}
+    return Message(content=_reply_content(ArrayRecord(arrays), plan, site, 1, 1,
+                                          release.epsilon), reply_to=msg)
+
+
+def _reply_content(arrays: ArrayRecord, plan: StudyPlan, site: SiteData, steps: int,
+                   steps_total: int, epsilon: float) -> RecordDict:
+    """Weights (or tables) and the whitelisted scalars: all a training reply holds."""
+    return RecordDict({
+        keys.ARRAYS: arrays,
         keys.METRICS: MetricRecord({
             keys.WEIGHT: plan.fedavg_weight(site.n_records),
-            keys.STEPS: outcome.steps,
-            keys.STEPS_TOTAL: outcome.steps_total,
-            keys.EPSILON_SPENT: outcome.epsilon,
+            keys.STEPS: steps,
+            keys.STEPS_TOTAL: steps_total,
+            keys.EPSILON_SPENT: epsilon,
         }),
         keys.SITE: ConfigRecord({keys.SITE_NAME: site.name}),
     })
-    return Message(content=reply, reply_to=msg)
 
 
 def _evaluate(msg: Message, context: Context, run_config: Mapping[str, Any]) -> Message:
@@ -110,7 +133,9 @@ def _study_state(context: Context, plan: StudyPlan, schema_sha256: str, site: Si
     fingerprint = plan.fingerprint(schema_sha256)
     state = context.state.config_records.get(_STATE)
     if state is None:
-        privacy = SitePrivacy.for_site(plan, site.n_records, site.name)
+        # The marginals generator adds its noise in one release (node.marginal_release).
+        privacy = (SitePrivacy.for_site(plan, site.n_records, site.name)
+                   if plan.generator == "vae" else SitePrivacy(1.0, 0.0))
         state = ConfigRecord({keys.STEPS_TOTAL: 0, "plan": fingerprint,
                               "sample-rate": privacy.sample_rate,
                               "noise-multiplier": privacy.noise_multiplier})

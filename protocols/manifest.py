@@ -34,6 +34,12 @@ class SitePrivacySpent:
     steps: int
 
 
+MECHANISMS = {
+    "vae": "DP-SGD with Poisson sampling on a tabular VAE",
+    "marginals": "Gaussian mechanism on column and pair tables, released once",
+}
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
@@ -53,6 +59,7 @@ def build_manifest(*, schema_sha256: str, plan: StudyPlan, sites: Mapping[str, S
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "schema_sha256": schema_sha256,
         "engine": engine,
+        "generator": plan.generator,
         "rows": rows,
         "seed": plan.seed,
         "rounds": plan.rounds,
@@ -60,8 +67,8 @@ def build_manifest(*, schema_sha256: str, plan: StudyPlan, sites: Mapping[str, S
         "contributors": sorted(contributors),
         "privacy": {
             "private": plan.private,
-            "guarantee": ("record-level (epsilon, delta)-DP per site over the whole study, "
-                          "DP-SGD with Poisson sampling" if plan.private else
+            "guarantee": (f"record-level (epsilon, delta)-DP per site over the whole study, "
+                          f"{MECHANISMS[plan.generator]}" if plan.private else
                           "none: trained without differential privacy (reference only)"),
             "accountant": ACCOUNTANT if plan.private else None,
             "site_sizes_disclosed": (f"rounded to a multiple of {plan.size_granularity}"

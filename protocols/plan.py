@@ -16,6 +16,10 @@ from typing import Any
 
 from protocols.errors import PlanError
 
+# "vae": DP-SGD on a tabular VAE over many rounds (protocols.generator);
+# "marginals": noisy column and pair tables released once (protocols.marginals).
+GENERATORS = ("vae", "marginals")
+
 
 @dataclass(frozen=True)
 class StudyPlan:
@@ -42,6 +46,7 @@ class StudyPlan:
     seed: int = 0
     min_sites: int = 2
     size_granularity: int = 0
+    generator: str = "vae"
 
     def __post_init__(self) -> None:
         check_plan(self)
@@ -85,6 +90,8 @@ class StudyPlan:
 
 
 def _coerce(name: str, value: Any, default: Any) -> Any:
+    if isinstance(default, str):
+        return str(value).strip()
     try:
         if isinstance(default, int) and not isinstance(default, bool):
             if isinstance(value, float) and not value.is_integer():
@@ -110,6 +117,9 @@ def check_plan(plan: StudyPlan) -> None:
         (plan.rows >= 1, "rows must be at least 1"),
         (plan.min_sites >= 1, "min-sites must be at least 1"),
         (plan.size_granularity >= 0, "size-granularity must be 0 (equal weights) or positive"),
+        (plan.generator in GENERATORS, f"generator must be one of {', '.join(GENERATORS)}"),
+        (plan.generator != "marginals" or plan.rounds == 1,
+         "the marginals generator releases its tables once: rounds must be 1"),
     ]
     for holds, rule in rules:
         if not holds:

@@ -147,3 +147,17 @@ def test_a_study_without_federated_evaluation_leaves_no_report(sites, tmp_path):
     result = _simulate(sites, tmp_path, "--epsilon", "2", "--no-evaluation")
     assert result.returncode == 0, result.stderr[-3000:]
     assert not (tmp_path / "report.html").exists()
+
+
+def test_a_marginals_study_releases_once_and_says_which_mechanism_it_used(sites, tmp_path):
+    result = _simulate(sites, tmp_path, "--generator", "marginals", "--rounds", "1",
+                       "--epsilon", "2", "--no-evaluation")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "round 1/1" in result.stdout
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["generator"] == "marginals" and manifest["rounds"] == 1
+    assert "Gaussian mechanism" in manifest["privacy"]["guarantee"]
+    for site in manifest["privacy"]["sites"].values():
+        assert 1.9 < site["epsilon_spent"] <= 2.0 and site["steps"] == 1
+    check = _cli("node", "check", "--schema", sites[0], "--data", tmp_path / "synthetic.csv")
+    assert check.returncode == 0, check.stderr

@@ -150,3 +150,26 @@ def test_a_site_can_decline_federated_evaluation(site_files, demo_schema):
     context.node_config["federated-evaluation"] = "false"
     with pytest.raises(PlanError, match="declines"):
         build_client_app()(_evaluate_message(demo_schema, b"x\n"), context)
+
+
+MARGINALS = StudyPlan(epsilon=2.0, rounds=1, generator="marginals")
+
+
+def test_a_marginals_release_holds_only_the_tables_and_is_made_once(site_files, demo_schema):
+    from coordinator.generator_family import initial_arrays
+
+    initial = initial_arrays(demo_schema, MARGINALS)
+    config = ConfigRecord({**MARGINALS.to_config(), keys.SCHEMA_SHA256: demo_schema.sha256,
+                           keys.SERVER_ROUND: 1})
+    msg = Message(content=RecordDict({keys.ARRAYS: initial, keys.PLAN: config}), dst_node_id=1,
+                  message_type="train")
+    app, context = build_client_app(), _context(*site_files)
+    reply = app(msg, context)
+    assert set(reply.content.keys()) == {keys.ARRAYS, keys.METRICS, keys.SITE}
+    shapes = {k: a.numpy().shape for k, a in reply.content[keys.ARRAYS].items()}
+    assert shapes == {k: a.numpy().shape for k, a in initial.items()}
+    metrics = reply.content[keys.METRICS]
+    assert set(metrics.keys()) == keys.REPLY_METRICS and metrics[keys.WEIGHT] == 1.0
+    assert 1.9 < metrics[keys.EPSILON_SPENT] <= 2.0
+    with pytest.raises(BudgetError, match="already released"):
+        app(msg, context)

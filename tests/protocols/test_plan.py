@@ -108,3 +108,11 @@ def test_flower_app_config_holds_exactly_the_plan_defaults() -> None:
         assert config[key] == field.default, (key, config[key], field.default)
         assert type(config[key]) is type(field.default), (key, config[key])
     assert StudyPlan.from_config(config) == StudyPlan()
+
+
+def test_plan_knows_its_generator_families():
+    assert StudyPlan(generator="marginals", rounds=1).generator == "marginals"
+    with pytest.raises(PlanError, match="generator must be one of"):
+        StudyPlan(generator="gan")
+    with pytest.raises(PlanError, match="rounds must be 1"):
+        StudyPlan(generator="marginals", rounds=3)

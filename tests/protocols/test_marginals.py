@@ -1,0 +1,69 @@
+"""The marginals generator's release: data-independent tables, calibrated Gaussian noise."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from protocols.accounting import epsilon_spent
+from protocols.marginals import (build_layout, noise_scales, noisy_tables, one_name, pair_name,
+                                 release_epsilon, release_noise_multiplier)
+from protocols.records import drop_identifiers, validate_records
+
+
+@pytest.fixture(scope="module")
+def parsed(demo_registry, demo_schema) -> pd.DataFrame:
+    frame = demo_registry.sites["hospital-06"]
+    text = drop_identifiers(frame, demo_schema).astype(object)
+    text = text.where(frame[text.columns].notna(), "").astype(str)
+    validation = validate_records(text, demo_schema, "hospital-06")
+    validation.raise_if_invalid()
+    return validation.parsed
+
+
+def test_table_shapes_come_from_the_schema_alone(demo_schema):
+    shapes = build_layout(demo_schema).table_shapes()
+    assert shapes[one_name(demo_schema.column("ecog"))] == (5,)  # 0..4: one bin per value
+    assert shapes[one_name(demo_schema.column("bmi"))] == (33,)  # 32 bins + missing
+    assert shapes[one_name(demo_schema.column("genotype"))] == (5,)  # 4 categories + missing
+    pair = pair_name(demo_schema.column("sex"), demo_schema.column("bmi"))
+    assert shapes[pair] == (2, 5)  # coarse: 4 bins + missing
+    n = len(demo_schema.features)
+    assert len(shapes) == n + n * (n - 1) // 2
+
+
+def test_counts_cover_every_record_once_and_pairs_agree_with_columns(demo_schema, parsed):
+    layout = build_layout(demo_schema)
+    tables = layout.counts(parsed)
+    assert all(t.sum() == len(parsed) for t in tables.values())
+    bmi, sex = demo_schema.column("bmi"), demo_schema.column("sex")
+    fine = layout.fine_codes(parsed)["bmi"]
+    coarse = np.bincount(layout.coarse(bmi, fine), minlength=layout.coarse_size(bmi))
+    assert np.array_equal(tables[pair_name(sex, bmi)].sum(axis=0), coarse)
+
+
+def test_noise_is_calibrated_by_the_accountant_to_the_plans_epsilon():
+    z = release_noise_multiplier(3.0, 1e-5)
+    assert 2.95 <= release_epsilon(z, 1e-5) <= 3.0
+    assert release_epsilon(z, 1e-5) == epsilon_spent(z, 1.0, 1, 1e-5)
+    assert release_noise_multiplier(math.inf, 1e-5) == 0.0
+
+
+def test_heterogeneous_table_noise_adds_up_to_the_calibrated_multiplier(demo_schema):
+    layout = build_layout(demo_schema)
+    n_one = len(layout.columns)
+    n_two = n_one * (n_one - 1) // 2
+    sigma_one, sigma_two = noise_scales(layout, 1.7)
+    assert (n_one / sigma_one ** 2 + n_two / sigma_two ** 2) ** -0.5 == pytest.approx(1.7)
+
+
+def test_a_release_is_noisy_unpredictable_and_exact_without_dp(demo_schema, parsed):
+    layout = build_layout(demo_schema)
+    exact = layout.counts(parsed)
+    first, second = noisy_tables(layout, parsed, 1.5), noisy_tables(layout, parsed, 1.5)
+    name = one_name(demo_schema.column("age_at_diagnosis"))
+    assert not np.allclose(first[name], second[name])  # OS entropy, not a seed
+    assert not np.allclose(first[name], exact[name])
+    no_dp = noisy_tables(layout, parsed, 0.0)
+    assert all(np.array_equal(no_dp[k], exact[k]) for k in exact)
