@@ -1,6 +1,5 @@
 """The coordinator's tree sampler: post-processing that keeps structure and the schema."""
 
-import numpy as np
 import pandas as pd
 import pytest
 
