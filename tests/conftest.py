@@ -48,3 +48,27 @@ def write_csv(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def demo_parsed(demo_registry: DemoRegistry, demo_schema: Schema) -> dict[str, pd.DataFrame]:
+    """Each demo hospital's records as `validate_records` parses them (identifiers dropped)."""
+    return {name: parse_frame(frame, demo_schema, name)
+            for name, frame in demo_registry.sites.items()}
+
+
+@pytest.fixture(scope="session")
+def frame_parser() -> Callable[[pd.DataFrame, Schema, str], pd.DataFrame]:
+    """`frame_parser(frame, schema, source)`: see `parse_frame`."""
+    return parse_frame
+
+
+def parse_frame(frame: pd.DataFrame, schema: Schema, source: str) -> pd.DataFrame:
+    """Validate an in-memory frame the way a node validates a file (empty cell = missing)."""
+    from protocols.records import drop_identifiers, validate_records
+
+    text = drop_identifiers(frame, schema).astype(object)
+    text = text.where(frame[text.columns].notna(), "").astype(str)
+    validation = validate_records(text, schema, source)
+    validation.raise_if_invalid()
+    return validation.parsed

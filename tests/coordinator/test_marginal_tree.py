@@ -6,25 +6,21 @@ import pytest
 from coordinator.marginal_tree import fit_tree, sample_tree
 from protocols.evaluation import evaluate_cohort
 from protocols.marginals import build_layout, noisy_tables
-from protocols.records import check_file, drop_identifiers, validate_records
+from protocols.records import check_file
 
 
 @pytest.fixture(scope="module")
-def pooled(demo_registry, demo_schema) -> pd.DataFrame:
-    frames = []
-    for name, frame in demo_registry.sites.items():
-        text = drop_identifiers(frame, demo_schema).astype(object)
-        text = text.where(frame[text.columns].notna(), "").astype(str)
-        frames.append(validate_records(text, demo_schema, name).parsed)
-    return pd.concat(frames, ignore_index=True)
+def pooled(demo_parsed) -> pd.DataFrame:
+    return pd.concat(demo_parsed.values(), ignore_index=True)
 
 
-def test_exact_tables_give_a_cohort_that_keeps_the_strong_associations(demo_schema, pooled):
+def test_exact_tables_give_a_cohort_that_keeps_the_strong_associations(demo_schema, pooled,
+                                                                       frame_parser):
     layout = build_layout(demo_schema)
     model = fit_tree(layout, layout.counts(pooled))
     assert len(model.edges) == len(demo_schema.features) - 1
     cohort = sample_tree(model, 4000, seed=0)
-    scores = evaluate_cohort(demo_schema, pooled, _parse(cohort, demo_schema), figures=False)
+    scores = evaluate_cohort(demo_schema, pooled, frame_parser(cohort, demo_schema, "cohort"), figures=False)
     assert scores["scores"]["column_shapes"] > 0.9
     assert scores["scores"]["strong_associations_kept"] >= 0.5
 
@@ -46,11 +42,3 @@ def test_sampling_is_reproducible_from_the_seed(demo_schema, pooled):
     model = fit_tree(layout, layout.counts(pooled))
     pd.testing.assert_frame_equal(sample_tree(model, 300, 4), sample_tree(model, 300, 4))
     assert not sample_tree(model, 300, 4).equals(sample_tree(model, 300, 5))
-
-
-def _parse(cohort: pd.DataFrame, schema) -> pd.DataFrame:
-    text = drop_identifiers(cohort, schema).astype(object)
-    text = text.where(cohort[text.columns].notna(), "").astype(str)
-    validation = validate_records(text, schema, "cohort")
-    validation.raise_if_invalid()
-    return validation.parsed

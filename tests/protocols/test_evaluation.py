@@ -11,25 +11,12 @@ import pytest
 from protocols.errors import SchemaError
 from protocols.evaluation import (SITE_SCORES, evaluate_cohort, federated_summary, site_scores,
                                   study_report)
-from protocols.records import drop_identifiers, validate_records
 from protocols.schema import parse_schema
 
 
 @pytest.fixture(scope="module")
-def parsed_sites(demo_registry, demo_schema) -> list[pd.DataFrame]:
-    frames = []
-    for name, frame in demo_registry.sites.items():
-        text = drop_identifiers(frame, demo_schema).astype(object)
-        text = text.where(frame[text.columns].notna(), "").astype(str)
-        validation = validate_records(text, demo_schema, name)
-        validation.raise_if_invalid()
-        frames.append(validation.parsed)
-    return frames
-
-
-@pytest.fixture(scope="module")
-def pooled(parsed_sites) -> pd.DataFrame:
-    return pd.concat(parsed_sites, ignore_index=True)
+def pooled(demo_parsed) -> pd.DataFrame:
+    return pd.concat(demo_parsed.values(), ignore_index=True)
 
 
 def _split(frame: pd.DataFrame, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:

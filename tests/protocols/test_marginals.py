@@ -9,17 +9,11 @@ import pytest
 from protocols.accounting import epsilon_spent
 from protocols.marginals import (build_layout, noise_scales, noisy_tables, one_name, pair_name,
                                  release_epsilon, release_noise_multiplier)
-from protocols.records import drop_identifiers, validate_records
 
 
 @pytest.fixture(scope="module")
-def parsed(demo_registry, demo_schema) -> pd.DataFrame:
-    frame = demo_registry.sites["hospital-06"]
-    text = drop_identifiers(frame, demo_schema).astype(object)
-    text = text.where(frame[text.columns].notna(), "").astype(str)
-    validation = validate_records(text, demo_schema, "hospital-06")
-    validation.raise_if_invalid()
-    return validation.parsed
+def parsed(demo_parsed) -> pd.DataFrame:
+    return demo_parsed["hospital-06"]
 
 
 def test_table_shapes_come_from_the_schema_alone(demo_schema):
