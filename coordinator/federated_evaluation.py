@@ -41,6 +41,8 @@ def evaluate_at_sites(grid: Grid, schema: Schema, cohort_csv: bytes,
     scores: dict[str, dict[str, float]] = {}
     for reply in grid.send_and_receive(outgoing, timeout=timeout):
         site, values, problem = read_reply(reply)
+        if not problem and site in scores:
+            problem = f"a second reply for site {site!r}; its first reply is kept"
         if problem:
             log.warning("federated evaluation: reply dropped: %s", problem)
             continue
