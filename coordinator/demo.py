@@ -29,7 +29,6 @@ from protocols.demo_registry import simulate_registry
 from protocols.errors import FedsynthError
 from protocols.manifest import MANIFEST_NAME
 from protocols.plan import StudyPlan
-from protocols.report_html import write_report
 
 HOLDOUT_SHARE = 0.2
 
@@ -37,34 +36,35 @@ HOLDOUT_SHARE = 0.2
 def run_demo(out_dir: Path, plan: StudyPlan, progress: ProgressFn, n_sites: int = 6) -> Release:
     _refuse_foreign_folder(out_dir)
     schema_path, paths, holdout = _write_registry(out_dir, plan.seed, n_sites)
-    sizes = ", ".join(f"{p.stem} ({sum(1 for _ in p.open()) - 1})" for p in paths)
+    sizes = ", ".join(f"{path.stem} ({rows})" for path, rows in paths.items())
     progress(f"built-in registry: {len(paths)} hospitals: {sizes}; "
              f"{HOLDOUT_SHARE:.0%} of each held out in {holdout[0].parent}; schema {schema_path}")
-    release = simulate_study(schema_path, paths, plan, out_dir, progress)
+    release = simulate_study(schema_path, list(paths), plan, out_dir, progress)
     report_path = out_dir / REPORT_NAME
-    federated = _federated_section(report_path)
-    report = evaluate_files(schema_path, paths, out_dir / CSV_NAME, report_path,
-                            holdout_paths=holdout)
-    report["title"] = "Demo cohort: built-in simulated registry"
-    report["federated"] = federated
-    write_report(report, report_path)
+    extra = {"title": "Demo cohort: built-in simulated registry",
+             "federated": _federated_section(report_path)}
+    evaluate_files(schema_path, list(paths), out_dir / CSV_NAME, report_path,
+                   holdout_paths=holdout, extra=extra)
     progress(f"report: {report_path}")
     return release
 
 
-def _write_registry(out_dir: Path, seed: int, n_sites: int) -> tuple[Path, list[Path], list[Path]]:
+def _write_registry(out_dir: Path, seed: int, n_sites: int
+                    ) -> tuple[Path, dict[Path, int], list[Path]]:
+    """The schema, each hospital's training file with its size, and the held-out files."""
     registry = simulate_registry(seed=seed, n_sites=n_sites)
     rng = np.random.default_rng(seed)
     schema_path = out_dir / "schema.yaml"
     (out_dir / "sites").mkdir(parents=True, exist_ok=True)
     (out_dir / "holdout").mkdir(exist_ok=True)
     schema_path.write_text(registry.schema_yaml, encoding="utf-8")
-    paths, holdout = [], []
+    paths, holdout = {}, []
     for name, frame in registry.sites.items():
         held = rng.random(len(frame)) < HOLDOUT_SHARE
-        paths.append(out_dir / "sites" / f"{name}.csv")
+        path = out_dir / "sites" / f"{name}.csv"
+        frame[~held].to_csv(path, index=False)
+        paths[path] = int((~held).sum())
         holdout.append(out_dir / "holdout" / f"{name}.csv")
-        frame[~held].to_csv(paths[-1], index=False)
         frame[held].to_csv(holdout[-1], index=False)
     return schema_path, paths, holdout
 

@@ -10,7 +10,7 @@ report's ε/δ statement.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +28,12 @@ MIN_ROWS = 20
 
 def evaluate_files(schema_path: Path, real_paths: Sequence[Path], synthetic_path: Path,
                    out_html: Path, holdout_paths: Sequence[Path] = (),
-                   manifest_path: Path | None = None) -> dict[str, Any]:
-    """Score `synthetic_path` against the pooled `real_paths`; write the report."""
+                   manifest_path: Path | None = None,
+                   extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Score `synthetic_path` against the pooled `real_paths`; write the report.
+
+    `extra` replaces top-level report entries before it is written (the demo
+    sets its title and adds the study's federated scores)."""
     inputs = [schema_path, *real_paths, synthetic_path, *holdout_paths]
     _refuse_bad_destination(out_html, inputs)
     schema = load_schema(schema_path)
@@ -40,6 +44,7 @@ def evaluate_files(schema_path: Path, real_paths: Sequence[Path], synthetic_path
               "holdout": ", ".join(str(p) for p in holdout_paths) or None}
     report = evaluate_cohort(schema, real, synthetic, holdout=holdout, labels=labels,
                              manifest=_manifest_for(synthetic_path, manifest_path))
+    report.update(extra or {})
     write_report(report, out_html)
     return report
 
