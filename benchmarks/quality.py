@@ -7,7 +7,7 @@ On GBSG2 (four non-IID hospitals) and on the built-in registry simulator
 - fedsynth: the federated study at ε ∈ {1, 3, 10} per site, run for real in
   Flower's simulation engine (`coordinator.simulation.simulate_study`), with
   each generator family: "vae" (DP-SGD over many rounds) and "marginals"
-  (noisy column and pair tables released once);
+  (noisy column, then pair tables, released in two rounds);
 - each site alone at the same ε: what a hospital can do without the
   federation — the node's own DP training (`node.training.train_round`, all
   the plan's rounds) or release (`node.marginal_release`), which is what a
@@ -43,7 +43,7 @@ import datasets  # noqa: E402
 import torch  # noqa: E402
 from flwr.app import ArrayRecord  # noqa: E402
 
-from coordinator.generator_family import sample_release  # noqa: E402
+from coordinator.generator_family import initial_arrays, sample_release  # noqa: E402
 from coordinator.simulation import simulate_study  # noqa: E402
 from node.marginal_release import release_marginals  # noqa: E402
 from node.site_data import encode_site  # noqa: E402
@@ -112,7 +112,7 @@ def run_dataset(data: datasets.BenchmarkData, plan: StudyPlan, tmp: Path,
         for eps in epsilons:
             for family in FAMILIES:
                 run_plan = plan.with_overrides(epsilon=eps, seed=repeat, generator=family,
-                                               rounds=1 if family == "marginals" else None)
+                                               rounds=2 if family == "marginals" else None)
                 out = folder / f"federated-{family}-{eps:g}-{repeat}"
                 simulate_study(schema_path, site_paths, run_plan, out, progress=lambda _: None,
                                federated_evaluation=False)
@@ -123,7 +123,7 @@ def run_dataset(data: datasets.BenchmarkData, plan: StudyPlan, tmp: Path,
                     score(f"{path.stem} alone, {family}", eps, cohort)
         for family in FAMILIES:
             reference = plan.with_overrides(epsilon=math.inf, seed=repeat, generator=family,
-                                            rounds=1 if family == "marginals" else None)
+                                            rounds=2 if family == "marginals" else None)
             pooled = train_alone(schema, site_paths, reference, folder / "pooled-cohort.csv")
             score(f"{family} pooled, no DP", math.inf, pooled)
         score("independent marginals", math.inf, independent_marginals(real, plan.rows, repeat))
@@ -137,9 +137,15 @@ def train_alone(schema: Schema, paths: list[Path], plan: StudyPlan, out: Path) -
     parsed = pd.concat([_parsed(check_file(p, schema)) for p in paths], ignore_index=True)
     site = encode_site(parsed, schema, "alone")
     if plan.generator == "marginals":
-        release = release_marginals(schema, site, plan, released_before=0)
-        arrays = ArrayRecord(torch_state_dict={k: torch.from_numpy(v)
-                                               for k, v in release.tables.items()})
+        start = initial_arrays(schema, plan).to_torch_state_dict()
+        tables = {k: t.numpy() for k, t in start.items()}
+        stages = []
+        for stage in range(plan.rounds):
+            tables = release_marginals(schema, site, plan, stage, tables).tables
+            stages.append(ArrayRecord(torch_state_dict={k: torch.from_numpy(v)
+                                                        for k, v in tables.items()}))
+        sample_release(schema, plan, stages[-1], stages[0]).to_csv(out, index=False)
+        return _parsed(check_file(out, schema))
     else:
         model = build_generator(site.encoding, plan.hidden, plan.latent, plan.seed)
         privacy = SitePrivacy.for_site(plan, site.n_records, site.name)

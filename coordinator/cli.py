@@ -76,14 +76,14 @@ def _parser() -> argparse.ArgumentParser:
                             "site discloses its size rounded to k and FedAvg weighs by it")
         p.add_argument("--generator", choices=GENERATORS,
                        help="vae: DP-SGD on a small VAE over many rounds (default); marginals: "
-                            "each site releases noisy column and pair tables once")
+                            "each site releases noisy column, then pair tables (2 rounds)")
         p.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
     return parser
 
 
 def _rounds(args: argparse.Namespace) -> int | None:
-    """The marginals generator releases once: one round unless the user says otherwise."""
-    return 1 if args.rounds is None and args.generator == "marginals" else args.rounds
+    """The marginals generator releases in two stages: two rounds unless the user says so."""
+    return 2 if args.rounds is None and args.generator == "marginals" else args.rounds
 
 
 def _evaluate_parser(sub: argparse._SubParsersAction) -> None:

@@ -3,8 +3,9 @@
 - "vae": the global arrays are the VAE's weights, averaged over many rounds of
   DP-SGD; the cohort is sampled from the averaged VAE.
 - "marginals": the global arrays are the column and pair tables (zeros to
-  start), averaged over the sites' single noisy release; the cohort is sampled
-  from a Chow–Liu tree fitted on them.
+  start): round 1 averages the sites' noisy column tables, round 2 their noisy
+  pair tables on coarse bins cut from round 1's average; the cohort is sampled
+  from a Chow–Liu tree fitted on them, with the same coarse bins.
 Either way the cohort is post-processing of the sites' DP outputs.
 """
 
@@ -34,11 +35,17 @@ def initial_arrays(schema: Schema, plan: StudyPlan) -> ArrayRecord:
     return ArrayRecord(model.state_dict())
 
 
-def sample_release(schema: Schema, plan: StudyPlan, arrays: ArrayRecord) -> pd.DataFrame:
-    """`plan.rows` synthetic records from the final global arrays."""
+def sample_release(schema: Schema, plan: StudyPlan, arrays: ArrayRecord,
+                   first_round: ArrayRecord | None = None) -> pd.DataFrame:
+    """`plan.rows` synthetic records from the final global arrays. For the marginals
+    family, `first_round` (the round-1 average the sites cut their coarse bins from)
+    gives the coarse bins; without it they are cut from the final column tables."""
     state = arrays.to_torch_state_dict()
     if plan.generator == "marginals":
         tables = {name: tensor.numpy() for name, tensor in state.items()}
-        model = fit_tree(build_layout(schema), tables)
-        return sample_tree(model, plan.rows, plan.seed + _SAMPLING_SEED_OFFSET)
+        cut_from = (tables if first_round is None else
+                    {k: t.numpy() for k, t in first_round.to_torch_state_dict().items()})
+        layout = build_layout(schema).with_groups(cut_from)
+        return sample_tree(fit_tree(layout, tables), plan.rows,
+                           plan.seed + _SAMPLING_SEED_OFFSET)
     return sample_cohort(generator_from_state(schema, plan, state), plan.rows, plan.seed)

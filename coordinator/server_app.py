@@ -63,9 +63,13 @@ def run_study(grid: Grid, settings: StudySettings, progress: ProgressFn) -> Rele
     plan_record = ConfigRecord({**plan.to_config(), keys.SCHEMA_SHA256: schema.sha256})
     started = time.monotonic()
 
+    rounds: dict[int, ArrayRecord] = {}
+
     def after_round(server_round: int, arrays: ArrayRecord) -> None:
         if server_round == 0:
             return None
+        if server_round == 1:
+            rounds[1] = arrays  # the marginals generator cuts its coarse bins from it
         save_checkpoint(settings.out_dir, server_round, arrays, strategy.sites)
         spent = [s.epsilon for s in strategy.sites.values()]
         progress(f"round {server_round}/{plan.rounds}: {len(strategy.contributors)} sites, "
@@ -75,7 +79,7 @@ def run_study(grid: Grid, settings: StudySettings, progress: ProgressFn) -> Rele
 
     result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=plan.rounds,
                             train_config=plan_record, evaluate_fn=after_round)
-    cohort = sample_release(schema, plan, result.arrays)
+    cohort = sample_release(schema, plan, result.arrays, rounds.get(1))
     release = release_cohort(cohort, settings.out_dir, schema=schema, plan=plan,
                              sites=strategy.sites,
                              contributors=strategy.contributors, engine=settings.engine)

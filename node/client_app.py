@@ -77,13 +77,15 @@ def _train(msg: Message, context: Context, run_config: Mapping[str, Any]) -> Mes
 
 def _release(msg: Message, context: Context, state: ConfigRecord, schema: Schema,
              site: SiteData, plan: StudyPlan) -> Message:
-    """The marginals generator: one noisy release of the site's tables, then never again."""
-    release = release_marginals(schema, site, plan, int(state[keys.STEPS_TOTAL]))
-    state[keys.STEPS_TOTAL] = 1
+    """The marginals generator: the next of the two stages of the site's release."""
+    received = {k: t.numpy() for k, t in msg.content[keys.ARRAYS].to_torch_state_dict().items()}
+    release = release_marginals(schema, site, plan, int(state[keys.STEPS_TOTAL]), received)
+    state[keys.STEPS_TOTAL] = release.stage
     context.state.config_records[_STATE] = state
-    log.info("site %s: released noisy tables, epsilon %.3f", site.name, release.epsilon)
+    log.info("site %s: released stage %d of its tables, epsilon %.3f", site.name,
+             release.stage, release.epsilon)
     arrays = {name: torch.from_numpy(table) for name, table in release.tables.items()}
-    return Message(content=_reply_content(ArrayRecord(arrays), plan, site, 1, 1,
+    return Message(content=_reply_content(ArrayRecord(arrays), plan, site, 1, release.stage,
                                           release.epsilon), reply_to=msg)
 
 

@@ -1,12 +1,18 @@
-"""The node's release for the marginals generator: noisy tables, once per study.
+"""The node's release for the marginals generator: two stages, once per study.
 
-See `protocols.marginals` for the mechanism and its guarantee. The node checks
-δ < 1/n, refuses a second release in the same study (the whole ε is spent by
-the first), and reports the ε of Opacus' accountant for the noise it used.
+See `protocols.marginals` for the mechanism and its guarantee. Round 1: the
+site's noisy column tables (its pair tables are sent as zeros: nothing is
+released there yet). Round 2: the column tables it received (the sites'
+average, echoed unchanged) and its noisy pair tables on coarse bins cut at
+quantiles of that average. The node checks δ < 1/n, refuses a third release
+(the whole ε is spent by the two), and reports the ε of Opacus' accountant for
+the stages it has released.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,25 +20,40 @@ import numpy as np
 from node.site_data import SiteData
 from protocols.accounting import check_delta
 from protocols.errors import BudgetError
-from protocols.marginals import (build_layout, noisy_tables, release_epsilon,
-                                 release_noise_multiplier)
+from protocols.marginals import (build_layout, noisy_column_tables, noisy_pair_tables,
+                                 release_noise_multiplier, stages_epsilon)
 from protocols.plan import StudyPlan
 from protocols.schema import Schema
+
+STAGES = 2
 
 
 @dataclass(frozen=True)
 class MarginalRelease:
     tables: dict[str, np.ndarray]
+    stage: int
     epsilon: float
 
 
-def release_marginals(schema: Schema, site: SiteData, plan: StudyPlan,
-                      released_before: int) -> MarginalRelease:
-    if released_before:
+def release_marginals(schema: Schema, site: SiteData, plan: StudyPlan, released_before: int,
+                      global_tables: Mapping[str, np.ndarray]) -> MarginalRelease:
+    """The site's next stage, given the global tables of this round."""
+    if released_before >= STAGES:
         raise BudgetError(f"Site {site.name} has already released its tables for this study; "
-                          "a second release would spend the privacy budget twice.")
+                          "another release would spend the privacy budget twice.")
     if plan.private:
         check_delta(plan.delta, site.n_records, site.name)
+    layout = build_layout(schema)
     noise = release_noise_multiplier(plan.epsilon, plan.delta)
-    tables = noisy_tables(build_layout(schema), site.parsed, noise)
-    return MarginalRelease(tables=tables, epsilon=release_epsilon(noise, plan.delta))
+    columns = {k: np.asarray(v, dtype=float) for k, v in global_tables.items()
+               if k.startswith("1|")}
+    if released_before == 0:
+        pairs = {k: np.zeros_like(v, dtype=float) for k, v in global_tables.items()
+                 if not k.startswith("1|")}
+        tables = {**noisy_column_tables(layout, site.parsed, noise), **pairs}
+    else:
+        staged = layout.with_groups(columns)
+        tables = {**columns, **noisy_pair_tables(staged, site.parsed, noise)}
+    stage = released_before + 1
+    epsilon = stages_epsilon(layout, noise, stage, plan.delta) if plan.private else math.inf
+    return MarginalRelease(tables=tables, stage=stage, epsilon=epsilon)

@@ -17,7 +17,7 @@ from typing import Any
 from protocols.errors import PlanError
 
 # "vae": DP-SGD on a tabular VAE over many rounds (protocols.generator);
-# "marginals": noisy column and pair tables released once (protocols.marginals).
+# "marginals": noisy column, then pair tables, in two rounds (protocols.marginals).
 GENERATORS = ("vae", "marginals")
 
 
@@ -118,8 +118,8 @@ def check_plan(plan: StudyPlan) -> None:
         (plan.min_sites >= 1, "min-sites must be at least 1"),
         (plan.size_granularity >= 0, "size-granularity must be 0 (equal weights) or positive"),
         (plan.generator in GENERATORS, f"generator must be one of {', '.join(GENERATORS)}"),
-        (plan.generator != "marginals" or plan.rounds == 1,
-         "the marginals generator releases its tables once: rounds must be 1"),
+        (plan.generator != "marginals" or plan.rounds == 2,
+         "the marginals generator releases its tables in two stages: rounds must be 2"),
     ]
     for holds, rule in rules:
         if not holds:

@@ -5,7 +5,7 @@ import pytest
 
 from coordinator.marginal_tree import fit_tree, sample_tree
 from protocols.evaluation import evaluate_cohort
-from protocols.marginals import build_layout, noisy_tables
+from protocols.marginals import build_layout, noisy_column_tables, noisy_pair_tables
 from protocols.records import check_file
 
 
@@ -16,7 +16,8 @@ def pooled(demo_parsed) -> pd.DataFrame:
 
 def test_exact_tables_give_a_cohort_that_keeps_the_strong_associations(demo_schema, pooled,
                                                                        frame_parser):
-    layout = build_layout(demo_schema)
+    plain = build_layout(demo_schema)
+    layout = plain.with_groups(plain.column_counts(pooled))
     model = fit_tree(layout, layout.counts(pooled))
     assert len(model.edges) == len(demo_schema.features) - 1
     cohort = sample_tree(model, 4000, seed=0)
@@ -28,9 +29,12 @@ def test_exact_tables_give_a_cohort_that_keeps_the_strong_associations(demo_sche
 def test_noisy_tables_with_negative_counts_still_give_a_valid_cohort(demo_schema, pooled,
                                                                     tmp_path):
     layout = build_layout(demo_schema)
-    tables = noisy_tables(layout, pooled.iloc[:40], noise_multiplier=5.0)
+    records = pooled.iloc[:40]
+    columns = noisy_column_tables(layout, records, noise_multiplier=5.0)
+    staged = layout.with_groups(columns)
+    tables = {**columns, **noisy_pair_tables(staged, records, noise_multiplier=5.0)}
     assert min(t.min() for t in tables.values()) < 0
-    cohort = sample_tree(fit_tree(layout, tables), 500, seed=1)
+    cohort = sample_tree(fit_tree(staged, tables), 500, seed=1)
     assert list(cohort.columns) == [c.name for c in demo_schema.columns]
     path = tmp_path / "cohort.csv"
     cohort.to_csv(path, index=False)

@@ -152,24 +152,35 @@ def test_a_site_can_decline_federated_evaluation(site_files, demo_schema):
         build_client_app()(_evaluate_message(demo_schema, b"x\n"), context)
 
 
-MARGINALS = StudyPlan(epsilon=2.0, rounds=1, generator="marginals")
+MARGINALS = StudyPlan(epsilon=2.0, rounds=2, generator="marginals")
 
 
-def test_a_marginals_release_holds_only_the_tables_and_is_made_once(site_files, demo_schema):
+def test_a_marginals_release_holds_only_the_tables_and_comes_in_two_stages(site_files,
+                                                                          demo_schema):
     from coordinator.generator_family import initial_arrays
 
     initial = initial_arrays(demo_schema, MARGINALS)
     config = ConfigRecord({**MARGINALS.to_config(), keys.SCHEMA_SHA256: demo_schema.sha256,
                            keys.SERVER_ROUND: 1})
-    msg = Message(content=RecordDict({keys.ARRAYS: initial, keys.PLAN: config}), dst_node_id=1,
-                  message_type="train")
+
+    def message(arrays):
+        return Message(content=RecordDict({keys.ARRAYS: arrays, keys.PLAN: config}),
+                       dst_node_id=1, message_type="train")
+
     app, context = build_client_app(), _context(*site_files)
-    reply = app(msg, context)
-    assert set(reply.content.keys()) == {keys.ARRAYS, keys.METRICS, keys.SITE}
-    shapes = {k: a.numpy().shape for k, a in reply.content[keys.ARRAYS].items()}
-    assert shapes == {k: a.numpy().shape for k, a in initial.items()}
-    metrics = reply.content[keys.METRICS]
+    first = app(message(initial), context)
+    assert set(first.content.keys()) == {keys.ARRAYS, keys.METRICS, keys.SITE}
+    tables = {k: a.numpy() for k, a in first.content[keys.ARRAYS].items()}
+    assert {k: t.shape for k, t in tables.items()} == {
+        k: a.numpy().shape for k, a in initial.items()}
+    assert all(not t.any() for k, t in tables.items() if k.startswith("2|"))  # not yet
+    metrics = first.content[keys.METRICS]
     assert set(metrics.keys()) == keys.REPLY_METRICS and metrics[keys.WEIGHT] == 1.0
-    assert 1.9 < metrics[keys.EPSILON_SPENT] <= 2.0
+    assert 0 < metrics[keys.EPSILON_SPENT] < 1.9
+    second = app(message(first.content[keys.ARRAYS]), context)
+    echoed = {k: a.numpy() for k, a in second.content[keys.ARRAYS].items()}
+    assert all((echoed[k] == t).all() for k, t in tables.items() if k.startswith("1|"))
+    assert any(t.any() for k, t in echoed.items() if k.startswith("2|"))
+    assert 1.9 < second.content[keys.METRICS][keys.EPSILON_SPENT] <= 2.0
     with pytest.raises(BudgetError, match="already released"):
-        app(msg, context)
+        app(message(second.content[keys.ARRAYS]), context)

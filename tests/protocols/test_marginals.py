@@ -7,8 +7,9 @@ import pandas as pd
 import pytest
 
 from protocols.accounting import epsilon_spent
-from protocols.marginals import (build_layout, noise_scales, noisy_tables, one_name, pair_name,
-                                 release_epsilon, release_noise_multiplier)
+from protocols.marginals import (build_layout, noise_scales, noisy_column_tables,
+                                 noisy_pair_tables, one_name, pair_name,
+                                 release_noise_multiplier, stage_multipliers, stages_epsilon)
 
 
 @pytest.fixture(scope="module")
@@ -37,10 +38,14 @@ def test_counts_cover_every_record_once_and_pairs_agree_with_columns(demo_schema
     assert np.array_equal(tables[pair_name(sex, bmi)].sum(axis=0), coarse)
 
 
-def test_noise_is_calibrated_by_the_accountant_to_the_plans_epsilon():
+def test_two_stages_together_are_calibrated_by_the_accountant_to_the_plans_epsilon(
+        demo_schema):
+    layout = build_layout(demo_schema)
     z = release_noise_multiplier(3.0, 1e-5)
-    assert 2.95 <= release_epsilon(z, 1e-5) <= 3.0
-    assert release_epsilon(z, 1e-5) == epsilon_spent(z, 1.0, 1, 1e-5)
+    both = stages_epsilon(layout, z, 2, 1e-5)
+    assert 2.95 <= both <= 3.0
+    assert both == pytest.approx(epsilon_spent(z, 1.0, 1, 1e-5), rel=1e-3)
+    assert 0 < stages_epsilon(layout, z, 1, 1e-5) < both
     assert release_noise_multiplier(math.inf, 1e-5) == 0.0
 
 
@@ -50,14 +55,33 @@ def test_heterogeneous_table_noise_adds_up_to_the_calibrated_multiplier(demo_sch
     n_two = n_one * (n_one - 1) // 2
     sigma_one, sigma_two = noise_scales(layout, 1.7)
     assert (n_one / sigma_one ** 2 + n_two / sigma_two ** 2) ** -0.5 == pytest.approx(1.7)
+    z_one, z_two = stage_multipliers(layout, 1.7)
+    assert (z_one ** -2 + z_two ** -2) ** -0.5 == pytest.approx(1.7)
 
 
 def test_a_release_is_noisy_unpredictable_and_exact_without_dp(demo_schema, parsed):
     layout = build_layout(demo_schema)
-    exact = layout.counts(parsed)
-    first, second = noisy_tables(layout, parsed, 1.5), noisy_tables(layout, parsed, 1.5)
+    exact = layout.column_counts(parsed)
+    first = noisy_column_tables(layout, parsed, 1.5)
+    second = noisy_column_tables(layout, parsed, 1.5)
     name = one_name(demo_schema.column("age_at_diagnosis"))
     assert not np.allclose(first[name], second[name])  # OS entropy, not a seed
     assert not np.allclose(first[name], exact[name])
-    no_dp = noisy_tables(layout, parsed, 0.0)
+    no_dp = noisy_column_tables(layout, parsed, 0.0)
     assert all(np.array_equal(no_dp[k], exact[k]) for k in exact)
+
+
+def test_coarse_bins_are_cut_at_quantiles_of_the_column_tables(demo_schema, parsed):
+    layout = build_layout(demo_schema)
+    staged = layout.with_groups(layout.column_counts(parsed))
+    marker = demo_schema.column("serum_marker")  # skewed: equal widths put most in bin 0
+    fine = layout.fine_codes(parsed)["serum_marker"]
+    present = fine < 32
+    shares = np.bincount(staged.coarse(marker, fine[present]), minlength=4) / present.sum()
+    assert shares.min() > 0.1  # every coarse bin holds a real share of the records
+    groups = staged.groups["serum_marker"]
+    assert list(groups[:32]) == sorted(groups[:32]) and groups[32] == 4  # contiguous; missing
+    pairs = noisy_pair_tables(staged, parsed, 0.0)
+    assert all(t.sum() == len(parsed) for t in pairs.values())
+    assert {k: t.shape for k, t in pairs.items()} == {
+        k: v for k, v in layout.table_shapes().items() if k.startswith("2|")}

@@ -111,8 +111,8 @@ def test_flower_app_config_holds_exactly_the_plan_defaults() -> None:
 
 
 def test_plan_knows_its_generator_families():
-    assert StudyPlan(generator="marginals", rounds=1).generator == "marginals"
+    assert StudyPlan(generator="marginals", rounds=2).generator == "marginals"
     with pytest.raises(PlanError, match="generator must be one of"):
         StudyPlan(generator="gan")
-    with pytest.raises(PlanError, match="rounds must be 1"):
+    with pytest.raises(PlanError, match="rounds must be 2"):
         StudyPlan(generator="marginals", rounds=3)
