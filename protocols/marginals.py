@@ -217,13 +217,13 @@ def _coarse_bins(col: Column) -> int:
 
 
 def _fine_code(col: Column, values: pd.Series) -> np.ndarray:
-    bins, _ = _value_bins(col)
+    bins, exact = _value_bins(col)
     if col.is_discrete:
         index = values.map({label: i for i, label in enumerate(col.categories)})
         return index.fillna(bins).to_numpy(dtype=int)
     numbers = values.to_numpy(dtype=float)
     unit = np.clip(np.nan_to_num(scale(col, numbers), nan=0.0), 0.0, 1.0)
-    grid = unit if _value_bins(col)[1] else unit ** (1.0 / BIN_POWER)
+    grid = unit if exact else unit ** (1.0 / BIN_POWER)
     codes = np.clip(np.floor(grid * bins), 0, bins - 1).astype(int)
     return np.where(np.isnan(numbers), bins, codes)
 
@@ -242,9 +242,11 @@ def fine_to_encoded(layout: MarginalLayout, fine: dict[str, np.ndarray],
             continue
         bins, exact = _value_bins(col)
         missing = codes >= bins
-        position = codes + (0.5 if exact else rng.random(n))
-        values = unscale(col, np.where(missing, 0.0, (position / bins) ** BIN_POWER)) if not exact else \
-            col.low + np.minimum(codes, bins - 1)
+        if exact:
+            values = col.low + np.minimum(codes, bins - 1)
+        else:
+            position = np.where(missing, 0.0, (codes + rng.random(n)) / bins)
+            values = unscale(col, position ** BIN_POWER)
         out[:, blocks["continuous"].start] = np.where(missing, 0.5, scale(col, values))
         if "missing" in blocks:
             out[:, blocks["missing"].start] = missing
