@@ -126,6 +126,20 @@ class TabularVAE(nn.Module):
         full = self.decoder(inputs)
         return full.gather(1, self.head_owner.expand(n, 1, -1)).squeeze(1)
 
+    def decode_column(self, z: torch.Tensor, features: torch.Tensor, column: int) -> torch.Tensor:
+        """The decoder's outputs at column `column`'s position only (its heads are the
+        ones `decode` takes from there), from z and the featurized record: sampling
+        needs one column at a time, and running every position for each would cost
+        columns² decoder passes. The first layer is applied in parts (z, the earlier
+        columns' features, the position) rather than to a concatenated input."""
+        first = self.decoder[0]
+        latent, prefix = self.latent, int(self.prefix_masks[column].sum())
+        weight = first.weight
+        hidden = (z @ weight[:, :latent].T
+                  + features[:, :prefix] @ weight[:, latent:latent + prefix].T
+                  + weight[:, latent + self.prefix_masks.shape[1] + column] + first.bias)
+        return self.decoder[1:](hidden)
+
 
 def per_record_loss(encoding: TableEncoding, x: torch.Tensor, out: torch.Tensor,
                     mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -152,7 +166,8 @@ def per_record_loss(encoding: TableEncoding, x: torch.Tensor, out: torch.Tensor,
     return loss
 
 
-def featurize(encoding: TableEncoding, x: torch.Tensor) -> torch.Tensor:
+def featurize(encoding: TableEncoding, x: torch.Tensor,
+              blocks: list[Block] | None = None) -> torch.Tensor:
     """The networks' view of an encoded record: each continuous value as a one-hot
     of its fixed bin (zero when missing), categories and flags as they are. A one-hot
     gives an association the same gradient scale as a marginal, where a scaled value
@@ -160,7 +175,7 @@ def featurize(encoding: TableEncoding, x: torch.Tensor) -> torch.Tensor:
     missing_of = {b.column: b for b in encoding.blocks if b.kind == "missing"}
     edges = bin_edges()
     parts = []
-    for block in encoding.blocks:
+    for block in encoding.blocks if blocks is None else blocks:
         if block.kind != "continuous":
             parts.append(x[:, block.start:block.stop])
             continue
@@ -188,16 +203,18 @@ def sample_encoded(model: TabularVAE, rows: int, seed: int, chunk: int = 65536) 
 
 
 def _sample_chunk(model: TabularVAE, n: int, generator: torch.Generator) -> np.ndarray:
-    """Ancestral sampling: z from the prior, then one column at a time."""
+    """Ancestral sampling: z from the prior, then one column at a time; each column's
+    features are added once it is drawn (later columns are masked out anyway)."""
     z = torch.randn(n, model.latent, generator=generator)
     sample = torch.zeros(n, model.encoding.width)
+    features = torch.zeros(n, model.prefix_masks.shape[1])
     offsets, pos = [], 0
     for block in model.encoding.blocks:
         offsets.append(pos)
         pos += _head_width(block.kind, block.width)
     order = list(dict.fromkeys(b.column for b in model.encoding.blocks))
-    for column in order:
-        out = model.decode(z, sample)
+    for j, column in enumerate(order):
+        out = model.decode_column(z, features, j)
         blocks = [(b, o) for b, o in zip(model.encoding.blocks, offsets) if b.column == column]
         for block, offset in blocks:
             head = out[:, offset:offset + _head_width(block.kind, block.width)]
@@ -205,7 +222,17 @@ def _sample_chunk(model: TabularVAE, n: int, generator: torch.Generator) -> np.n
         if len(blocks) == 2:  # a nullable number: the encoding stores a missing one as 0.5
             value, flag = blocks[0][0], blocks[1][0]
             sample[sample[:, flag.start] > 0.5, value.start] = 0.5
+        start = blocks[0][1]
+        stop = blocks[-1][1] + _head_width(blocks[-1][0].kind, blocks[-1][0].width)
+        features[:, start:stop] = featurize(model.encoding, sample, [b for b, _ in blocks])
     return sample.numpy()
+
+
+def _draw(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One category per row from softmax(logits), by inverse CDF (faster than multinomial)."""
+    cumulative = F.softmax(logits, dim=1).cumsum(dim=1)
+    u = torch.rand(logits.shape[0], 1, generator=generator)
+    return (cumulative < u).sum(dim=1).clamp(max=logits.shape[1] - 1)
 
 
 def _sample_block(block: Block, head: torch.Tensor, sample: torch.Tensor,
@@ -213,11 +240,11 @@ def _sample_block(block: Block, head: torch.Tensor, sample: torch.Tensor,
     n = head.shape[0]
     if block.kind == "continuous":
         edges = bin_edges()
-        bins = torch.multinomial(F.softmax(head, dim=1), 1, generator=generator)[:, 0]
+        bins = _draw(head, generator)
         low, high = edges[bins], edges[bins + 1]
         sample[:, block.start] = low + (high - low) * torch.rand(n, generator=generator)
     elif block.kind == "onehot":
-        codes = torch.multinomial(F.softmax(head, dim=1), 1, generator=generator)[:, 0]
+        codes = _draw(head, generator)
         sample[torch.arange(n), block.start + codes] = 1.0
     else:
         draw = torch.rand(n, generator=generator)
