@@ -109,6 +109,9 @@ class TabularVAE(nn.Module):
         self.register_buffer("positions", torch.eye(len(columns)), persistent=False)
         self.register_buffer("head_owner", torch.tensor(owner, dtype=torch.long),
                              persistent=False)
+        # Each column's heads are contiguous (blocks come in schema order).
+        self.head_slices = [slice(owner.index(j), len(owner) - owner[::-1].index(j))
+                            for j in range(len(columns))]
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return (decoder outputs, posterior mean, posterior log-variance)."""
@@ -126,19 +129,30 @@ class TabularVAE(nn.Module):
         full = self.decoder(inputs)
         return full.gather(1, self.head_owner.expand(n, 1, -1)).squeeze(1)
 
-    def decode_column(self, z: torch.Tensor, features: torch.Tensor, column: int) -> torch.Tensor:
-        """The decoder's outputs at column `column`'s position only (its heads are the
-        ones `decode` takes from there), from z and the featurized record: sampling
-        needs one column at a time, and running every position for each would cost
-        columns² decoder passes. The first layer is applied in parts (z, the earlier
-        columns' features, the position) rather than to a concatenated input."""
+    # Sampling draws one column at a time. Running the decoder at every position (or
+    # for every head) for each column drawn would cost columns² work, so the first
+    # layer's pre-activation is kept and grows by each drawn column's share
+    # (`with_drawn`), and the last layer runs only for the column's own heads.
+
+    def sampling_state(self, z: torch.Tensor) -> torch.Tensor:
+        """The decoder's first-layer pre-activation from z alone (no column drawn yet)."""
         first = self.decoder[0]
-        latent, prefix = self.latent, int(self.prefix_masks[column].sum())
-        weight = first.weight
-        hidden = (z @ weight[:, :latent].T
-                  + features[:, :prefix] @ weight[:, latent:latent + prefix].T
-                  + weight[:, latent + self.prefix_masks.shape[1] + column] + first.bias)
-        return self.decoder[1:](hidden)
+        return F.linear(z, first.weight[:, :self.latent], first.bias)
+
+    def with_drawn(self, state: torch.Tensor, column: int, features: torch.Tensor) -> torch.Tensor:
+        """`state` plus the share of a drawn column (`features`: its featurized blocks)."""
+        start = self.latent + self.head_slices[column].start
+        weight = self.decoder[0].weight[:, start:start + features.shape[1]]
+        return state + F.linear(features, weight)
+
+    def decode_column(self, state: torch.Tensor, column: int) -> torch.Tensor:
+        """Column `column`'s heads (what `decode` gives at their positions), given the
+        state of the columns drawn before it."""
+        first, last = self.decoder[0], self.decoder[-1]
+        position = first.weight[:, self.latent + self.prefix_masks.shape[1] + column]
+        heads = self.head_slices[column]
+        hidden = self.decoder[1:-1](state + position)
+        return F.linear(hidden, last.weight[heads], last.bias[heads])
 
 
 def per_record_loss(encoding: TableEncoding, x: torch.Tensor, out: torch.Tensor,
@@ -203,28 +217,22 @@ def sample_encoded(model: TabularVAE, rows: int, seed: int, chunk: int = 65536) 
 
 
 def _sample_chunk(model: TabularVAE, n: int, generator: torch.Generator) -> np.ndarray:
-    """Ancestral sampling: z from the prior, then one column at a time; each column's
-    features are added once it is drawn (later columns are masked out anyway)."""
+    """Ancestral sampling: z from the prior, then one column at a time."""
     z = torch.randn(n, model.latent, generator=generator)
     sample = torch.zeros(n, model.encoding.width)
-    features = torch.zeros(n, model.prefix_masks.shape[1])
-    offsets, pos = [], 0
-    for block in model.encoding.blocks:
-        offsets.append(pos)
-        pos += _head_width(block.kind, block.width)
+    state = model.sampling_state(z)
     order = list(dict.fromkeys(b.column for b in model.encoding.blocks))
     for j, column in enumerate(order):
-        out = model.decode_column(z, features, j)
-        blocks = [(b, o) for b, o in zip(model.encoding.blocks, offsets) if b.column == column]
-        for block, offset in blocks:
-            head = out[:, offset:offset + _head_width(block.kind, block.width)]
-            _sample_block(block, head, sample, generator)
+        out = model.decode_column(state, j)
+        blocks = [b for b in model.encoding.blocks if b.column == column]
+        at = 0
+        for block in blocks:
+            width = _head_width(block.kind, block.width)
+            _sample_block(block, out[:, at:at + width], sample, generator)
+            at += width
         if len(blocks) == 2:  # a nullable number: the encoding stores a missing one as 0.5
-            value, flag = blocks[0][0], blocks[1][0]
-            sample[sample[:, flag.start] > 0.5, value.start] = 0.5
-        start = blocks[0][1]
-        stop = blocks[-1][1] + _head_width(blocks[-1][0].kind, blocks[-1][0].width)
-        features[:, start:stop] = featurize(model.encoding, sample, [b for b, _ in blocks])
+            sample[sample[:, blocks[1].start] > 0.5, blocks[0].start] = 0.5
+        state = model.with_drawn(state, j, featurize(model.encoding, sample, blocks))
     return sample.numpy()
 
 
