@@ -163,5 +163,6 @@ def _bounded_series(col: Column, values: np.ndarray, missing: np.ndarray) -> pd.
         if col.nullable:
             return pd.Series(pd.array(np.where(missing, None, whole), dtype="Int64"))
         return pd.Series(whole, dtype=np.int64)
-    dates = [None if m else _EPOCH + dt.timedelta(days=int(d)) for d, m in zip(whole, missing)]
+    dates = whole.astype("datetime64[D]").astype(object)  # datetime.date, in C
+    dates[missing] = None
     return pd.Series(dates, dtype=object)
