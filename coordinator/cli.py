@@ -104,8 +104,7 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
 def _evaluate(args: argparse.Namespace) -> int:
     report = evaluate_files(args.schema, args.real, args.synthetic, args.out,
                             holdout_paths=args.holdout, manifest_path=args.manifest)
-    print(score_lines(report))
-    print(f"report: {args.out} (and {args.out.with_suffix('.json')})")
+    print(score_lines(report, args.out))
     return 0
 
 

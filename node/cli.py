@@ -27,8 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "evaluate":
             report = evaluate_files(args.schema, [args.data], args.synthetic, args.out,
                                     holdout_paths=args.holdout)
-            print(score_lines(report))
-            print(f"report: {args.out} (and {args.out.with_suffix('.json')})")
+            print(score_lines(report, args.out))
             return 0
         return _check(args.schema, args.data)
     except FedsynthError as exc:

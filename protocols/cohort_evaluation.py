@@ -49,14 +49,15 @@ def evaluate_files(schema_path: Path, real_paths: Sequence[Path], synthetic_path
     return report
 
 
-def score_lines(report: dict[str, Any]) -> str:
-    """The headline scores as short lines for a terminal."""
+def score_lines(report: dict[str, Any], out_html: Path) -> str:
+    """The headline scores and where the report went, as short lines for a terminal."""
     shown = []
     for key, value in report["scores"].items():
         text = "n/a" if value is None else (f"{value:.3f}" if isinstance(value, float)
                                             else str(value))
         shown.append(f"  {key.replace('_', ' ')}: {text}")
-    return "scores:\n" + "\n".join(shown)
+    return ("scores:\n" + "\n".join(shown)
+            + f"\nreport: {out_html} (and {out_html.with_suffix('.json')})")
 
 
 def _records(schema: Schema, paths: Sequence[Path], what: str) -> pd.DataFrame:

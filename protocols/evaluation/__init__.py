@@ -32,6 +32,9 @@ from protocols.schema import Schema
 
 REPORT_VERSION = 1
 SITE_SCORES = REPLY_SCORES  # the scalars a node may return in federated evaluation
+HEADLINE_SCORES = ("column_shapes", "pairwise", "strong_associations_kept", "tstr_ratio",
+                   "dcr_share", "exact_copies", "exact_copy_share", "mia_auc", "km_distance",
+                   "hr_direction_agreement", "bias_flags")  # keys of `headline_scores`
 
 
 def evaluate_cohort(schema: Schema, real: pd.DataFrame, synthetic: pd.DataFrame, *,
@@ -130,11 +133,7 @@ def study_report(schema: Schema, manifest: Mapping[str, Any] | None,
     """The coordinator's report of a study: it holds no real record, so its scores
     are the sites' federated means and it has no figures."""
     means = {k: v["mean"] for k, v in federated["aggregate"].items()}
-    scores = {key: None for key in ("column_shapes", "pairwise", "strong_associations_kept",
-                                    "tstr_ratio", "dcr_share", "exact_copies",
-                                    "exact_copy_share", "mia_auc", "km_distance",
-                                    "hr_direction_agreement", "bias_flags")}
-    scores.update(means)
+    scores = {key: means.get(key) for key in HEADLINE_SCORES}
     return _json_safe({
         "report_version": REPORT_VERSION,
         "title": f"Synthetic cohort, federated evaluation: {schema.name or 'unnamed schema'}",

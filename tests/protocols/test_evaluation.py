@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from protocols.errors import SchemaError
-from protocols.evaluation import (SITE_SCORES, evaluate_cohort, federated_summary, site_scores,
-                                  study_report)
+from protocols.evaluation import (HEADLINE_SCORES, SITE_SCORES, evaluate_cohort,
+                                  federated_summary, site_scores, study_report)
 from protocols.schema import parse_schema
 
 
@@ -91,6 +91,7 @@ def test_a_numeric_target_is_scored_by_mae(demo_registry, pooled):
 
 def test_the_report_is_strict_json_with_figures(demo_schema, pooled):
     report = evaluate_cohort(demo_schema, pooled, _independent(pooled, 500))
+    assert tuple(report["scores"]) == HEADLINE_SCORES
     text = json.dumps(report, allow_nan=False)
     assert json.loads(text) == report
     columns = [c.name for c in demo_schema.features]
