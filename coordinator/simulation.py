@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -49,12 +50,16 @@ def simulate_study(schema_path: Path, data_paths: Sequence[Path], plan: StudyPla
         "federated-evaluation": federated_evaluation,
     }
     outcome: dict[str, Any] = {}
-    server = build_server_app(overrides, progress, outcome)
-    client = _load_client_factory()(overrides)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        run_simulation(server_app=server, client_app=client, num_supernodes=len(data_paths),
-                       backend_config=loopback_backend_config())
+    # The simulated hospitals' privacy ledgers live as long as the run.
+    with tempfile.TemporaryDirectory(prefix="fedsynth-nodes-") as node_state:
+        overrides["node-state-dir"] = node_state
+        server = build_server_app(overrides, progress, outcome)
+        client = _load_client_factory()(overrides)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            run_simulation(server_app=server, client_app=client,
+                           num_supernodes=len(data_paths),
+                           backend_config=loopback_backend_config())
     if "error" in outcome:
         error = outcome["error"]
         raise error if isinstance(error, FedsynthError) else FedsynthError(

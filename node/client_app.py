@@ -3,22 +3,29 @@
 On each training message it loads its own records, checks that the plan is
 for its schema, trains the global generator locally with DP-SGD and replies
 with the weights and the whitelisted scalars of `protocols.messages` — nothing
-else. On an evaluation message (after the release) it scores the cohort
-against its records and replies with the whitelisted scalar scores only. The steps already run are kept in the node's context state, so the
-accountant covers every round of the study.
+else. Every round goes through the site's privacy ledger (`round_charging`):
+a new study is refused if it would overspend the site's budget, each round is
+charged once before its answer leaves, and the steps already run carry over
+so the accountant covers every round of the study, across coordinator
+restarts too. On an evaluation message (after the release) it scores the
+cohort against its records and replies with the whitelisted scalars only.
 """
 
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from node.site_config import resolve_site
+from node.round_charging import RoundRequest, answer_round
+from node.round_replay import StoredAnswer, model_sha256
+from node.site_config import SiteSource, resolve_site
 from node.site_data import SiteData
 from node.marginal_release import release_marginals
 from node.site_evaluation import score_cohort
@@ -30,7 +37,6 @@ from protocols.plan import StudyPlan
 from protocols.schema import Schema
 
 log = logging.getLogger(__name__)
-_STATE = "fedsynth-node"
 
 
 def build_client_app(overrides: Mapping[str, Any] | None = None) -> ClientApp:
@@ -52,41 +58,83 @@ def build_client_app(overrides: Mapping[str, Any] | None = None) -> ClientApp:
 
 
 def _train(msg: Message, context: Context, run_config: Mapping[str, Any]) -> Message:
+    return Message(content=train_reply(msg.content, context, run_config), reply_to=msg)
+
+
+def train_reply(content: RecordDict, context: Context, run_config: Mapping[str, Any]
+                ) -> RecordDict:
+    """This site's answer to one training round: weights (or tables) and the
+    whitelisted scalars, charged on the site's privacy ledger at most once."""
     torch.set_num_threads(1)
-    plan_config = dict(msg.content[keys.PLAN])
-    schema, site = resolve_site(context.node_config, run_config).load()
+    plan_config = dict(content[keys.PLAN])
+    source = resolve_site(context.node_config, run_config)
+    schema, site = source.load()
     if plan_config.get(keys.SCHEMA_SHA256) != schema.sha256:
         raise PlanError(f"Site {site.name} refuses the plan: it is for schema "
                         f"{plan_config.get(keys.SCHEMA_SHA256)}, but this site's schema is "
                         f"{schema.sha256}.")
     plan = StudyPlan.from_config(plan_config)
-    state, privacy = _study_state(context, plan, schema.sha256, site)
-    if plan.generator == "marginals":
-        return _release(msg, context, state, schema, site, plan)
+    received = content[keys.ARRAYS]
+    request = RoundRequest(site=site.name, plan=plan, schema_sha256=schema.sha256,
+                           round=int(plan_config.get(keys.SERVER_ROUND, 0)),
+                           model_sha256=model_sha256(received))
+
+    def new_study_privacy() -> SitePrivacy:
+        # The marginals generator adds its noise in one release (node.marginal_release).
+        return (SitePrivacy.for_site(plan, site.n_records, site.name)
+                if plan.generator == "vae" else SitePrivacy(1.0, 0.0))
+
+    def train(privacy: SitePrivacy, steps_before: int) -> StoredAnswer:
+        if plan.generator == "marginals":
+            return _release(schema, site, plan, steps_before, received, request)
+        return _train_generator(site, plan, privacy, steps_before, received, request)
+
+    answer = answer_round(_state_dir(source, context), source.epsilon_budget, request,
+                          new_study_privacy, train)
+    arrays = ArrayRecord({k: torch.from_numpy(v) for k, v in answer.arrays.items()})
+    return _reply_content(arrays, plan, site, int(answer.metrics[keys.STEPS]),
+                          int(answer.metrics[keys.STEPS_TOTAL]),
+                          float(answer.metrics[keys.EPSILON_SPENT]))
+
+
+def _train_generator(site: SiteData, plan: StudyPlan, privacy: SitePrivacy, steps_before: int,
+                     received: ArrayRecord, request: RoundRequest) -> StoredAnswer:
+    """One round of DP-SGD on the global generator."""
     model = build_generator(site.encoding, plan.hidden, plan.latent, plan.seed)
-    model.load_state_dict(msg.content[keys.ARRAYS].to_torch_state_dict())
-    outcome = train_round(model, site.encoded, plan, privacy, int(state[keys.STEPS_TOTAL]))
-    state[keys.STEPS_TOTAL] = outcome.steps_total
-    context.state.config_records[_STATE] = state
-    log.info("site %s: round %s, %d steps, epsilon spent %.3f", site.name,
-             plan_config.get(keys.SERVER_ROUND), outcome.steps, outcome.epsilon)
-    reply = _reply_content(ArrayRecord(model.state_dict()), plan, site, outcome.steps,
-                           outcome.steps_total, outcome.epsilon)
-    return Message(content=reply, reply_to=msg)
+    model.load_state_dict(received.to_torch_state_dict())
+    outcome = train_round(model, site.encoded, plan, privacy, steps_before)
+    log.info("site %s: round %d, %d steps, epsilon spent %.3f", site.name, request.round,
+             outcome.steps, outcome.epsilon)
+    return _answer(request, {k: v.detach().numpy() for k, v in model.state_dict().items()},
+                   outcome.steps, outcome.steps_total, outcome.epsilon)
 
 
-def _release(msg: Message, context: Context, state: ConfigRecord, schema: Schema,
-             site: SiteData, plan: StudyPlan) -> Message:
+def _release(schema: Schema, site: SiteData, plan: StudyPlan, released_before: int,
+             received: ArrayRecord, request: RoundRequest) -> StoredAnswer:
     """The marginals generator: the next of the two stages of the site's release."""
-    received = {k: t.numpy() for k, t in msg.content[keys.ARRAYS].to_torch_state_dict().items()}
-    release = release_marginals(schema, site, plan, int(state[keys.STEPS_TOTAL]), received)
-    state[keys.STEPS_TOTAL] = release.stage
-    context.state.config_records[_STATE] = state
+    tables = {k: t.numpy() for k, t in received.to_torch_state_dict().items()}
+    release = release_marginals(schema, site, plan, released_before, tables)
     log.info("site %s: released stage %d of its tables, epsilon %.3f", site.name,
              release.stage, release.epsilon)
-    arrays = {name: torch.from_numpy(table) for name, table in release.tables.items()}
-    return Message(content=_reply_content(ArrayRecord(arrays), plan, site, 1, release.stage,
-                                          release.epsilon), reply_to=msg)
+    return _answer(request, release.tables, 1, release.stage, release.epsilon)
+
+
+def _answer(request: RoundRequest, arrays: Mapping[str, Any], steps: int, steps_total: int,
+            epsilon: float) -> StoredAnswer:
+    return StoredAnswer(round=request.round, model_sha256=request.model_sha256,
+                        arrays=dict(arrays),
+                        metrics={keys.STEPS: steps, keys.STEPS_TOTAL: steps_total,
+                                 keys.EPSILON_SPENT: epsilon})
+
+
+def _state_dir(source: SiteSource, context: Context) -> Path:
+    """Where this node keeps its ledger: the node's own folder when deployed; in a
+    simulation without one, a temporary folder of the run."""
+    if source.state_dir:
+        return Path(source.state_dir)
+    node = context.node_config.get("partition-id", context.node_id)
+    return Path(tempfile.gettempdir()) / "fedsynth-simulation" / f"run-{context.run_id}" / \
+        f"node-{node}"
 
 
 def _reply_content(arrays: ArrayRecord, plan: StudyPlan, site: SiteData, steps: int,
@@ -122,30 +170,6 @@ def _evaluate(msg: Message, context: Context, run_config: Mapping[str, Any]) -> 
     reply = RecordDict({keys.SCORES: MetricRecord(scores),
                         keys.SITE: ConfigRecord({keys.SITE_NAME: site.name})})
     return Message(content=reply, reply_to=msg)
-
-
-def _study_state(context: Context, plan: StudyPlan, schema_sha256: str, site: SiteData
-                 ) -> tuple[ConfigRecord, SitePrivacy]:
-    """The node's record of this study: steps run so far and the DP parameters.
-
-    The noise multiplier is fixed once, before the first round, and reused; a
-    plan that changes mid-study is refused, since the noise was calibrated to
-    the plan agreed at round 1.
-    """
-    fingerprint = plan.fingerprint(schema_sha256)
-    state = context.state.config_records.get(_STATE)
-    if state is None:
-        # The marginals generator adds its noise in one release (node.marginal_release).
-        privacy = (SitePrivacy.for_site(plan, site.n_records, site.name)
-                   if plan.generator == "vae" else SitePrivacy(1.0, 0.0))
-        state = ConfigRecord({keys.STEPS_TOTAL: 0, "plan": fingerprint,
-                              "sample-rate": privacy.sample_rate,
-                              "noise-multiplier": privacy.noise_multiplier})
-        return state, privacy
-    if state["plan"] != fingerprint:
-        raise PlanError(f"Site {site.name} refuses the plan: it differs from the plan this "
-                        "study started with, and the noise was calibrated to that one.")
-    return state, SitePrivacy(float(state["sample-rate"]), float(state["noise-multiplier"]))
 
 
 app = build_client_app()

@@ -1,9 +1,12 @@
 """Where a node finds its schema and records.
 
 Deployment: the SuperNode's node config names them (`schema-path`,
-`data-path`, optionally `site-name`). Simulation: the run config lists one
+`data-path`, optionally `site-name`), the folder of its privacy ledger
+(`state-dir`, required) and its total budget (`epsilon-budget`, default:
+no limit beyond each study's own ε). Simulation: the run config lists one
 file per simulated site (`site-data`, joined with the OS path separator) and
-the node's `partition-id` picks its own. A simulated node with no file falls
+the node's `partition-id` picks its own; its ledger goes under the run's
+`node-state-dir` (or a temporary folder of the run). A simulated node with no file falls
 back to the built-in demo registry, so `flwr run .` works out of the box; a
 deployed node never does, it must be told where its records are.
 """
@@ -11,6 +14,7 @@ deployed node never does, it must be told where its records are.
 from __future__ import annotations
 
 import functools
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -33,6 +37,8 @@ class SiteSource:
     site_name: str
     demo_partition: int | None = None
     demo_sites: int = 0
+    state_dir: str | None = None
+    epsilon_budget: float = math.inf
 
     def load(self) -> tuple[Schema, SiteData]:
         """The validated, encoded site. A node process answers every round of a
@@ -63,20 +69,42 @@ def resolve_site(node_config: Mapping[str, Any], run_config: Mapping[str, Any]) 
     """Decide which records this node trains on, from its node and run config."""
     if node_config.get("data-path"):
         data = str(node_config["data-path"])
+        if not node_config.get("state-dir"):
+            raise FedsynthError("This node has no 'state-dir' in its node config: a deployed "
+                                "node needs a folder for its privacy ledger (--node-config).")
         return SiteSource(str(node_config.get("schema-path", "")), data,
-                          str(node_config.get("site-name") or Path(data).stem))
+                          str(node_config.get("site-name") or Path(data).stem),
+                          state_dir=str(node_config["state-dir"]),
+                          epsilon_budget=_budget(node_config.get("epsilon-budget")))
     if "partition-id" not in node_config:
         raise FedsynthError("This node has no 'data-path' in its node config: tell the "
                             "SuperNode where the site's records are (--node-config).")
     partition = int(node_config["partition-id"])
     files = [f for f in str(run_config.get("site-data", "")).split(os.pathsep) if f]
+    state_root = str(run_config.get("node-state-dir", "") or "")
+    state_dir = os.path.join(state_root, f"node-{partition}") if state_root else None
     if not files:
         return SiteSource(None, None, "", demo_partition=partition,
-                          demo_sites=int(node_config.get("num-partitions", 1)))
+                          demo_sites=int(node_config.get("num-partitions", 1)),
+                          state_dir=state_dir)
     if partition >= len(files):
         raise FedsynthError(f"Simulated node {partition} has no data file: the run lists "
                             f"{len(files)} site file(s).")
-    return SiteSource(str(run_config["schema-path"]), files[partition], Path(files[partition]).stem)
+    return SiteSource(str(run_config["schema-path"]), files[partition],
+                      Path(files[partition]).stem, state_dir=state_dir)
+
+
+def _budget(value: Any) -> float:
+    if value in (None, ""):
+        return math.inf
+    try:
+        budget = float(value)
+    except (TypeError, ValueError):
+        budget = math.nan
+    if not budget > 0:
+        raise FedsynthError(f"The node config's epsilon-budget = {value!r} is not a "
+                            "positive number.")
+    return budget
 
 
 def _demo_site(partition: int, n_partitions: int) -> tuple[Schema, SiteData]:

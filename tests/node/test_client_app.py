@@ -1,6 +1,8 @@
 """The node's ClientApp, called the way Flower calls it, on real files."""
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
@@ -8,7 +10,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from node.client_app import build_client_app
 from protocols import messages as keys
 from protocols.encoding import build_encoding
-from protocols.errors import BudgetError, PlanError, RecordError
+from protocols.errors import BudgetError, FedsynthError, PlanError, RecordError
 from protocols.generator import build_generator
 from protocols.plan import StudyPlan
 
@@ -22,17 +24,21 @@ def task_identity():
 PLAN = StudyPlan(epsilon=2.0, rounds=2, local_steps=3, batch_size=16, hidden=16, latent=4)
 
 
-def _message(schema, plan=PLAN, schema_hash=None):
+def _message(schema, plan=PLAN, schema_hash=None, server_round=1, arrays=None):
     model = build_generator(build_encoding(schema), plan.hidden, plan.latent, plan.seed)
     config = ConfigRecord({**plan.to_config(), keys.SCHEMA_SHA256: schema_hash or schema.sha256,
-                           keys.SERVER_ROUND: 1})
-    content = RecordDict({keys.ARRAYS: ArrayRecord(model.state_dict()), keys.PLAN: config})
+                           keys.SERVER_ROUND: server_round})
+    content = RecordDict({keys.ARRAYS: arrays or ArrayRecord(model.state_dict()),
+                          keys.PLAN: config})
     return Message(content=content, dst_node_id=1, message_type="train"), model
 
 
-def _context(schema_path, data_path):
+def _context(schema_path, data_path, **node_config):
+    state_dir = Path(data_path).parent / "node-state"
     return Context(run_id=1, node_id=1, node_config={"schema-path": str(schema_path),
-                                                     "data-path": str(data_path)},
+                                                     "data-path": str(data_path),
+                                                     "state-dir": str(state_dir),
+                                                     **node_config},
                    state=RecordDict(), run_config={})
 
 
@@ -63,11 +69,11 @@ def test_reply_holds_only_weights_of_the_global_shapes_and_whitelisted_scalars(
 def test_node_keeps_counting_steps_across_rounds(site_files, demo_schema):
     app, context = build_client_app(), _context(*site_files)
     first = app(_message(demo_schema)[0], context).content[keys.METRICS]
-    second = app(_message(demo_schema)[0], context).content[keys.METRICS]
+    second = app(_message(demo_schema, server_round=2)[0], context).content[keys.METRICS]
     assert second[keys.STEPS_TOTAL] == 2 * first[keys.STEPS_TOTAL] == PLAN.total_steps
     assert first[keys.EPSILON_SPENT] < second[keys.EPSILON_SPENT] <= PLAN.epsilon
     with pytest.raises(BudgetError, match="exceed"):
-        app(_message(demo_schema)[0], context)
+        app(_message(demo_schema, server_round=3)[0], context)
 
 
 def test_node_refuses_a_plan_for_another_schema(site_files, demo_schema):
@@ -102,56 +108,6 @@ def test_site_size_leaves_the_node_only_as_coarsely_as_the_plan_allows(site_file
     assert StudyPlan().fedavg_weight(112) == 1.0
 
 
-def test_node_refuses_a_plan_changed_mid_study(site_files, demo_schema):
-    app, context = build_client_app(), _context(*site_files)
-    app(_message(demo_schema)[0], context)
-    looser = StudyPlan(epsilon=8.0, rounds=2, local_steps=3, batch_size=16, hidden=16, latent=4)
-    with pytest.raises(PlanError, match="differs from the plan this study started with"):
-        app(_message(demo_schema, looser)[0], context)
-
-
-def _evaluate_message(schema, cohort_csv: bytes, schema_hash=None):
-    content = RecordDict({
-        keys.COHORT: ConfigRecord({keys.COHORT_CSV: cohort_csv}),
-        keys.PLAN: ConfigRecord({keys.SCHEMA_SHA256: schema_hash or schema.sha256}),
-    })
-    return Message(content=content, dst_node_id=1, message_type="evaluate")
-
-
-def test_evaluation_reply_holds_only_the_whitelisted_scores(site_files, demo_schema,
-                                                           demo_registry):
-    cohort = demo_registry.sites["hospital-05"].to_csv(index=False).encode()
-    reply = build_client_app()(_evaluate_message(demo_schema, cohort), _context(*site_files))
-    assert not reply.has_error()
-    assert set(reply.content.keys()) == {keys.SCORES, keys.SITE}
-    scores = reply.content[keys.SCORES]
-    assert tuple(scores.keys()) == keys.REPLY_SCORES
-    assert 0.5 < scores["column_shapes"] <= 1.0
-    assert dict(reply.content[keys.SITE]) == {keys.SITE_NAME: "hospital-03"}
-
-
-def test_node_refuses_to_score_a_cohort_that_breaks_its_schema(site_files, demo_schema,
-                                                              demo_registry):
-    frame = demo_registry.sites["hospital-05"].copy()
-    frame.loc[0, "subtype"] = "made-up"
-    msg = _evaluate_message(demo_schema, frame.to_csv(index=False).encode())
-    with pytest.raises(RecordError, match="refuses to score"):
-        build_client_app()(msg, _context(*site_files))
-
-
-def test_node_refuses_to_score_a_cohort_of_another_schema(site_files, demo_schema):
-    msg = _evaluate_message(demo_schema, b"a\n1\n", schema_hash="0" * 64)
-    with pytest.raises(PlanError, match="refuses to score"):
-        build_client_app()(msg, _context(*site_files))
-
-
-def test_a_site_can_decline_federated_evaluation(site_files, demo_schema):
-    context = _context(*site_files)
-    context.node_config["federated-evaluation"] = "false"
-    with pytest.raises(PlanError, match="declines"):
-        build_client_app()(_evaluate_message(demo_schema, b"x\n"), context)
-
-
 MARGINALS = StudyPlan(epsilon=2.0, rounds=2, generator="marginals")
 
 
@@ -177,10 +133,65 @@ def test_a_marginals_release_holds_only_the_tables_and_comes_in_two_stages(site_
     metrics = first.content[keys.METRICS]
     assert set(metrics.keys()) == keys.REPLY_METRICS and metrics[keys.WEIGHT] == 1.0
     assert 0 < metrics[keys.EPSILON_SPENT] < 1.9
+    config[keys.SERVER_ROUND] = 2
     second = app(message(first.content[keys.ARRAYS]), context)
     echoed = {k: a.numpy() for k, a in second.content[keys.ARRAYS].items()}
     assert all((echoed[k] == t).all() for k, t in tables.items() if k.startswith("1|"))
     assert any(t.any() for k, t in echoed.items() if k.startswith("2|"))
     assert 1.9 < second.content[keys.METRICS][keys.EPSILON_SPENT] <= 2.0
+    config[keys.SERVER_ROUND] = 3
     with pytest.raises(BudgetError, match="already released"):
         app(message(second.content[keys.ARRAYS]), context)
+
+
+def _ledger_lines(site_files):
+    return (Path(site_files[1]).parent / "node-state" / "privacy-ledger.jsonl").read_text(
+        ).splitlines()
+
+
+def test_a_resumed_round_with_the_same_model_gets_the_same_answer_and_no_second_charge(
+        site_files, demo_schema):
+    """A coordinator restarted from its checkpoint asks again for round 1 with the same
+    global model: the node gives the answer it gave, and its ledger charges round 1 once."""
+    msg, _ = _message(demo_schema)
+    first = build_client_app()(msg, _context(*site_files))
+    again = build_client_app()(_message(demo_schema)[0], _context(*site_files))  # a new run
+    for name, array in first.content[keys.ARRAYS].items():
+        assert (again.content[keys.ARRAYS][name].numpy() == array.numpy()).all()
+    assert dict(again.content[keys.METRICS]) == dict(first.content[keys.METRICS])
+    kinds = [json.loads(line)["kind"] for line in _ledger_lines(site_files)]
+    assert kinds == ["reserve", "round"]
+
+
+def test_a_round_already_charged_is_refused_for_a_different_model(site_files, demo_schema):
+    app, context = build_client_app(), _context(*site_files)
+    first = app(_message(demo_schema)[0], context)
+    with pytest.raises(BudgetError, match="spend the site's budget twice"):
+        app(_message(demo_schema, arrays=first.content[keys.ARRAYS])[0], context)
+
+
+def test_a_study_that_would_overspend_the_site_budget_is_refused_before_any_step(
+        site_files, demo_schema):
+    context = _context(*site_files, **{"epsilon-budget": 3.0})
+    build_client_app()(_message(demo_schema)[0], context)  # commits epsilon 2 of 3
+    other = StudyPlan(epsilon=2.0, rounds=1, local_steps=2, batch_size=16, hidden=16, latent=4)
+    with pytest.raises(BudgetError, match="committed 2 of its budget of 3"):
+        build_client_app()(_message(demo_schema, other)[0], context)
+    assert len(_ledger_lines(site_files)) == 2  # nothing charged for the refused study
+
+
+def test_a_node_whose_ledger_chain_is_broken_refuses_to_train(site_files, demo_schema):
+    app, context = build_client_app(), _context(*site_files)
+    app(_message(demo_schema)[0], context)
+    path = Path(site_files[1]).parent / "node-state" / "privacy-ledger.jsonl"
+    lines = path.read_text().splitlines()
+    path.write_text(lines[0].replace('"epsilon": 2.0', '"epsilon": 0.5') + "\n" + lines[1] + "\n")
+    with pytest.raises(BudgetError, match="line 1: .* hash chain is broken"):
+        app(_message(demo_schema, server_round=2)[0], context)
+
+
+def test_a_deployed_node_needs_a_ledger_folder(site_files, demo_schema):
+    context = _context(*site_files)
+    del context.node_config["state-dir"]
+    with pytest.raises(FedsynthError, match="state-dir"):
+        build_client_app()(_message(demo_schema)[0], context)

@@ -1,0 +1,48 @@
+"""The node's privacy ledger on disk: `STATE_DIR/privacy-ledger.jsonl`.
+
+Append-only: entries are only ever added, one line each, under an exclusive
+file lock, and flushed to disk before the node replies, so a round is on the
+ledger before its update leaves. The format and the chain check are in
+`protocols.ledger`; a broken chain is refused on every read.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import os
+from dataclasses import replace
+from pathlib import Path
+
+from protocols.ledger import LedgerEntry, entry_line, last_hash, parse_ledger
+
+LEDGER_NAME = "privacy-ledger.jsonl"
+
+
+class PrivacyLedger:
+    """One site's ledger file."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = Path(state_dir) / LEDGER_NAME
+
+    def entries(self) -> list[LedgerEntry]:
+        if not self.path.exists():
+            return []
+        lines = self.path.read_text(encoding="utf-8").splitlines()
+        return parse_ledger([line for line in lines if line.strip()], str(self.path))
+
+    def append(self, entry: LedgerEntry) -> LedgerEntry:
+        """Chain `entry` to the last line and write it durably; returns it as written."""
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(descriptor, "a+", encoding="utf-8") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            chained = replace(entry, prev=last_hash(self.entries()))
+            handle.write(entry_line(chained) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        return chained
+
+
+def now_utc() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")

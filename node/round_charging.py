@@ -1,0 +1,92 @@
+"""Answering a study's round at most once per privacy charge.
+
+Before any step of a new study the node checks its ledger (chain intact,
+budget left) and reserves the plan's ε; the noise multiplier and sampling rate
+are fixed then, for every round. Each round trained is charged on the ledger
+before its answer leaves. When a resumed coordinator asks again for a round:
+- same round, same global model: the stored answer is given again (the same
+  release; nothing new is spent);
+- a round already charged with a different model: refused, since training it
+  again would spend the site's budget twice.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from node.privacy_ledger import PrivacyLedger, now_utc
+from node.round_replay import StoredAnswer, store_answer, stored_answer
+from node.training import SitePrivacy
+from protocols import messages as keys
+from protocols.errors import BudgetError
+from protocols.ledger import RESERVE, ROUND, LedgerEntry, check_budget, study_spend
+from protocols.plan import StudyPlan
+
+
+@dataclass(frozen=True)
+class RoundRequest:
+    """What the coordinator asks of this site in one round."""
+
+    site: str
+    plan: StudyPlan
+    schema_sha256: str
+    round: int
+    model_sha256: str
+
+    @property
+    def study(self) -> str:
+        return self.plan.fingerprint(self.schema_sha256)
+
+
+# Trains one round given the mechanism and the steps already run; returns the answer.
+TrainFn = Callable[[SitePrivacy, int], StoredAnswer]
+
+
+def answer_round(state_dir: Path, budget: float, request: RoundRequest,
+                 privacy_for_new_study: Callable[[], SitePrivacy], train: TrainFn
+                 ) -> StoredAnswer:
+    """The site's answer to `request`, charged on the ledger exactly once."""
+    ledger = PrivacyLedger(state_dir)
+    entries = ledger.entries()
+    spend = study_spend(entries, request.study)
+    stored = stored_answer(state_dir, request.study)
+    if (stored is not None and stored.round == request.round
+            and stored.model_sha256 == request.model_sha256):
+        if spend is None or spend.last_round < request.round:
+            _charge(ledger, request, stored)  # the answer was stored, its charge not yet written
+        return stored
+    if spend is None:
+        privacy = privacy_for_new_study()
+        check_budget(entries, request.plan.epsilon, budget, request.site)
+        ledger.append(_entry(RESERVE, request, 0, request.plan.epsilon, privacy))
+        steps_before = 0
+    elif request.round <= spend.last_round:
+        raise BudgetError(
+            f"Site {request.site} refuses round {request.round}: its ledger already charges "
+            f"round {spend.last_round} of this study, and this round comes with a different "
+            "global model; training it again would spend the site's budget twice.")
+    else:
+        privacy = SitePrivacy(spend.sample_rate, spend.noise_multiplier)
+        steps_before = spend.steps_total
+    answer = train(privacy, steps_before)
+    store_answer(state_dir, request.study, answer)
+    _charge(ledger, request, answer)
+    return answer
+
+
+def _charge(ledger: PrivacyLedger, request: RoundRequest, answer: StoredAnswer) -> None:
+    ledger.append(_entry(ROUND, request, int(answer.metrics[keys.STEPS_TOTAL]),
+                         float(answer.metrics[keys.EPSILON_SPENT]), None))
+
+
+def _entry(kind: str, request: RoundRequest, steps_total: int, epsilon: float,
+           privacy: SitePrivacy | None) -> LedgerEntry:
+    return LedgerEntry(kind=kind, study=request.study, schema_sha256=request.schema_sha256,
+                       round=request.round if kind == ROUND else 0, steps_total=steps_total,
+                       epsilon=epsilon if math.isfinite(epsilon) else math.inf,
+                       delta=request.plan.delta, rounds=request.plan.rounds, time=now_utc(),
+                       noise_multiplier=privacy.noise_multiplier if privacy else 0.0,
+                       sample_rate=privacy.sample_rate if privacy else 0.0)
