@@ -1,4 +1,4 @@
-"""`fedsynth-coordinator`: run a study (demo or your own site files) and evaluate cohorts.
+"""`fedsynth-coordinator`: provision a consortium, run a study, evaluate cohorts.
 
 User errors (bad schema, bad records, bad plan) end with one paragraph on
 stderr and exit status 2, never a traceback.
@@ -13,6 +13,7 @@ from pathlib import Path
 
 from coordinator.cohort import Release
 from coordinator.demo import run_demo
+from coordinator.provisioning import DEFAULT_SUPERLINK, ProvisionRequest, Provisioned, provision
 from coordinator.simulation import simulate_study
 from protocols.cohort_evaluation import evaluate_files, score_lines
 from protocols.errors import FedsynthError
@@ -27,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "evaluate":
             return _evaluate(args)
+        if args.command == "provision":
+            return _provision(args)
         plan = DEFAULT_PLAN.with_overrides(epsilon=args.epsilon, delta=args.delta,
                                         rounds=_rounds(args), rows=args.rows, seed=args.seed,
                                         local_steps=args.local_steps,
@@ -61,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--no-evaluation", action="store_true",
                      help="skip federated evaluation (sites scoring the cohort) after release")
     _evaluate_parser(sub)
+    _provision_parser(sub)
     for p in (demo, sim):
         p.add_argument("--epsilon", type=float, help=f"per site, whole study; 'inf' = no DP "
                        f"(default {DEFAULT_PLAN.epsilon})")
@@ -106,6 +110,41 @@ def _evaluate(args: argparse.Namespace) -> int:
                             holdout_paths=args.holdout, manifest_path=args.manifest)
     print(score_lines(report, args.out))
     return 0
+
+
+def _provision_parser(sub: argparse._SubParsersAction) -> None:
+    pr = sub.add_parser("provision", help="create the consortium CA, the SuperLink certificate "
+                        "and one deployment kit per hospital (run again to add hospitals)")
+    pr.add_argument("--sites", required=True,
+                    help="comma-separated site names, e.g. siteA,siteB,siteC")
+    pr.add_argument("--out", type=Path, required=True, help="the kits folder (e.g. kits/)")
+    pr.add_argument("--superlink", help="HOST:PORT the hospitals' nodes dial "
+                    f"(default {DEFAULT_SUPERLINK}; an existing consortium keeps its own)")
+    pr.add_argument("--schema", type=Path, help="the consortium schema, copied into each kit")
+    pr.add_argument("--epsilon-budget", type=float, default=10.0,
+                    help="total epsilon each new site will spend across all studies (default 10)")
+    pr.add_argument("--valid-days", type=int, default=365,
+                    help="how long the CA and SuperLink certificate stay valid (default 365)")
+
+
+def _provision(args: argparse.Namespace) -> int:
+    request = ProvisionRequest(sites=tuple(s.strip() for s in args.sites.split(",")),
+                               out=args.out, superlink=args.superlink, schema=args.schema,
+                               epsilon_budget=args.epsilon_budget, valid_days=args.valid_days)
+    _report_provisioned(provision(request))
+    return 0
+
+
+def _report_provisioned(done: Provisioned) -> None:
+    coordinator = done.out / "coordinator"
+    verb = "added to the existing consortium" if done.reused else "provisioned"
+    print(f"{len(done.new_sites)} site kit(s) {verb}: "
+          + ", ".join(str(done.out / s) for s in done.new_sites))
+    print(f"SuperLink address: {done.consortium.address}; certificates valid until "
+          f"{done.consortium.valid_until:%Y-%m-%d}.")
+    print(f"Coordinator kit (keep it here, never ship it): {coordinator}; next steps in "
+          f"{coordinator / 'README.md'}.")
+    print("Hand each hospital its own kit folder only; its node-auth.key exists nowhere else.")
 
 
 def _configure_logging(verbose: bool) -> None:
