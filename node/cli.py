@@ -1,7 +1,9 @@
 """`fedsynth-node`: what a hospital's data steward runs.
 
-`check` validates a records file against the consortium's schema and prints a
-short report; it exits 0 only when every row is valid. `evaluate` scores a
+`start` checks the site's deployment kit and records, then becomes the Flower
+SuperNode that dials the consortium's SuperLink (outbound only). `check`
+validates a records file against the consortium's schema and prints a short
+report; it exits 0 only when every row is valid. `evaluate` scores a
 synthetic cohort against the site's own records and writes report.html (and
 report.json) at the hospital; nothing leaves. User errors end with
 one paragraph on stderr and a non-zero exit, never a traceback.
@@ -10,13 +12,16 @@ one paragraph on stderr and a non-zero exit, never a traceback.
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import sys
 from pathlib import Path
 
+from node.kit import NodeKit, check_kit, prepare_state_dir, read_kit
+from node.provenance import synthetic_cohort_manifest
+from node.supernode_launch import (exec_supernode, find_flower_supernode, shell_command,
+                                   starting_line, supernode_argv)
 from protocols.cohort_evaluation import evaluate_files, score_lines
 from protocols.errors import FedsynthError
-from protocols.manifest import MANIFEST_NAME
 from protocols.records import check_file
 from protocols.schema import load_schema
 
@@ -29,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
                                     holdout_paths=args.holdout)
             print(score_lines(report, args.out))
             return 0
+        if args.command == "start":
+            return _start(args)
         return _check(args.schema, args.data)
     except FedsynthError as exc:
         print(f"fedsynth-node: error: {exc}", file=sys.stderr)
@@ -38,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedsynth-node", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    _start_parser(sub)
     check = sub.add_parser("check", help="validate a records file against the schema")
     check.add_argument("--schema", type=Path, required=True, help="the consortium schema (YAML)")
     check.add_argument("--data", type=Path, required=True, help="records, CSV or Parquet")
@@ -51,6 +59,47 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", type=Path, required=True,
                     help="report.html to write (report.json is written beside it)")
     return parser
+
+
+def _start_parser(sub: argparse._SubParsersAction) -> None:
+    start = sub.add_parser("start", help="check the kit and records, then run this site's node "
+                           "(a Flower SuperNode that only dials out)")
+    start.add_argument("--kit", type=Path, required=True,
+                       help="this site's kit folder (node.toml, ca.pem, node-auth.key)")
+    start.add_argument("--data", type=Path,
+                       help="the site's records, CSV or Parquet (overrides node.toml)")
+    start.add_argument("--schema", type=Path, help="the consortium schema (overrides node.toml)")
+    start.add_argument("--state-dir", type=Path,
+                       help="where the privacy ledger and study state live (overrides node.toml)")
+    start.add_argument("--runtime-port", type=int,
+                       help="the node's local runtime port (overrides node.toml; give each "
+                            "node on one machine its own)")
+    start.add_argument("--dry-run", action="store_true",
+                       help="check everything and print the flower-supernode command; run nothing")
+
+
+def _start(args: argparse.Namespace) -> int:
+    kit = _with_overrides(read_kit(args.kit), args)
+    n_records = check_kit(kit)
+    argv = supernode_argv(kit, find_flower_supernode())
+    if args.dry_run:
+        print(shell_command(argv))
+        return 0
+    prepare_state_dir(kit)
+    print(starting_line(kit, n_records), flush=True)
+    exec_supernode(argv)
+
+
+def _with_overrides(kit: NodeKit, args: argparse.Namespace) -> NodeKit:
+    """Command-line paths are relative to the working directory, node.toml's to the kit."""
+    overrides = {name: path.expanduser().resolve() for name, path in
+                 (("records", args.data), ("schema", args.schema), ("state_dir", args.state_dir))
+                 if path is not None}
+    if args.runtime_port is not None:
+        if not 1 <= args.runtime_port <= 65535:
+            raise FedsynthError(f"--runtime-port {args.runtime_port} is outside 1-65535.")
+        overrides["runtime_port"] = args.runtime_port
+    return dataclasses.replace(kit, **overrides)
 
 
 def _check(schema_path: Path, data_path: Path) -> int:
@@ -69,17 +118,11 @@ def _check(schema_path: Path, data_path: Path) -> int:
 
 def _synthetic_note(data_path: Path) -> str | None:
     """Say plainly when a file is a fedsynth cohort rather than real records."""
-    manifest = data_path.parent / MANIFEST_NAME
-    if not manifest.is_file():
+    manifest = synthetic_cohort_manifest(data_path)
+    if manifest is None:
         return None
-    try:
-        files = json.loads(manifest.read_text(encoding="utf-8")).get("files", {})
-    except (OSError, ValueError):
-        return None
-    if data_path.name in files:
-        return (f"note: {data_path} is a SYNTHETIC fedsynth cohort (see {manifest}), "
-                "not real patient records.")
-    return None
+    return (f"note: {data_path} is a SYNTHETIC fedsynth cohort (see {manifest}), "
+            "not real patient records.")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,82 @@
+"""Turning a checked kit into the `flower-supernode` process that is the hospital's node.
+
+The command always verifies the SuperLink with the consortium CA (TLS, never
+`--insecure`) and proves the site's identity with its node-auth key; it never
+allows Flower to install packages at run time. The node only dials out; its own
+runtime port listens on 127.0.0.1. `exec_supernode` replaces the current process
+so that, under systemd or a container runtime, signals reach Flower directly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+from node.kit import NodeKit
+from protocols.kit_layout import KitError
+
+EXECUTABLE = "flower-supernode"
+
+
+def find_flower_supernode() -> str:
+    """The `flower-supernode` of this Python environment, else the first one on PATH."""
+    beside = shutil.which(EXECUTABLE, path=str(Path(sys.executable).parent))
+    found = beside or shutil.which(EXECUTABLE)
+    if not found:
+        raise KitError(f"`{EXECUTABLE}` was not found next to {sys.executable} or on PATH; "
+                       "install fedsynth (which brings Flower) in this environment.")
+    return found
+
+
+def supernode_argv(kit: NodeKit, executable: str) -> list[str]:
+    """The full `flower-supernode` command line for `kit`."""
+    return [executable,
+            "--superlink", str(kit.superlink),
+            "--root-certificates", str(kit.root_certificates),
+            "--auth-supernode-private-key", str(kit.auth_private_key),
+            "--port", str(kit.runtime_port),
+            "--node-config", node_config(kit)]
+
+
+def node_config(kit: NodeKit) -> str:
+    """The `--node-config` string `node.site_config.resolve_site` reads.
+
+    Flower parses it as space-separated TOML `key=value` pairs whose quoted values
+    may not contain a quote, so a path with a double quote is refused.
+    """
+    paths = {"schema-path": kit.schema, "data-path": kit.records, "state-dir": kit.state_dir}
+    for key, path in paths.items():
+        if '"' in str(path):
+            raise KitError(f"The path {path} ({key}) contains a double quote, which Flower's "
+                           "--node-config cannot carry; rename the file or folder.")
+    values = {**{k: json.dumps(str(p)) for k, p in paths.items()},
+              "site-name": json.dumps(kit.site),
+              "epsilon-budget": repr(float(kit.epsilon_budget)),
+              "federated-evaluation": "true" if kit.federated_evaluation else "false"}
+    order = ("schema-path", "data-path", "site-name", "state-dir", "epsilon-budget",
+             "federated-evaluation")
+    return " ".join(f"{key}={values[key]}" for key in order)
+
+
+def shell_command(argv: list[str]) -> str:
+    """`argv` as one line a shell runs unchanged."""
+    return shlex.join(argv)
+
+
+def starting_line(kit: NodeKit, n_records: int) -> str:
+    """What the node tells its operator as it hands over to Flower."""
+    return (f"fedsynth-node: starting site {kit.site} ({n_records} valid records) as a Flower "
+            f"SuperNode dialling {kit.superlink} over TLS — outbound only, no inbound port; "
+            f"state in {kit.state_dir}.")
+
+
+def exec_supernode(argv: list[str]) -> NoReturn:
+    """Become `flower-supernode` (same PID), so a service manager's signals reach it."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(argv[0], argv)

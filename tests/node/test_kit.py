@@ -1,0 +1,125 @@
+"""`fedsynth-node start`: a provisioned kit becomes a TLS + node-auth SuperNode command, and
+every bad kit or records file is refused with one paragraph before anything connects."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+import pytest
+
+from coordinator.cli import main as coordinator_main
+from node.cli import main as node_main
+from protocols.demo_registry import simulate_registry
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return simulate_registry(seed=0, n_sites=5)
+
+
+@pytest.fixture
+def kit(tmp_path: Path, registry) -> Path:
+    schema = tmp_path / "schema.yaml"
+    schema.write_text(registry.schema_yaml)
+    assert coordinator_main(["provision", "--sites", "siteA", "--out", str(tmp_path / "kits"),
+                             "--superlink", "fl.consortium.example:9092",
+                             "--schema", str(schema)]) == 0
+    return tmp_path / "kits" / "siteA"
+
+
+@pytest.fixture
+def records(tmp_path: Path, registry) -> Path:
+    path = tmp_path / "site-records.csv"
+    registry.sites["hospital-01"].to_csv(path, index=False)
+    return path
+
+
+def _start(capsys, *args: str) -> tuple[int, str, str]:
+    code = node_main(["start", *args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _refused(capsys, *args: str) -> str:
+    code, out, err = _start(capsys, *args)
+    assert code == 2
+    assert err.startswith("fedsynth-node: error:") and "Traceback" not in err
+    assert err.count("\n") == 1  # one paragraph
+    return err
+
+
+def test_dry_run_prints_a_tls_authenticated_supernode_command(kit, records, capsys):
+    code, out, err = _start(capsys, "--kit", str(kit), "--data", str(records), "--dry-run")
+    assert code == 0, err
+    argv = shlex.split(out.strip())
+    assert Path(argv[0]).name == "flower-supernode"
+    flags = dict(zip(argv[1::2], argv[2::2]))
+    assert flags["--superlink"] == "fl.consortium.example:9092"
+    assert flags["--root-certificates"] == str(kit.resolve() / "ca.pem")
+    assert flags["--auth-supernode-private-key"] == str(kit.resolve() / "node-auth.key")
+    assert flags["--port"] == "9094"
+    config = flags["--node-config"]
+    assert f'data-path="{records.resolve()}"' in config
+    assert f'schema-path="{kit.resolve() / "schema.yaml"}"' in config
+    assert 'site-name="siteA"' in config and "epsilon-budget=10.0" in config
+    assert f'state-dir="{kit.resolve() / "state"}"' in config
+    assert "federated-evaluation=true" in config
+    assert "--insecure" not in argv and "--allow-runtime-dependency-installation" not in argv
+    assert not (kit / "state").exists()  # a dry run changes nothing
+
+
+def test_runtime_port_override_reaches_the_command(kit, records, capsys):
+    code, out, _ = _start(capsys, "--kit", str(kit), "--data", str(records),
+                          "--runtime-port", "9195", "--dry-run")
+    assert code == 0 and "--port 9195" in out
+
+
+def test_missing_node_toml_key_is_named(kit, records, capsys):
+    toml = kit / "node.toml"
+    toml.write_text(toml.read_text().replace('address = "fl.consortium.example:9092"\n', ""))
+    err = _refused(capsys, "--kit", str(kit), "--data", str(records), "--dry-run")
+    assert "node.toml: [superlink] address is missing" in err
+
+
+def test_invalid_node_toml_value_is_named(kit, records, capsys):
+    toml = kit / "node.toml"
+    toml.write_text(toml.read_text().replace("runtime-port = 9094", 'runtime-port = "high"'))
+    err = _refused(capsys, "--kit", str(kit), "--data", str(records), "--dry-run")
+    assert "[node] runtime-port = 'high' is invalid" in err
+
+
+def test_a_folder_without_node_toml_is_refused(tmp_path, records, capsys):
+    err = _refused(capsys, "--kit", str(tmp_path), "--data", str(records), "--dry-run")
+    assert "node.toml does not exist" in err
+
+
+def test_group_readable_private_key_is_refused_with_the_fix(kit, records, capsys):
+    (kit / "node-auth.key").chmod(0o640)
+    err = _refused(capsys, "--kit", str(kit), "--data", str(records), "--dry-run")
+    assert "accessible to group or others" in err and "chmod 600" in err
+
+
+def test_invalid_records_are_refused(kit, tmp_path, registry, capsys):
+    frame = registry.sites["hospital-01"].copy()
+    frame.loc[frame.index[2], "subtype"] = "unknown-subtype"
+    bad = tmp_path / "bad.csv"
+    frame.to_csv(bad, index=False)
+    err = _refused(capsys, "--kit", str(kit), "--data", str(bad), "--dry-run")
+    assert "bad.csv: row 3, column 'subtype', value 'unknown-subtype'" in err
+
+
+def test_a_synthetic_cohort_is_refused_as_records(kit, tmp_path, registry, capsys):
+    release = tmp_path / "release"
+    release.mkdir()
+    cohort = release / "synthetic.csv"
+    registry.sites["hospital-02"].to_csv(cohort, index=False)
+    (release / "manifest.json").write_text(json.dumps({"files": {"synthetic.csv": {}}}))
+    err = _refused(capsys, "--kit", str(kit), "--data", str(cohort), "--dry-run")
+    assert "SYNTHETIC" in err and "manifest.json" in err
+
+
+def test_start_without_records_names_the_missing_option(kit, capsys):
+    err = _refused(capsys, "--kit", str(kit), "--dry-run")
+    assert "--data" in err
