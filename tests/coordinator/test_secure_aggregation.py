@@ -1,0 +1,311 @@
+"""SecAgg+ study rounds in Flower's real simulation engine, with real DP training at the nodes.
+
+The ServerApp and ClientApp are built here from `coordinator.secure_aggregation`
+and `node.secure_aggregation`. Each node trains with `node.training.train_round`
+(Opacus DP-SGD) and writes what it received and what it sent to tmp_path, so the
+test can compare the coordinator's average with the nodes' own updates.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import numpy as np
+import pytest
+from flwr.app import (Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord,
+                      RecordDict)
+from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+from flwr.simulation import run_simulation
+
+from coordinator import secure_aggregation as secure_coordinator
+from coordinator.generator_family import initial_arrays
+from coordinator.simulation import loopback_backend_config
+from node.secure_aggregation import is_secure_message, secure_train
+from node.site_config import resolve_site
+from protocols import messages as keys
+from protocols import secure_aggregation as contract
+from protocols.errors import FedsynthError
+from protocols.generator import build_generator
+from protocols.plan import StudyPlan
+
+# The simulated nodes run in Ray workers: ship this module's functions by value.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+PLAN = StudyPlan(rounds=3, local_steps=3, rows=50, min_sites=3)
+FIRST, LAST, SITES = 2, 3, 3
+
+
+def dp_train_reply(content: RecordDict, context: Context, out: Path) -> RecordDict:
+    """A minimal real `train_reply`: DP-SGD on the node's demo site, reply as the node does."""
+    import torch
+
+    from node.training import SitePrivacy, train_round
+
+    torch.set_num_threads(1)
+    config = dict(content[keys.PLAN])
+    plan = StudyPlan.from_config(config)
+    schema, site = resolve_site(context.node_config, {}).load()
+    assert config[keys.SCHEMA_SHA256] == schema.sha256
+    study_round = int(config[keys.SERVER_ROUND])
+    model = build_generator(site.encoding, plan.hidden, plan.latent, plan.seed)
+    model.load_state_dict(content[keys.ARRAYS].to_torch_state_dict())
+    privacy = SitePrivacy.for_site(plan, site.n_records, site.name)
+    outcome = train_round(model, site.encoded, plan, privacy, (study_round - 1) * plan.local_steps)
+    sent = ArrayRecord(model.state_dict())
+    np.savez(out / f"{site.name}-round{study_round}.npz",
+             **{f"received/{k}": a.numpy() for k, a in content[keys.ARRAYS].items()},
+             **{f"sent/{k}": a.numpy() for k, a in sent.items()})
+    return RecordDict({
+        keys.ARRAYS: sent,
+        keys.METRICS: MetricRecord({keys.WEIGHT: 1.0, keys.STEPS: outcome.steps,
+                                    keys.STEPS_TOTAL: outcome.steps_total,
+                                    keys.EPSILON_SPENT: outcome.epsilon}),
+        keys.SITE: ConfigRecord({keys.SITE_NAME: site.name}),
+    })
+
+
+def client_app(out: Path) -> ClientApp:
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        assert is_secure_message(msg), "a plain train message reached a secure study"
+        return secure_train(msg, context, lambda content: dp_train_reply(content, context, out))
+
+    return app
+
+
+def server_app(outcome: dict[str, Any]) -> ServerApp:
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        send_and_receive = grid.send_and_receive
+
+        def recording(messages, *args, **kwargs):  # every reply the coordinator receives
+            replies = list(send_and_receive(messages, *args, **kwargs))
+            outcome["replies"].extend(replies)
+            return replies
+
+        grid.send_and_receive = recording  # type: ignore[method-assign]
+        schema, _ = resolve_site({"partition-id": 0, "num-partitions": SITES}, {}).load()
+        outcome["initial"] = initial_arrays(schema, PLAN)
+        plan_record = ConfigRecord({**PLAN.to_config(), keys.SCHEMA_SHA256: schema.sha256})
+        try:
+            outcome["final"] = secure_coordinator.secure_rounds(
+                grid, context, plan_record=plan_record, initial=outcome["initial"],
+                first_round=FIRST, last_round=LAST, min_sites=SITES,
+                after_round=lambda r, arrays: outcome["rounds"].__setitem__(r, arrays),
+                timeout=120.0)
+        except Exception as exc:
+            outcome["error"] = exc
+            raise
+
+    return app
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, monkeypatch_module) -> dict[str, Any]:
+    """One secure study of rounds 2..3 over 3 simulated sites; what each side saw."""
+    out = tmp_path_factory.mktemp("secure")
+    outcome: dict[str, Any] = {"rounds": {}, "replies": [], "aggregate_fit": []}
+    original = secure_coordinator.SecureFedAvg.aggregate_fit
+
+    def recording_aggregate_fit(self, server_round, results, failures):
+        outcome["aggregate_fit"].append([id(fitres.parameters) for _, fitres in results])
+        return original(self, server_round, results, failures)
+
+    monkeypatch_module.setattr(secure_coordinator.SecureFedAvg, "aggregate_fit",
+                               recording_aggregate_fit)
+    started = time.monotonic()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run_simulation(server_app=server_app(outcome), client_app=client_app(out),
+                       num_supernodes=SITES, backend_config=loopback_backend_config())
+    outcome["seconds"] = time.monotonic() - started
+    outcome["nodes"] = {p.stem: dict(np.load(p)) for p in sorted(out.glob("*.npz"))}
+    assert "error" not in outcome, outcome.get("error")
+    return outcome
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+def _node_updates(study: dict[str, Any], study_round: int, part: str) -> list[dict]:
+    return [{k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith(part + "/")}
+            for name, arrays in study["nodes"].items() if name.endswith(f"round{study_round}")]
+
+
+@pytest.mark.integration
+def test_nodes_train_the_study_rounds_offset_from_the_first(study):
+    seen = sorted(name.rsplit("-round", 1)[1] for name in study["nodes"])
+    assert seen == ["2", "2", "2", "3", "3", "3"]
+    assert sorted(study["rounds"]) == [2, 3]
+
+
+@pytest.mark.integration
+def test_the_average_is_the_mean_of_the_nodes_updates_within_quantisation(study):
+    step, worst = 2 * contract.CLIPPING_RANGES["vae"] / contract.QUANTIZATION_RANGE, 0.0
+    for study_round in (FIRST, LAST):
+        updates = _node_updates(study, study_round, "sent")
+        assert len(updates) == SITES
+        average = study["rounds"][study_round]
+        for name, array in average.items():
+            mean = np.mean([u[name] for u in updates], axis=0)
+            error = float(np.max(np.abs(array.numpy() - mean)))
+            worst = max(worst, error)
+            assert error <= 1.1 * step  # stochastic rounding, then the float32 cast
+            # The sites really differ: the average is not any one site's update.
+            assert all(np.max(np.abs(u[name] - mean)) > 100 * step for u in updates)
+    print(f"largest |secure average - mean of updates|: {worst:.2e} (step {step:.2e})")
+    for received in _node_updates(study, LAST, "received"):
+        for name, array in study["rounds"][FIRST].items():
+            np.testing.assert_array_equal(received[name], array.numpy())
+
+
+@pytest.mark.integration
+def test_the_final_arrays_keep_the_global_models_names_shapes_and_dtypes(study):
+    final, initial = study["final"], study["initial"]
+    assert list(final.keys()) == list(initial.keys())
+    for name, array in initial.items():
+        assert final[name].numpy().shape == array.numpy().shape
+        assert final[name].numpy().dtype == array.numpy().dtype
+        np.testing.assert_array_equal(final[name].numpy(), study["rounds"][LAST][name].numpy())
+
+
+@pytest.mark.integration
+def test_the_coordinator_never_holds_an_individual_update(study):
+    assert [len(set(ids)) for ids in study["aggregate_fit"]] == [1, 1]
+    assert [len(ids) for ids in study["aggregate_fit"]] == [SITES, SITES]
+    replies = study["replies"]
+    assert len(replies) == 4 * SITES * (LAST - FIRST + 1)  # four SecAgg+ stages a round
+    for reply in replies:
+        assert not reply.has_error()
+        assert all(len(record) == 0 for record in reply.content.array_records.values())
+        assert keys.SITE not in reply.content and keys.METRICS not in reply.content
+        for metrics in reply.content.metric_records.values():
+            assert dict(metrics) == {"num_examples": 1}
+        if "fitres.metrics" in reply.content:
+            assert len(reply.content.config_records["fitres.metrics"]) == 0
+    print(f"secure study of {LAST - FIRST + 1} rounds x {SITES} sites: {study['seconds']:.1f} s")
+
+
+def _strategy(bound: float = contract.CLIPPING_RANGES["vae"]) -> secure_coordinator.SecureFedAvg:
+    reference = ArrayRecord({"w": Array(np.zeros((2, 3), np.float32)),
+                             "b": Array(np.zeros(3, np.float32))})
+    return secure_coordinator.SecureFedAvg(reference, ConfigRecord(PLAN.to_config()),
+                                           first_round=4, min_sites=2, clipping_range=bound)
+
+
+def _combined(arrays: list[np.ndarray], sites: int = 2) -> list:
+    parameters = ndarrays_to_parameters(arrays)
+    return [(None, FitRes(Status(Code.OK, ""), parameters, 1, {})) for _ in range(sites)]
+
+
+def test_the_strategy_restores_names_and_dtypes_of_the_secure_average():
+    strategy = _strategy()
+    strategy.aggregate_fit(1, _combined([np.ones((2, 3)), np.full(3, 0.5)]), [])
+    assert list(strategy.latest.keys()) == ["w", "b"]
+    assert strategy.latest["w"].numpy().dtype == np.float32
+    assert strategy.aggregated_round == 1 and strategy.study_round(1) == 4
+
+
+@pytest.mark.parametrize("arrays, why", [
+    ([np.ones((2, 3)), np.full(3, np.nan)], "NaN"),
+    ([np.ones((2, 3)), np.full(3, 65.0)], "beyond the secure-aggregation range"),
+    ([np.ones((3, 2)), np.ones(3)], "shape"),
+    ([np.ones((2, 3))], "layers"),
+])
+def test_the_strategy_refuses_an_average_it_cannot_trust(arrays, why):
+    with pytest.raises(FedsynthError, match=why):
+        _strategy().aggregate_fit(1, _combined(arrays), [])
+
+
+def test_the_strategy_refuses_individual_updates_and_too_few_sites():
+    separate = _combined([np.ones((2, 3)), np.ones(3)]) + _combined([np.ones((2, 3)), np.ones(3)])
+    with pytest.raises(FedsynthError, match="instead of their secure sum"):
+        _strategy().aggregate_fit(1, separate[:2] + separate[2:3], [])
+    with pytest.raises(FedsynthError, match="fewer than the plan's min-sites"):
+        _strategy().aggregate_fit(1, _combined([np.ones((2, 3)), np.ones(3)], sites=1),
+                                  [RuntimeError("dropped")])
+
+
+@pytest.mark.parametrize("sites, threshold", [(3, 2), (5, 3), (10, 7), (20, 13)])
+def test_the_threshold_is_a_strict_majority_and_tolerates_a_third_dropping_out(sites, threshold):
+    assert contract.reconstruction_threshold(sites) == threshold
+    assert 2 * threshold > sites and sites - threshold >= sites // 3
+
+
+def test_a_node_refuses_a_setup_whose_threshold_lets_the_coordinator_unmask_it(monkeypatch):
+    from flwr.app import RecordDict as Content
+    from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
+    from flwr.supercore.task_identity import TaskIdentity
+
+    # Flower stamps messages with the running task's identity, as its engines set it.
+    for attr in ("_task_id", "_run_id", "_node_id"):
+        monkeypatch.setattr(TaskIdentity, attr, 1)
+
+    setup = ConfigRecord({Key.STAGE: "setup", Key.SAMPLE_NUMBER: 5, Key.SHARE_NUMBER: 5,
+                          Key.THRESHOLD: 2, Key.CLIPPING_RANGE: 64.0,
+                          Key.TARGET_RANGE: 2**26, Key.MOD_RANGE: 2**32, Key.MAX_WEIGHT: 1.0})
+    msg = Message(Content({RECORD_KEY_CONFIGS: setup}), dst_node_id=7, message_type="train")
+    assert is_secure_message(msg)
+    context = Context(run_id=1, node_id=7, node_config={}, state=Content(), run_config={})
+    with pytest.raises(FedsynthError, match="threshold of 2 of 5"):
+        secure_train(msg, context, lambda content: content)
+    setup[Key.THRESHOLD] = 3
+    reply = secure_train(msg, context, lambda content: content)
+    assert set(reply.content.config_records[RECORD_KEY_CONFIGS]) == {Key.PUBLIC_KEY_1,
+                                                                      Key.PUBLIC_KEY_2}
+
+
+def test_a_node_refuses_to_send_weights_the_quantiser_would_clip(monkeypatch):
+    """Three nodes run SecAgg+'s setup and key sharing for real; in the masked-vector
+    stage a node whose trained weights exceed the clipping range sends nothing."""
+    from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
+    from flwr.compat.common.recorddict_compat import fitins_to_recorddict
+    from flwr.common import FitIns
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for attr in ("_task_id", "_run_id", "_node_id"):
+        monkeypatch.setattr(TaskIdentity, attr, 1)
+    nodes = {nid: Context(run_id=1, node_id=nid, node_config={}, state=RecordDict(),
+                          run_config={}) for nid in (1, 2, 3)}
+
+    def stage(nid: int, config: dict, extra: RecordDict | None = None) -> ConfigRecord:
+        content = extra or RecordDict()
+        content[RECORD_KEY_CONFIGS] = ConfigRecord(config)
+        msg = Message(content, dst_node_id=nid, message_type="train")
+        reply = secure_train(msg, nodes[nid], too_large)
+        return reply.content.config_records[RECORD_KEY_CONFIGS]
+
+    def too_large(content: RecordDict) -> RecordDict:
+        arrays = {k: Array(a.numpy() * 0 + 65.0) for k, a in content[keys.ARRAYS].items()}
+        return RecordDict({keys.ARRAYS: ArrayRecord(arrays),
+                           keys.METRICS: MetricRecord({keys.WEIGHT: 1.0})})
+
+    setup = {Key.STAGE: "setup", Key.SAMPLE_NUMBER: 3, Key.SHARE_NUMBER: 3, Key.THRESHOLD: 2,
+             Key.CLIPPING_RANGE: 64.0, Key.TARGET_RANGE: 2**26, Key.MOD_RANGE: 2**32,
+             Key.MAX_WEIGHT: 1.0}
+    public = {nid: list(stage(nid, setup).values()) for nid in nodes}
+    shares = {nid: stage(nid, {Key.STAGE: "share_keys", **{str(k): v for k, v in public.items()}})
+              for nid in nodes}
+    incoming = [(src, ct) for src, r in shares.items()
+                for dst, ct in zip(r[Key.DESTINATION_LIST], r[Key.CIPHERTEXT_LIST]) if dst == 1]
+    fitins = fitins_to_recorddict(FitIns(ndarrays_to_parameters([np.zeros(3, np.float32)]),
+                                         {contract.ARRAY_NAMES: ["w"]}), keep_input=True)
+    collect = {Key.STAGE: "collect_masked_vectors", Key.SOURCE_LIST: [s for s, _ in incoming],
+               Key.CIPHERTEXT_LIST: [c for _, c in incoming]}
+    with pytest.raises(FedsynthError, match=re.escape("without clipping: layer w reaches |65|")):
+        stage(1, collect, fitins)
