@@ -1,0 +1,99 @@
+"""deploy/: the compose file mounts only what a kit provides, and nothing exposes the
+SuperLink's Control API or runs without TLS."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from coordinator.cli import main as coordinator_main
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+RECORDS = "/srv/fedsynth/records.csv"
+
+
+def _interpolate(text: str, env: dict[str, str]) -> str:
+    """Compose's `${VAR:-default}` / `${VAR:?message}` substitution."""
+    def value(match: re.Match) -> str:
+        name, op, rest = match.group(1), match.group(2), match.group(3)
+        if name in env:
+            return env[name]
+        assert op == ":-", f"${{{name}}} has no default and is not set"
+        return rest
+    return re.sub(r"\$\{(\w+)(:[-?])([^}]*)\}", value, text)
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+
+
+@pytest.fixture(scope="module")
+def kits(tmp_path_factory, demo_registry) -> Path:
+    root = tmp_path_factory.mktemp("deploy")
+    schema = root / "schema.yaml"
+    schema.write_text(demo_registry.schema_yaml)
+    assert coordinator_main(["provision", "--sites", "siteA", "--out", str(root / "kits"),
+                             "--schema", str(schema)]) == 0
+    return root / "kits"
+
+
+def test_every_mounted_host_path_is_a_file_a_kit_provides(compose, kits):
+    env = {"KITS": str(kits), "RECORDS": RECORDS}
+    for name, service in compose["services"].items():
+        for volume in service["volumes"]:
+            host, container, *mode = _interpolate(volume, env).split(":")
+            if "/" not in host:
+                continue  # a named volume (state), not a host path
+            if host == RECORDS:
+                assert mode == ["ro"]
+                continue
+            assert Path(host).is_file(), f"{name}: {host} is not in a provisioned kit"
+            assert Path(host).is_relative_to(kits)
+            assert mode == ["ro"], f"{name}: {host} must be mounted read-only"
+            assert Path(host).name != "ca.key", "the CA key stays offline"
+
+
+def test_superlink_is_tls_authenticated_persistent_and_loopback_only(compose):
+    superlink = compose["services"]["superlink"]
+    flags = " ".join(superlink["command"])
+    for flag in ("--ssl-ca-certfile", "--ssl-certfile", "--ssl-keyfile",
+                 "--enable-supernode-auth", "--database=/app/state/",
+                 "--disable-runtime-dependency-installation"):
+        assert flag in flags
+    assert all(str(p).startswith("127.0.0.1:") for p in superlink["ports"])
+
+
+def test_node_opens_no_port_and_no_service_is_insecure(compose):
+    assert "ports" not in compose["services"]["node"]
+    text = (DEPLOY / "compose.yaml").read_text()
+    assert "--insecure" not in text and "allow-runtime-dependency-installation" not in text
+    assert (DEPLOY / "Dockerfile.node").read_text().count("FROM flwr/supernode:1.41.0") == 1
+
+
+def test_reverse_proxy_forwards_the_fleet_api_only():
+    conf = (DEPLOY / "nginx-superlink.conf").read_text()
+    code = "\n".join(line.split("#")[0] for line in conf.splitlines())
+    assert re.findall(r"location\s+(\S+)", code) == ["/v1/fleet/", "/"]
+    assert code.count("proxy_pass") == 1 and "return 404;" in code
+    for directive in ("proxy_ssl_verify       on;", "proxy_ssl_trusted_certificate",
+                      "proxy_ssl_name", "client_max_body_size"):
+        assert directive in code
+
+
+@pytest.mark.parametrize("unit", ["fedsynth-node.service", "fedsynth-superlink.service"])
+def test_systemd_units_are_hardened(unit):
+    text = (DEPLOY / "systemd" / unit).read_text()
+    for directive in ("NoNewPrivileges=yes", "ProtectSystem=strict", "ReadWritePaths=",
+                      "PrivateTmp=yes", "Restart=on-failure", "User=fedsynth"):
+        assert directive in text
+    assert "--insecure" not in text
+
+
+def test_node_unit_starts_the_checked_node_from_its_kit():
+    text = (DEPLOY / "systemd" / "fedsynth-node.service").read_text()
+    assert re.search(r"ExecStart=\S*fedsynth-node start \\\n\s+--kit /etc/fedsynth/kit", text)
+    assert "RestartPreventExitStatus=2" in text
