@@ -54,8 +54,9 @@ def sample_cohort(model: TabularVAE, rows: int, seed: int) -> pd.DataFrame:
 
 
 def release_cohort(cohort: pd.DataFrame, out_dir: Path, *, schema: Schema, plan: StudyPlan,
-                   sites: Mapping[str, SitePrivacySpent], contributors: list[str],
-                   engine: str) -> Release:
+                   sites: Mapping[str, SitePrivacySpent],
+                   contributions: Mapping[str, list[int]], engine: str,
+                   tls: bool = False) -> Release:
     """Write synthetic.csv, synthetic.parquet and manifest.json into `out_dir`, all or nothing."""
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".fedsynth-release-", dir=out_dir))
@@ -64,8 +65,8 @@ def release_cohort(cohort: pd.DataFrame, out_dir: Path, *, schema: Schema, plan:
         cohort.to_csv(files[CSV_NAME], index=False)
         _write_parquet(cohort, files[PARQUET_NAME], schema.sha256)
         manifest = build_manifest(schema_sha256=schema.sha256, plan=plan, sites=sites,
-                                  contributors=contributors, engine=engine, files=files,
-                                  rows=len(cohort))
+                                  contributions=contributions, engine=engine, tls=tls,
+                                  files=files, rows=len(cohort))
         write_manifest(manifest, staging / MANIFEST_NAME)
         for name in (CSV_NAME, PARQUET_NAME, MANIFEST_NAME):
             os.replace(staging / name, out_dir / name)

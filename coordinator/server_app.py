@@ -1,8 +1,10 @@
 """The coordinator's Flower ServerApp: the front door of the consortium side.
 
 It wires the small modules together: the study settings from the run config,
-a freshly initialised generator, FedAvg with reply checks (`strategy`), a
-checkpoint and a progress line after every round (`checkpoints`), and the
+the TLS check of a deployment's SuperLink (`transport`), a freshly initialised
+generator or the last checkpoint of a study that stopped (`checkpoints`), the
+rounds with FedAvg and reply checks (`rounds`, `strategy`) or with SecAgg+
+(`secure_aggregation`), each site's privacy report (`privacy_reports`), the
 release of the sampled cohort with its manifest (`cohort`), and the federated
 evaluation of that cohort at the sites (`federated_evaluation`).
 """
@@ -17,12 +19,17 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
-from coordinator.checkpoints import save_checkpoint
+from coordinator.checkpoints import (Checkpoint, checkpoint_dir, clear_checkpoints,
+                                     load_checkpoint, mark_released, resumable, save_checkpoint)
 from coordinator.cohort import CSV_NAME, Release, release_cohort
 from coordinator.federated_evaluation import REPORT_NAME, evaluate_at_sites, write_study_report
 from coordinator.generator_family import initial_arrays, sample_release
+from coordinator.privacy_reports import collect_privacy_reports
+from coordinator.rounds import run_rounds
+from coordinator.secure_aggregation import secure_rounds
 from coordinator.strategy import StudyStrategy
 from coordinator.study import StudySettings
+from coordinator.transport import verify_tls
 from protocols import messages as keys
 
 # Under `flwr run` only Flower's own logger reaches the operator's console.
@@ -47,7 +54,8 @@ def build_server_app(overrides: Mapping[str, Any] | None = None,
     def main(grid: Grid, context: Context) -> None:
         try:
             settings = StudySettings.from_run_config({**context.run_config, **fixed})
-            outcome["release"] = run_study(grid, settings, progress or _FLOWER_LOG.info)
+            outcome["release"] = run_study(grid, settings, progress or _FLOWER_LOG.info,
+                                           context)
         except Exception as exc:
             outcome["error"] = exc
             raise
@@ -55,37 +63,65 @@ def build_server_app(overrides: Mapping[str, Any] | None = None,
     return app
 
 
-def run_study(grid: Grid, settings: StudySettings, progress: ProgressFn) -> Release:
-    """Run every round of the study on `grid`, then release the cohort."""
+def run_study(grid: Grid, settings: StudySettings, progress: ProgressFn,
+              context: Context) -> Release:
+    """Run every round of the study on `grid` (resuming from the last checkpoint of
+    the same study if one stopped early), then release the cohort."""
     schema, plan = settings.schema, settings.plan
+    if settings.engine == "deployment":
+        verify_tls(settings.superlink_address, settings.root_certificates)
+    study = plan.fingerprint(schema.sha256)
     initial = initial_arrays(schema, plan)
-    strategy = StudyStrategy(plan, initial)
+    resumed = resumable(settings.out_dir, study)
+    if resumed is None:
+        clear_checkpoints(settings.out_dir)
+    else:
+        progress(f"resuming the study after round {resumed.round}/{plan.rounds} "
+                 f"(checkpoint in {checkpoint_dir(settings.out_dir)})")
+    strategy = StudyStrategy(plan, initial, settings.round_timeout,
+                             sites=resumed.sites if resumed else None,
+                             contributions=resumed.contributions if resumed else None)
     plan_record = ConfigRecord({**plan.to_config(), keys.SCHEMA_SHA256: schema.sha256})
     started = time.monotonic()
 
-    rounds: dict[int, ArrayRecord] = {}
-
     def after_round(server_round: int, arrays: ArrayRecord) -> None:
-        if server_round == 0:
-            return None
-        if server_round == 1:
-            rounds[1] = arrays  # the marginals generator cuts its coarse bins from it
-        save_checkpoint(settings.out_dir, server_round, arrays, strategy.sites)
-        spent = [s.epsilon for s in strategy.sites.values()]
-        progress(f"round {server_round}/{plan.rounds}: {len(strategy.contributors)} sites, "
-                 f"max epsilon spent {max(spent):.4f} of {plan.epsilon:g}, "
+        save_checkpoint(settings.out_dir, study, Checkpoint(
+            server_round, arrays, strategy.sites, strategy.contributions))
+        progress(f"round {server_round}/{plan.rounds}: {_round_summary(strategy, server_round)}, "
                  f"{time.monotonic() - started:.1f} s")
-        return None
 
-    result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=plan.rounds,
-                            train_config=plan_record, evaluate_fn=after_round)
-    cohort = sample_release(schema, plan, result.arrays, rounds.get(1))
+    first = resumed.round + 1 if resumed else 1
+    arrays = resumed.arrays if resumed else initial
+    if plan.secure_aggregation:
+        arrays = secure_rounds(grid, context, plan_record=plan_record, initial=arrays,
+                               first_round=first, last_round=plan.rounds, min_sites=plan.min_sites,
+                               after_round=after_round, timeout=settings.round_timeout)
+        # The coordinator saw only sums: each site reports what it spent, from its ledger.
+        strategy.sites, strategy.contributions = collect_privacy_reports(
+            grid, plan_record, plan, settings.round_timeout)
+    else:
+        arrays = run_rounds(grid, strategy, arrays, plan_record, first, plan.rounds,
+                            settings.round_timeout, after_round)
+    round_one = (load_checkpoint(settings.out_dir, 1).arrays
+                 if plan.generator == "marginals" else None)
+    cohort = sample_release(schema, plan, arrays, round_one)
     release = release_cohort(cohort, settings.out_dir, schema=schema, plan=plan,
-                             sites=strategy.sites,
-                             contributors=strategy.contributors, engine=settings.engine)
+                             sites=strategy.sites, contributions=strategy.contributions,
+                             engine=settings.engine,
+                             tls=settings.engine == "deployment")
+    mark_released(settings.out_dir, study)
     progress(f"released {len(cohort)} synthetic rows to {settings.out_dir}")
     _evaluate_release(grid, settings, release, progress)
     return release
+
+
+def _round_summary(strategy: StudyStrategy, server_round: int) -> str:
+    plan = strategy.plan
+    if plan.secure_aggregation:
+        return "updates combined by SecAgg+ (each site reports its epsilon after training)"
+    spent = max(s.epsilon for s in strategy.sites.values())
+    sites = sum(server_round in r for r in strategy.contributions.values())
+    return f"{sites} sites, max epsilon spent {spent:.4f} of {plan.epsilon:g}"
 
 
 def _evaluate_release(grid: Grid, settings: StudySettings, release: Release,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-import tempfile
+import shutil
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +23,7 @@ from typing import Any
 
 from flwr.simulation import run_simulation
 
+from coordinator.checkpoints import resumable
 from coordinator.cohort import CSV_NAME, PARQUET_NAME, Release
 from coordinator.server_app import ProgressFn, build_server_app
 from protocols.accounting import check_delta
@@ -33,6 +34,7 @@ from protocols.records import check_file
 from protocols.schema import load_schema
 
 CLIENT_APP_FACTORY = "node.client_app:build_client_app"
+NODE_STATE = ".simulated-nodes"
 
 
 def simulate_study(schema_path: Path, data_paths: Sequence[Path], plan: StudyPlan,
@@ -49,17 +51,14 @@ def simulate_study(schema_path: Path, data_paths: Sequence[Path], plan: StudyPla
         "engine": "simulation",
         "federated-evaluation": federated_evaluation,
     }
+    overrides["node-state-dir"] = str(_simulated_node_state(schema_path, plan, out_dir))
     outcome: dict[str, Any] = {}
-    # The simulated hospitals' privacy ledgers live as long as the run.
-    with tempfile.TemporaryDirectory(prefix="fedsynth-nodes-") as node_state:
-        overrides["node-state-dir"] = node_state
-        server = build_server_app(overrides, progress, outcome)
-        client = _load_client_factory()(overrides)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            run_simulation(server_app=server, client_app=client,
-                           num_supernodes=len(data_paths),
-                           backend_config=loopback_backend_config())
+    server = build_server_app(overrides, progress, outcome)
+    client = _load_client_factory()(overrides)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run_simulation(server_app=server, client_app=client, num_supernodes=len(data_paths),
+                       backend_config=loopback_backend_config())
     if "error" in outcome:
         error = outcome["error"]
         raise error if isinstance(error, FedsynthError) else FedsynthError(
@@ -67,7 +66,18 @@ def simulate_study(schema_path: Path, data_paths: Sequence[Path], plan: StudyPla
     if "release" not in outcome:
         raise FedsynthError("The simulation engine stopped before the study finished; "
                             "run again with --verbose to see Flower's log.")
+    shutil.rmtree(overrides["node-state-dir"], ignore_errors=True)
     return outcome["release"]
+
+
+def _simulated_node_state(schema_path: Path, plan: StudyPlan, out_dir: Path) -> Path:
+    """The simulated hospitals' ledgers, kept beside the checkpoints while the study
+    runs: a study resumed from its checkpoint finds them, so no round is charged
+    twice; a fresh study starts with fresh ones; a released study removes them."""
+    folder = out_dir / NODE_STATE
+    if resumable(out_dir, plan.fingerprint(load_schema(schema_path).sha256)) is None:
+        shutil.rmtree(folder, ignore_errors=True)
+    return folder.resolve()
 
 
 def check_inputs(schema_path: Path, data_paths: Sequence[Path], plan: StudyPlan) -> None:

@@ -5,17 +5,23 @@ global model's names, shapes and dtypes and be finite, its scalars must be the
 whitelisted ones, and the ε it reports must be within the plan. A reply that
 fails is dropped and logged; the round goes on if at least `min_sites`
 remain, and the study stops otherwise. The strategy remembers, per site, the
-last ε and steps reported, and which sites contributed to the final model.
+last ε and steps reported and the rounds it contributed to: the sites of the
+final model are exactly those with at least one round.
+
+A round waits for at least `min_sites` connected nodes, but not forever:
+after `wait_s` seconds the study stops with a clear message.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Mapping
 
 import numpy as np
-from flwr.app import ArrayRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from protocols import messages as keys
@@ -29,14 +35,28 @@ log = logging.getLogger(__name__)
 class StudyStrategy(FedAvg):
     """FedAvg with reply validation and a per-site privacy record."""
 
-    def __init__(self, plan: StudyPlan, reference: ArrayRecord) -> None:
+    def __init__(self, plan: StudyPlan, reference: ArrayRecord, wait_s: float = 600.0,
+                 sites: Mapping[str, SitePrivacySpent] | None = None,
+                 contributions: Mapping[str, list[int]] | None = None) -> None:
         super().__init__(fraction_train=1.0, fraction_evaluate=0.0,
                          min_train_nodes=plan.min_sites, min_available_nodes=plan.min_sites,
                          weighted_by_key=keys.WEIGHT)
         self.plan = plan
+        self.wait_s = wait_s
         self._shapes = {name: (a.numpy().shape, a.numpy().dtype) for name, a in reference.items()}
-        self.sites: dict[str, SitePrivacySpent] = {}
-        self.contributors: list[str] = []
+        self.sites: dict[str, SitePrivacySpent] = dict(sites or {})
+        self.contributions: dict[str, list[int]] = {k: list(v)
+                                                    for k, v in (contributions or {}).items()}
+
+    @property
+    def contributors(self) -> list[str]:
+        """Every site whose update went into at least one round of the final model."""
+        return sorted(name for name, rounds in self.contributions.items() if rounds)
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        wait_for_sites(grid, self.plan.min_sites, self.wait_s)
+        return super().configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -61,7 +81,8 @@ class StudyStrategy(FedAvg):
             raise FedsynthError(f"Round {server_round}: only {len(accepted)} site update(s) "
                                 f"were usable, fewer than the plan's min-sites "
                                 f"({self.plan.min_sites}); the study stops here.")
-        self.contributors = sorted(names)
+        for name in names:
+            self.contributions.setdefault(name, []).append(server_round)
         return super().aggregate_train(server_round, accepted)
 
     def _reply_problem(self, msg: Message) -> str | None:
@@ -85,3 +106,14 @@ class StudyStrategy(FedAvg):
         if self.plan.private and not (math.isfinite(epsilon) and epsilon <= self.plan.epsilon):
             return f"reported epsilon {epsilon} exceeds the plan's {self.plan.epsilon}"
         return None
+
+
+def wait_for_sites(grid: Grid, min_sites: int, wait_s: float) -> None:
+    """Wait until `min_sites` nodes are connected, at most `wait_s` seconds."""
+    deadline = time.monotonic() + wait_s
+    while (connected := len(list(grid.get_node_ids()))) < min_sites:
+        if time.monotonic() > deadline:
+            raise FedsynthError(f"Only {connected} site(s) connected within {wait_s:g} s, "
+                                f"fewer than the plan's min-sites ({min_sites}); the study "
+                                "stops here. Check that the sites' nodes are running.")
+        time.sleep(1.0)

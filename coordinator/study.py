@@ -2,9 +2,14 @@
 
 The run config carries the study plan's keys (see `protocols.plan`) and:
 `schema-path` (empty: the built-in demo registry's schema), `out-dir`
-(where checkpoints and the cohort go), `engine` (recorded in the manifest) and
-`federated-evaluation` (default true: after the release every site scores the
-cohort against its records and returns scalar scores for the study's report).
+(where checkpoints and the cohort go), `engine` ("simulation" or
+"deployment", recorded in the manifest), `federated-evaluation` (default
+true: after the release every site scores the cohort against its records and
+returns scalar scores for the study's report), `round-timeout` (seconds a
+round waits for the sites' replies, and for `min-sites` nodes to connect) and,
+for a deployment, `superlink-address` and `root-certificates`: the
+coordinator checks that the SuperLink serves TLS with a certificate of the
+consortium CA before it sends anything, and records it in the manifest.
 """
 
 from __future__ import annotations
@@ -15,8 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from protocols.demo_registry import simulate_registry
+from protocols.errors import PlanError
 from protocols.plan import StudyPlan
 from protocols.schema import Schema, load_schema, parse_schema
+
+ENGINES = ("simulation", "deployment")
 
 
 @dataclass(frozen=True)
@@ -26,18 +34,39 @@ class StudySettings:
     out_dir: Path
     engine: str
     federated_evaluation: bool = True
+    round_timeout: float = 600.0
+    superlink_address: str = ""
+    root_certificates: str = ""
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> StudySettings:
         schema_path = str(run_config.get("schema-path", "") or "")
         schema = (load_schema(schema_path) if schema_path else
                   parse_schema(simulate_registry().schema_yaml, "built-in demo registry"))
+        engine = str(run_config.get("engine", "simulation"))
+        if engine not in ENGINES:
+            raise PlanError(f"Run config: engine = {engine!r} is not one of "
+                            f"{', '.join(ENGINES)}.")
         return cls(schema=schema, plan=StudyPlan.from_config(dict(run_config)),
                    out_dir=Path(str(run_config.get("out-dir", "fedsynth-out"))),
-                   engine=str(run_config.get("engine", "simulation")),
-                   federated_evaluation=_flag(run_config.get("federated-evaluation", True)))
+                   engine=engine,
+                   federated_evaluation=_flag(run_config.get("federated-evaluation", True)),
+                   round_timeout=_seconds(run_config.get("round-timeout", 600.0)),
+                   superlink_address=str(run_config.get("superlink-address", "") or ""),
+                   root_certificates=str(run_config.get("root-certificates", "") or ""))
 
 
 def _flag(value: Any) -> bool:
     """A run-config boolean: TOML gives a bool, a command line may give text."""
     return value if isinstance(value, bool) else str(value).strip().lower() in ("1", "true", "yes")
+
+
+def _seconds(value: Any) -> float:
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = -1.0
+    if not seconds > 0:
+        raise PlanError(f"Run config: round-timeout = {value!r} is not a positive number of "
+                        "seconds.")
+    return seconds

@@ -49,9 +49,15 @@ def file_sha256(path: Path) -> str:
 
 
 def build_manifest(*, schema_sha256: str, plan: StudyPlan, sites: Mapping[str, SitePrivacySpent],
-                   contributors: list[str], engine: str, files: Mapping[str, Path],
-                   rows: int) -> dict[str, Any]:
-    """The manifest as plain JSON values (ε of a non-private study is null)."""
+                   contributions: Mapping[str, list[int]], engine: str, tls: bool,
+                   files: Mapping[str, Path], rows: int) -> dict[str, Any]:
+    """The manifest as plain JSON values (ε of a non-private study is null).
+
+    `contributors` are exactly the sites whose updates went into the final
+    model (at least one round), and `contributions` the rounds of each; `tls`
+    says whether the sites' traffic went over TLS verified by the consortium CA
+    (a simulation has no network: false)."""
+    contributors = sorted(name for name, rounds in contributions.items() if rounds)
     return {
         "synthetic": True,
         "provenance": PROVENANCE,
@@ -59,12 +65,15 @@ def build_manifest(*, schema_sha256: str, plan: StudyPlan, sites: Mapping[str, S
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "schema_sha256": schema_sha256,
         "engine": engine,
+        "tls": tls,
+        "secure_aggregation": plan.secure_aggregation,
         "generator": plan.generator,
         "rows": rows,
         "seed": plan.seed,
         "rounds": plan.rounds,
         "n_sites": len(sites),
-        "contributors": sorted(contributors),
+        "contributors": contributors,
+        "contributions": {name: sorted(contributions[name]) for name in contributors},
         "privacy": {
             "private": plan.private,
             "guarantee": (f"record-level (epsilon, delta)-DP per site over the whole study, "

@@ -35,3 +35,12 @@ COHORT_CSV = "csv"
 SCORES = "scores"
 REPLY_SCORES = ("column_shapes", "pairwise", "strong_associations_kept", "tstr_ratio",
                 "exact_copy_share", "km_distance", "hr_direction_agreement", "bias_flags")
+
+# Privacy report (after training; needed under secure aggregation, where the
+# coordinator never sees a single site's reply): the coordinator sends the
+# `PLAN` record; a node replies with `SITE` and one MetricRecord `REPORT`
+# holding exactly `REPORT_METRICS`, read from its privacy ledger: the ε its
+# accountant reports for this study, the steps run and the rounds it answered.
+REPORT = "privacy-report"
+ROUNDS = "rounds"
+REPORT_METRICS = frozenset({EPSILON_SPENT, STEPS_TOTAL, ROUNDS})

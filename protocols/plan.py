@@ -31,6 +31,10 @@ class StudyPlan:
     FedAvg weighs by it; larger sites inject relatively less DP noise, so the
     cohort improves, at the price of a disclosure the consortium agrees to in
     the plan. A rounded count is not protected by DP.
+
+    `secure_aggregation`: the sites' updates are combined with Flower's SecAgg+,
+    so the coordinator only ever holds their sum (and never a site's own ε
+    report, which the sites send separately after training).
     """
 
     epsilon: float = 3.0
@@ -47,6 +51,7 @@ class StudyPlan:
     min_sites: int = 2
     size_granularity: int = 0
     generator: str = "vae"
+    secure_aggregation: bool = False
 
     def __post_init__(self) -> None:
         check_plan(self)
@@ -92,6 +97,12 @@ class StudyPlan:
 def _coerce(name: str, value: Any, default: Any) -> Any:
     if isinstance(default, str):
         return str(value).strip()
+    if isinstance(default, bool):
+        text = str(value).strip().lower()
+        if isinstance(value, bool) or text in ("true", "false", "1", "0"):
+            return value if isinstance(value, bool) else text in ("true", "1")
+        raise PlanError(f"Study plan: {name.replace('_', '-')} = {value!r} is not true or "
+                        "false.")
     try:
         if isinstance(default, int) and not isinstance(default, bool):
             if isinstance(value, float) and not value.is_integer():

@@ -73,7 +73,9 @@ def test_manifest_is_consistent_with_the_study(private_study, sites):
     schema = parse_schema(sites[0].read_text())
     assert manifest["synthetic"] is True
     assert manifest["schema_sha256"] == schema.sha256
-    assert manifest["engine"] == "simulation"
+    assert manifest["engine"] == "simulation" and manifest["tls"] is False
+    assert manifest["secure_aggregation"] is False
+    assert manifest["contributions"] == {name: [1, 2] for name in SITES}
     assert (manifest["rows"], manifest["rounds"], manifest["seed"]) == (300, 2, 5)
     assert manifest["n_sites"] == 3 and manifest["contributors"] == list(SITES)
     privacy = manifest["privacy"]
@@ -97,7 +99,9 @@ def test_parquet_cohort_carries_a_synthetic_marker(private_study):
 def test_every_round_is_checkpointed(private_study):
     out, _ = private_study
     names = sorted(p.name for p in (out / "checkpoints").iterdir())
-    assert names == ["round-0001.json", "round-0001.pt", "round-0002.json", "round-0002.pt"]
+    assert names == ["released.json", "round-0001.json", "round-0001.pt", "round-0002.json",
+                     "round-0002.pt"]
+    assert not (out / ".simulated-nodes").exists()  # the simulated ledgers go with the run
 
 
 def test_non_private_reference_says_it_is_not_private(sites, tmp_path):

@@ -1,0 +1,65 @@
+"""After training: each site's own privacy report, read from its ledger.
+
+Under secure aggregation the coordinator never sees a single site's reply,
+so it cannot learn from the updates what each site spent. Instead, once the
+rounds are over, it asks every node for its report on this study: the ε its
+accountant gives for the steps it ran, those steps, and the rounds it
+answered. A reply with anything else, a duplicate site, or an ε beyond the
+plan is dropped and logged, like a bad update.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+
+from protocols import messages as keys
+from protocols.manifest import SitePrivacySpent
+from protocols.plan import StudyPlan
+
+log = logging.getLogger(__name__)
+
+
+def collect_privacy_reports(grid: Grid, plan_record: ConfigRecord, plan: StudyPlan,
+                            timeout: float
+                            ) -> tuple[dict[str, SitePrivacySpent], dict[str, list[int]]]:
+    """Each reporting site's ε and steps, and the rounds it answered."""
+    outgoing = [Message(content=RecordDict({keys.PLAN: ConfigRecord(dict(plan_record))}),
+                        dst_node_id=node, message_type=MessageType.QUERY)
+                for node in grid.get_node_ids()]
+    sites: dict[str, SitePrivacySpent] = {}
+    rounds: dict[str, list[int]] = {}
+    for reply in grid.send_and_receive(outgoing, timeout=timeout):
+        name, spent, answered, problem = _read(reply, plan)
+        if not problem and name in sites:
+            problem = f"a second report for site {name!r}"
+        if problem:
+            log.warning("privacy report dropped: %s", problem)
+            continue
+        sites[name], rounds[name] = spent, answered
+    return sites, rounds
+
+
+def _read(reply: Message, plan: StudyPlan
+          ) -> tuple[str, SitePrivacySpent, list[int], str | None]:
+    none = SitePrivacySpent(math.nan, 0)
+    if reply.has_error():
+        return "", none, [], f"the node answered with an error: {reply.error.reason}"
+    content = reply.content
+    if set(content.keys()) != {keys.REPORT, keys.SITE}:
+        return "", none, [], f"unexpected records {sorted(content.keys())}"
+    report, site = content[keys.REPORT], content[keys.SITE]
+    if not isinstance(report, MetricRecord) or set(report.keys()) != keys.REPORT_METRICS:
+        return "", none, [], "the report is not exactly the whitelisted keys"
+    if not isinstance(site, ConfigRecord) or set(site.keys()) != keys.REPLY_SITE:
+        return "", none, [], "the site record holds more than the site's name"
+    epsilon, steps = float(report[keys.EPSILON_SPENT]), int(report[keys.STEPS_TOTAL])
+    answered = [int(r) for r in report[keys.ROUNDS]]
+    if plan.private and not (0 <= epsilon <= plan.epsilon):
+        return "", none, [], f"reported epsilon {epsilon} is outside [0, {plan.epsilon}]"
+    if any(not 1 <= r <= plan.rounds for r in answered):
+        return "", none, [], f"reported rounds {answered} are not rounds of the plan"
+    return str(site[keys.SITE_NAME]), SitePrivacySpent(epsilon, steps), answered, None
