@@ -23,8 +23,10 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from node.privacy_ledger import PrivacyLedger
 from node.round_charging import RoundRequest, answer_round
 from node.round_replay import StoredAnswer, model_sha256
+from node.secure_aggregation import is_secure_message, secure_train
 from node.site_config import SiteSource, resolve_site
 from node.site_data import SiteData
 from node.marginal_release import release_marginals
@@ -33,6 +35,7 @@ from node.training import SitePrivacy, train_round
 from protocols import messages as keys
 from protocols.errors import PlanError
 from protocols.generator import build_generator
+from protocols.ledger import study_rounds, study_spend
 from protocols.plan import StudyPlan
 from protocols.schema import Schema
 
@@ -47,12 +50,23 @@ def build_client_app(overrides: Mapping[str, Any] | None = None) -> ClientApp:
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         run_config = {**context.run_config, **fixed}
+        if is_secure_message(msg):
+            return secure_train(msg, context,
+                                lambda content: train_reply(content, context, run_config))
+        if _flag(msg.content[keys.PLAN].get("secure-aggregation", False)):
+            raise PlanError("The plan promises secure aggregation, but this update was "
+                            "requested in the clear; the node refuses to send it.")
         return _train(msg, context, run_config)
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
         run_config = {**context.run_config, **fixed}
         return _evaluate(msg, context, run_config)
+
+    @app.query()
+    def query(msg: Message, context: Context) -> Message:
+        run_config = {**context.run_config, **fixed}
+        return _privacy_report(msg, context, run_config)
 
     return app
 
@@ -125,6 +139,27 @@ def _answer(request: RoundRequest, arrays: Mapping[str, Any], steps: int, steps_
                         arrays=dict(arrays),
                         metrics={keys.STEPS: steps, keys.STEPS_TOTAL: steps_total,
                                  keys.EPSILON_SPENT: epsilon})
+
+
+def _privacy_report(msg: Message, context: Context, run_config: Mapping[str, Any]) -> Message:
+    """This site's ε, steps and rounds answered in the study, from its own ledger."""
+    plan_config = dict(msg.content[keys.PLAN])
+    source = resolve_site(context.node_config, run_config)
+    schema, site = source.load()
+    study = StudyPlan.from_config(plan_config).fingerprint(schema.sha256)
+    entries = PrivacyLedger(_state_dir(source, context)).entries()
+    spend = study_spend(entries, study)
+    if spend is None:
+        raise PlanError(f"Site {site.name} has no record of this study in its ledger.")
+    report = MetricRecord({keys.EPSILON_SPENT: spend.spent, keys.STEPS_TOTAL: spend.steps_total,
+                           keys.ROUNDS: study_rounds(entries, study)})
+    return Message(content=RecordDict({keys.REPORT: report,
+                                       keys.SITE: ConfigRecord({keys.SITE_NAME: site.name})}),
+                   reply_to=msg)
+
+
+def _flag(value: Any) -> bool:
+    return value if isinstance(value, bool) else str(value).strip().lower() in ("true", "1")
 
 
 def _state_dir(source: SiteSource, context: Context) -> Path:

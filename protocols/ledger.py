@@ -111,6 +111,11 @@ def study_spend(entries: Iterable[LedgerEntry], study: str) -> StudySpend | None
                       steps_total=last.steps_total if last else 0)
 
 
+def study_rounds(entries: Iterable[LedgerEntry], study: str) -> list[int]:
+    """The rounds of `study` this site answered (each charged once)."""
+    return sorted({e.round for e in entries if e.study == study and e.kind == ROUND})
+
+
 def committed_epsilon(entries: Iterable[LedgerEntry]) -> float:
     """ε committed by every study this site has started (each counted at its plan's ε)."""
     return sum(e.epsilon for e in entries if e.kind == RESERVE)
