@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
                                         local_steps=args.local_steps,
                                         batch_size=args.batch_size, min_sites=args.min_sites,
                                         size_granularity=args.size_granularity,
-                                        generator=args.generator)
+                                        generator=args.generator,
+                                        secure_aggregation=args.secure_aggregation or None)
         if args.command == "demo":
             release = run_demo(args.out, plan, _progress)
         else:
@@ -81,6 +82,9 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--generator", choices=GENERATORS,
                        help="vae: DP-SGD on a small VAE over many rounds (default); marginals: "
                             "each site releases noisy column, then pair tables (2 rounds)")
+        p.add_argument("--secure-aggregation", action="store_true",
+                       help="combine the sites' updates with Flower's SecAgg+, so the "
+                            "coordinator only ever holds their sum")
         p.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
     return parser
 

@@ -31,6 +31,7 @@ from coordinator.strategy import StudyStrategy
 from coordinator.study import StudySettings
 from coordinator.transport import verify_tls
 from protocols import messages as keys
+from protocols.errors import FedsynthError
 
 # Under `flwr run` only Flower's own logger reaches the operator's console.
 _FLOWER_LOG = logging.getLogger("flwr")
@@ -58,6 +59,8 @@ def build_server_app(overrides: Mapping[str, Any] | None = None,
                                            context)
         except Exception as exc:
             outcome["error"] = exc
+            if isinstance(exc, FedsynthError):  # the operator's paragraph, before Flower's trace
+                _FLOWER_LOG.error("fedsynth: the study stopped: %s", exc)
             raise
 
     return app

@@ -166,3 +166,17 @@ def test_a_marginals_study_releases_in_two_stages_and_says_which_mechanism_it_us
         assert 1.9 < site["epsilon_spent"] <= 2.0 and site["steps"] == 2
     check = _cli("node", "check", "--schema", sites[0], "--data", tmp_path / "synthetic.csv")
     assert check.returncode == 0, check.stderr
+
+
+def test_a_secure_aggregation_study_records_it_and_each_site_reports_its_own_epsilon(
+        sites, tmp_path):
+    result = _simulate(sites, tmp_path, "--epsilon", "2", "--secure-aggregation",
+                       "--no-evaluation")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "combined by SecAgg+" in result.stdout
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["secure_aggregation"] is True and manifest["plan"]["secure-aggregation"]
+    assert manifest["contributions"] == {name: [1, 2] for name in SITES}
+    for name in SITES:  # from each site's ledger, sent after training
+        site = manifest["privacy"]["sites"][name]
+        assert 0 < site["epsilon_spent"] <= 2.0 and site["steps"] == 6

@@ -1,0 +1,182 @@
+"""A real federation on loopback for the multi-process tests.
+
+Real processes, as an operator runs them: `fedsynth-coordinator provision`
+writes the kits; `flower-superlink` serves TLS with the consortium certificate
+and accepts only enrolled node keys; each hospital is `fedsynth-node start
+--kit ... --data ...`, which becomes a `flower-supernode`; enrolment and the
+study go through the `flwr` CLI. Every process is started in its own process
+group and `stop()` ends each group (the SuperLink's ServerApp and a node's
+ClientApp processes included), also when a test fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+CONNECTION = "fedsynth-test"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def tool(name: str) -> str:
+    """An executable of this Python environment (where pip put the entry points)."""
+    return shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name) or name
+
+
+class Federation:
+    """Kits, a SuperLink, SuperNodes and `flwr` runs under one folder."""
+
+    def __init__(self, root: Path, sites: list[str], schema_yaml: str) -> None:
+        self.root, self.sites, self.port = root, sites, free_port()
+        self.kits = root / "kits"
+        self.schema = root / "schema.yaml"
+        self.schema.write_text(schema_yaml)
+        self.processes: dict[str, subprocess.Popen] = {}
+        self.env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0",
+                    "FLWR_DISABLE_UPDATE_CHECK": "1", "PYTHONUNBUFFERED": "1"}
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def ca(self) -> Path:
+        return self.kits / "coordinator" / "ca.pem"
+
+    def provision(self) -> None:
+        self._run([tool("fedsynth-coordinator"), "provision", "--sites", ",".join(self.sites),
+                   "--out", str(self.kits), "--superlink", self.address,
+                   "--schema", str(self.schema)])
+        home = self.root / "flwr-home"
+        home.mkdir(exist_ok=True)
+        (home / "config.toml").write_text(
+            f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
+            f'address = "{self.address}"\nroot-certificates = "{self.ca}"\n')
+
+    def start_superlink(self, *extra: str, tls: bool = True) -> None:
+        coordinator = self.kits / "coordinator"
+        security = (["--ssl-ca-certfile", str(self.ca),
+                     "--ssl-certfile", str(coordinator / "superlink.pem"),
+                     "--ssl-keyfile", str(coordinator / "superlink.key"),
+                     "--enable-supernode-auth"] if tls else ["--insecure"])
+        self._start("superlink", [tool("flower-superlink"), *security,
+                                  "--database", str(self.root / "superlink.db"),
+                                  "--disable-runtime-dependency-installation",
+                                  "--host", "127.0.0.1", "--port", str(self.port), *extra],
+                    home=self.root / "superlink-home")
+        self.wait_for_port()
+
+    def enroll(self, site: str) -> None:
+        key = self.kits / "coordinator" / "enrolled" / f"{site}.pub"
+        self._run([tool("flwr"), "supernode", "register", str(key), CONNECTION, "--name", site])
+
+    def start_node(self, site: str, data: Path) -> subprocess.Popen:
+        return self._start(site, [tool("fedsynth-node"), "start", "--kit",
+                                  str(self.kits / site), "--data", str(data),
+                                  "--runtime-port", str(free_port())],
+                           home=self.root / f"{site}-home")
+
+    def start_study(self, out_dir: Path, **run_config: object) -> subprocess.Popen:
+        """`flwr run` of this repository's app on the federation, streaming its log."""
+        config = {"engine": "deployment", "schema-path": str(self.schema),
+                  "out-dir": str(out_dir), "superlink-address": self.address,
+                  "root-certificates": str(self.ca), **run_config}
+        text = " ".join(f"{k}={json.dumps(v)}" for k, v in config.items())
+        return subprocess.Popen([tool("flwr"), "run", str(REPO), CONNECTION, "--stream",
+                                 "--run-config", text], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True,
+                                env=self._env(self.root / "flwr-home"))
+
+    def run_study(self, out_dir: Path, timeout: float, **run_config: object
+                  ) -> tuple[int, str]:
+        """Run a study to its end: (exit status, its log)."""
+        study = self.start_study(out_dir, **run_config)
+        try:
+            output, _ = study.communicate(timeout=timeout)
+        finally:
+            if study.poll() is None:
+                study.kill()
+                study.wait()
+        return study.returncode, output
+
+    def ledger(self, site: str) -> list[dict]:
+        path = self.kits / site / "state" / "privacy-ledger.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()]
+
+    def wait_for_port(self, timeout: float = 60.0) -> None:
+        """Until the SuperLink accepts connections (TLS or not)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.3)
+        raise TimeoutError(f"the SuperLink did not listen on {self.address}: {self.log('superlink')}")
+
+    def tls_handshake(self) -> None:
+        context = ssl.create_default_context(cafile=str(self.ca))
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as raw:
+            context.wrap_socket(raw, server_hostname="127.0.0.1").close()
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        process = self.processes.pop(name)
+        for signal_ in (sig, signal.SIGKILL):
+            try:
+                os.killpg(process.pid, signal_)
+            except ProcessLookupError:
+                pass
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                continue
+            if signal_ == signal.SIGKILL or not _group_alive(process.pid):
+                break
+
+    def stop(self) -> None:
+        for name in list(self.processes):
+            self.kill(name, signal.SIGTERM)
+
+    def log(self, name: str) -> str:
+        path = self.root / "logs" / f"{name}.log"
+        return path.read_text(errors="replace")[-4000:] if path.exists() else ""
+
+    def _start(self, name: str, argv: list[str], home: Path) -> subprocess.Popen:
+        (self.root / "logs").mkdir(exist_ok=True)
+        home.mkdir(exist_ok=True)
+        log = (self.root / "logs" / f"{name}.log").open("a")
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                   env=self._env(home), start_new_session=True)
+        self.processes[name] = process
+        return process
+
+    def _run(self, argv: list[str]) -> None:
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=120,
+                                env=self._env(self.root / "flwr-home"))
+        if result.returncode != 0:
+            raise RuntimeError(f"{argv[:3]} failed: {result.stdout[-2000:]}{result.stderr[-2000:]}")
+
+    def _env(self, home: Path) -> dict[str, str]:
+        return {**self.env, "FLWR_HOME": str(home)}
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True

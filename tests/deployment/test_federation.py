@@ -1,0 +1,167 @@
+"""The deployment engine with real processes on loopback: TLS, node authentication, faults.
+
+Every test provisions its own consortium, starts a real `flower-superlink`
+with TLS and `--enable-supernode-auth`, real nodes with `fedsynth-node
+start`, and runs studies with `flwr run`; the fixture ends every process
+group it started, also when a test fails.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from federation import Federation, tool
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+SITES = ["hospital-01", "hospital-02", "hospital-03"]
+SMALL = {"local-steps": 2, "rows": 100, "hidden": 16, "federated-evaluation": False}
+
+
+@pytest.fixture
+def federation(tmp_path: Path, demo_registry) -> Iterator[Federation]:
+    fed = Federation(tmp_path, SITES, demo_registry.schema_yaml)
+    for site in SITES:
+        demo_registry.sites[site].to_csv(tmp_path / f"{site}.csv", index=False)
+    fed.provision()
+    try:
+        yield fed
+    finally:
+        fed.stop()
+
+
+def _start(fed: Federation, sites: list[str]) -> None:
+    fed.start_superlink()
+    for site in sites:
+        fed.enroll(site)
+        fed.start_node(site, fed.root / f"{site}.csv")
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(what)
+        time.sleep(0.5)
+
+
+def _manifest(out: Path) -> dict:
+    return json.loads((out / "manifest.json").read_text())
+
+
+def _round_entries(fed: Federation, site: str) -> list[int]:
+    return [e["round"] for e in fed.ledger(site) if e["kind"] == "round"]
+
+
+def test_a_tls_federation_of_enrolled_nodes_produces_a_cohort(federation):
+    _start(federation, SITES)
+    out = federation.root / "study"
+    code, log = federation.run_study(out, timeout=400, rounds=2, **SMALL)
+    assert code == 0, log[-4000:]
+    manifest = _manifest(out)
+    assert (manifest["engine"], manifest["tls"], manifest["secure_aggregation"]) == (
+        "deployment", True, False)
+    assert manifest["contributors"] == SITES
+    assert manifest["contributions"] == {site: [1, 2] for site in SITES}
+    assert sum(1 for _ in (out / "synthetic.csv").open()) == 101
+    for site in SITES:  # each node charged its own ledger, once per round
+        assert _round_entries(federation, site) == [1, 2]
+
+
+def test_an_unenrolled_node_key_is_refused(federation):
+    _start(federation, SITES[:2])
+    stranger = federation.start_node(SITES[2], federation.root / f"{SITES[2]}.csv")
+    stranger.wait(timeout=120)
+    assert stranger.returncode != 0
+    assert "Failed to activate SuperNode" in federation.log(SITES[2])
+    listed = subprocess.run([tool("flwr"), "supernode", "ls", "--format", "json"],
+                            capture_output=True, text=True, timeout=60,
+                            env=federation._env(federation.root / "flwr-home"))
+    nodes = json.loads(listed.stdout[listed.stdout.index("{"):])["nodes"]
+    assert [node["status"] for node in nodes] == ["online", "online"]  # the enrolled two
+
+
+def test_a_plaintext_connection_is_refused(federation):
+    _start(federation, SITES[:1])
+    federation.tls_handshake()  # the consortium CA verifies the SuperLink
+    # A node that tries plaintext never gets an HTTP answer from the TLS port.
+    node = subprocess.Popen(
+        [tool("flower-supernode"), "--insecure", "--superlink", federation.address,
+         "--auth-supernode-private-key", str(federation.kits / SITES[0] / "node-auth.key"),
+         "--max-retries", "1", "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=federation._env(federation.root / "plain-home"), start_new_session=True)
+    try:
+        output, _ = node.communicate(timeout=120)
+    finally:
+        if node.poll() is None:
+            node.kill()
+    assert node.returncode != 0, output[-2000:]
+
+
+def test_the_coordinator_refuses_a_superlink_that_serves_plaintext(federation):
+    federation.start_superlink(tls=False)
+    home = federation.root / "flwr-home" / "config.toml"
+    home.write_text(home.read_text().replace(
+        f'root-certificates = "{federation.ca}"', "insecure = true"))
+    out = federation.root / "study"
+    _, log = federation.run_study(out, timeout=300, rounds=1, **SMALL)
+    assert "did not complete a TLS handshake" in log, log[-4000:]  # (flwr run exits 0 anyway)
+    assert not (out / "manifest.json").exists()
+
+
+def test_a_killed_node_leaves_the_study_to_the_remaining_sites(federation):
+    _start(federation, SITES)
+    out = federation.root / "study"
+    study = federation.start_study(out, rounds=3, **SMALL,
+                                   **{"min-sites": 2, "round-timeout": 40.0})
+    try:
+        _wait_for(lambda: (out / "checkpoints" / "round-0001.json").exists(), 300,
+                  "round 1 never finished")
+        federation.kill(SITES[2], signal.SIGKILL)
+        output, _ = study.communicate(timeout=420)
+    finally:
+        if study.poll() is None:
+            study.kill()
+    assert study.returncode == 0, output[-4000:]
+    manifest = _manifest(out)
+    contributions = manifest["contributions"]
+    assert contributions[SITES[0]] == contributions[SITES[1]] == [1, 2, 3]
+    assert 3 not in contributions.get(SITES[2], [])  # it was dead by then
+    assert manifest["contributors"] == sorted(contributions)
+    assert set(manifest["privacy"]["sites"]) == set(contributions)
+
+
+def test_a_restarted_coordinator_resumes_from_its_checkpoint_without_charging_twice(
+        federation):
+    _start(federation, SITES)
+    out = federation.root / "study"
+    plan = {**SMALL, "rounds": 3, "round-timeout": 120.0}
+    first = federation.start_study(out, **plan)
+    try:
+        _wait_for(lambda: (out / "checkpoints" / "round-0001.json").exists(), 300,
+                  "round 1 never finished")
+        federation.kill("superlink", signal.SIGKILL)  # the ServerApp dies with it
+    finally:
+        first.kill()  # the `flwr run` client only streamed the log
+        first.wait()
+    assert not (out / "manifest.json").exists()
+    federation.start_superlink()  # same database: the enrolled keys are kept
+    code, log = federation.run_study(out, timeout=420, **plan)
+    assert code == 0, log[-4000:]
+    resumed_after = int(log.split("resuming the study after round ")[1].split("/")[0])
+    assert resumed_after >= 1
+    manifest = _manifest(out)
+    for site in SITES:
+        assert _round_entries(federation, site) == [1, 2, 3]  # each round charged once
+        kinds = [e["kind"] for e in federation.ledger(site)]
+        assert kinds.count("reserve") == 1
+        assert manifest["privacy"]["sites"][site]["steps"] == 3 * SMALL["local-steps"]
+    assert manifest["contributions"] == {site: [1, 2, 3] for site in SITES}
+
