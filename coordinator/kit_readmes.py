@@ -33,7 +33,8 @@ def coordinator_readme(directory: Path, address: SuperLinkAddress, sites: Sequen
     names = ", ".join(dict.fromkeys([address.host, "localhost", "127.0.0.1"]))
     schema_arg = str(schema.resolve()) if schema else "/path/to/consortium-schema.yaml"
     run_config = (f'engine="deployment" schema-path="{schema_arg}" '
-                  f'out-dir="{d.parent / "study-out"}"')
+                  f'out-dir="{d.parent / "study-out"}" '
+                  f'superlink-address="127.0.0.1:{local_port}" root-certificates="{d / "ca.pem"}"')
     return f"""\
 # Coordinator kit — stays with the consortium coordinator, never shipped
 
@@ -97,7 +98,7 @@ flwr run . {FEDERATION} --run-config {shlex.quote(run_config)}
 ```
 
 Add `secure-aggregation=true` to the run config to have the SuperLink see only the
-sum of the sites' updates. The cohort, its signed manifest and its report land in `out-dir`.
+sum of the sites' updates. The cohort, its manifest and its report land in `out-dir`.
 """
 
 
