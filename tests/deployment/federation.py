@@ -135,16 +135,25 @@ class Federation:
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         process = self.processes.pop(name)
-        for signal_ in (sig, signal.SIGKILL):
+        # flower-superlink starts its SuperExec in a process group of its own: end the
+        # groups of every descendant too, not only the group this harness started.
+        groups = {process.pid}
+        for pid in _descendants(process.pid):
             try:
-                os.killpg(process.pid, signal_)
+                groups.add(os.getpgid(pid))
             except ProcessLookupError:
                 pass
+        for signal_ in (sig, signal.SIGKILL):
+            for group in groups:
+                try:
+                    os.killpg(group, signal_)
+                except ProcessLookupError:
+                    pass
             try:
                 process.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 continue
-            if signal_ == signal.SIGKILL or not _group_alive(process.pid):
+            if signal_ == signal.SIGKILL or not any(_group_alive(g) for g in groups):
                 break
 
     def stop(self) -> None:
@@ -172,6 +181,23 @@ class Federation:
 
     def _env(self, home: Path) -> dict[str, str]:
         return {**self.env, "FLWR_HOME": str(home)}
+
+
+def _descendants(root: int) -> list[int]:
+    """Every process below `root`, from /proc (children may have left its group)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = [], [root]
+    while frontier:
+        children = [pid for pid, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
 
 
 def _group_alive(pgid: int) -> bool:
