@@ -13,9 +13,10 @@ cohort against its records and replies with the whitelisted scalars only.
 
 from __future__ import annotations
 
+import functools
 import logging
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ from node.marginal_release import release_marginals
 from node.site_evaluation import score_cohort
 from node.training import SitePrivacy, train_round
 from protocols import messages as keys
-from protocols.errors import PlanError
+from protocols.errors import BudgetError, FedsynthError, PlanError, RecordError
 from protocols.generator import build_generator
 from protocols.ledger import study_rounds, study_spend
 from protocols.plan import StudyPlan
@@ -48,6 +49,7 @@ def build_client_app(overrides: Mapping[str, Any] | None = None) -> ClientApp:
     fixed = dict(overrides or {})
 
     @app.train()
+    @_without_details
     def train(msg: Message, context: Context) -> Message:
         run_config = {**context.run_config, **fixed}
         if is_secure_message(msg):
@@ -59,16 +61,48 @@ def build_client_app(overrides: Mapping[str, Any] | None = None) -> ClientApp:
         return _train(msg, context, run_config)
 
     @app.evaluate()
+    @_without_details
     def evaluate(msg: Message, context: Context) -> Message:
         run_config = {**context.run_config, **fixed}
         return _evaluate(msg, context, run_config)
 
     @app.query()
+    @_without_details
     def query(msg: Message, context: Context) -> Message:
         run_config = {**context.run_config, **fixed}
         return _privacy_report(msg, context, run_config)
 
     return app
+
+
+class SiteRefusal(FedsynthError):
+    """What the coordinator learns when a site refuses: the kind of refusal, no detail."""
+
+
+_REFUSALS = {
+    RecordError: "the site's records do not pass the schema check",
+    BudgetError: "the site's privacy ledger refuses the round (budget, a round already "
+                 "charged, or a ledger an operator must look at)",
+    PlanError: "the site refuses the plan (another schema, a plan its records cannot "
+               "support, or a setting it declines)",
+}
+
+
+def _without_details(handler: Callable[[Message, Context], Message]
+                     ) -> Callable[[Message, Context], Message]:
+    """Flower sends an exception's text back to the coordinator; a refusal's own text
+    may name a record's value, the site's size or its budget. It stays in the node's
+    log, and the coordinator gets only the kind of refusal."""
+    @functools.wraps(handler)
+    def guarded(msg: Message, context: Context) -> Message:
+        try:
+            return handler(msg, context)
+        except FedsynthError as exc:
+            log.error("fedsynth-node refused: %s", exc)
+            kind = next((text for cls, text in _REFUSALS.items() if isinstance(exc, cls)),
+                        "the site's node is misconfigured")
+            raise SiteRefusal(f"{kind}; the site's node log says why.") from None
+    return guarded
 
 
 def _train(msg: Message, context: Context, run_config: Mapping[str, Any]) -> Message:

@@ -8,15 +8,31 @@ ledger before its update leaves. The format and the chain check are in
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import fcntl
 import os
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 from protocols.ledger import LedgerEntry, entry_line, last_hash, parse_ledger
 
 LEDGER_NAME = "privacy-ledger.jsonl"
+LOCK_NAME = "privacy-ledger.lock"
+
+
+@contextlib.contextmanager
+def exclusive(state_dir: Path) -> Iterator[None]:
+    """Hold the site's ledger lock: one study round at a time reads, checks, trains and
+    charges, so two runs in flight cannot both pass the budget or both train a round."""
+    Path(state_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+    descriptor = os.open(Path(state_dir) / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # closing releases the lock
 
 
 class PrivacyLedger:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from node.privacy_ledger import PrivacyLedger, now_utc
+from node.privacy_ledger import PrivacyLedger, exclusive, now_utc
 from node.round_replay import StoredAnswer, store_answer, stored_answer
 from node.training import SitePrivacy
 from protocols import messages as keys
@@ -48,7 +48,15 @@ TrainFn = Callable[[SitePrivacy, int], StoredAnswer]
 def answer_round(state_dir: Path, budget: float, request: RoundRequest,
                  privacy_for_new_study: Callable[[], SitePrivacy], train: TrainFn
                  ) -> StoredAnswer:
-    """The site's answer to `request`, charged on the ledger exactly once."""
+    """The site's answer to `request`, charged on the ledger exactly once (under the
+    site's ledger lock, from the budget check to the charge)."""
+    with exclusive(state_dir):
+        return _answer_round(state_dir, budget, request, privacy_for_new_study, train)
+
+
+def _answer_round(state_dir: Path, budget: float, request: RoundRequest,
+                  privacy_for_new_study: Callable[[], SitePrivacy], train: TrainFn
+                  ) -> StoredAnswer:
     ledger = PrivacyLedger(state_dir)
     entries = ledger.entries()
     spend = study_spend(entries, request.study)

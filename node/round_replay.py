@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from flwr.app import ArrayRecord
+
+from protocols.errors import BudgetError
 
 
 @dataclass(frozen=True)
@@ -45,17 +48,30 @@ def store_answer(state_dir: Path, study: str, answer: StoredAnswer) -> None:
     path = _path(state_dir, study)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({"round": answer.round, "model_sha256": answer.model_sha256,
-                "arrays": {k: torch.from_numpy(np.array(v)) for k, v in answer.arrays.items()},
-                "metrics": dict(answer.metrics)}, tmp)
+    with tmp.open("wb") as handle:
+        torch.save({"round": answer.round, "model_sha256": answer.model_sha256,
+                    "arrays": {k: torch.from_numpy(np.array(v)) for k, v in answer.arrays.items()},
+                    "metrics": dict(answer.metrics)}, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
     os.replace(tmp, path)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)  # the rename itself survives a power loss
+    finally:
+        os.close(folder)
 
 
 def stored_answer(state_dir: Path, study: str) -> StoredAnswer | None:
     path = _path(state_dir, study)
     if not path.exists():
         return None
-    saved = torch.load(path, weights_only=True)
+    try:
+        saved = torch.load(path, weights_only=True)
+    except (RuntimeError, EOFError, OSError, KeyError, pickle.UnpicklingError) as exc:
+        raise BudgetError(f"{path}: the node's stored answer for this study cannot be read "
+                          f"({exc.__class__.__name__}); the node refuses to answer until an "
+                          "operator restores or removes it.") from None
     return StoredAnswer(round=int(saved["round"]), model_sha256=str(saved["model_sha256"]),
                         arrays={k: v.numpy() for k, v in saved["arrays"].items()},
                         metrics={k: float(v) for k, v in saved["metrics"].items()})

@@ -2,8 +2,8 @@
 
 Deployment: the SuperNode's node config names them (`schema-path`,
 `data-path`, optionally `site-name`), the folder of its privacy ledger
-(`state-dir`, required) and its total budget (`epsilon-budget`, default:
-no limit beyond each study's own ε). Simulation: the run config lists one
+(`state-dir`) and its total ε budget over all studies (`epsilon-budget`);
+a deployed node without either refuses to start training. Simulation: the run config lists one
 file per simulated site (`site-data`, joined with the OS path separator) and
 the node's `partition-id` picks its own; its ledger goes under the run's
 `node-state-dir` (or a temporary folder of the run). A simulated node with no file falls
@@ -69,13 +69,15 @@ def resolve_site(node_config: Mapping[str, Any], run_config: Mapping[str, Any]) 
     """Decide which records this node trains on, from its node and run config."""
     if node_config.get("data-path"):
         data = str(node_config["data-path"])
-        if not node_config.get("state-dir"):
-            raise FedsynthError("This node has no 'state-dir' in its node config: a deployed "
-                                "node needs a folder for its privacy ledger (--node-config).")
+        for key, why in (("state-dir", "a folder for its privacy ledger"),
+                         ("epsilon-budget", "the total epsilon the site allows over all studies")):
+            if node_config.get(key) in (None, ""):
+                raise FedsynthError(f"This node has no '{key}' in its node config: a deployed "
+                                    f"node needs {why} (--node-config).")
         return SiteSource(str(node_config.get("schema-path", "")), data,
                           str(node_config.get("site-name") or Path(data).stem),
                           state_dir=str(node_config["state-dir"]),
-                          epsilon_budget=_budget(node_config.get("epsilon-budget")))
+                          epsilon_budget=_budget(node_config["epsilon-budget"]))
     if "partition-id" not in node_config:
         raise FedsynthError("This node has no 'data-path' in its node config: tell the "
                             "SuperNode where the site's records are (--node-config).")
@@ -95,8 +97,6 @@ def resolve_site(node_config: Mapping[str, Any], run_config: Mapping[str, Any]) 
 
 
 def _budget(value: Any) -> float:
-    if value in (None, ""):
-        return math.inf
     try:
         budget = float(value)
     except (TypeError, ValueError):

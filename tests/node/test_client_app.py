@@ -1,16 +1,17 @@
 """The node's ClientApp, called the way Flower calls it, on real files."""
 
 import json
+import logging
 import math
+import re
 from pathlib import Path
 
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
-from node.client_app import build_client_app
+from node.client_app import SiteRefusal, build_client_app
 from protocols import messages as keys
 from protocols.encoding import build_encoding
-from protocols.errors import BudgetError, FedsynthError, PlanError, RecordError
 from protocols.generator import build_generator
 from protocols.plan import StudyPlan
 
@@ -38,6 +39,7 @@ def _context(schema_path, data_path, **node_config):
     return Context(run_id=1, node_id=1, node_config={"schema-path": str(schema_path),
                                                      "data-path": str(data_path),
                                                      "state-dir": str(state_dir),
+                                                     "epsilon-budget": 100.0,
                                                      **node_config},
                    state=RecordDict(), run_config={})
 
@@ -66,35 +68,41 @@ def test_reply_holds_only_weights_of_the_global_shapes_and_whitelisted_scalars(
     assert dict(reply.content[keys.SITE]) == {keys.SITE_NAME: "hospital-03"}
 
 
-def test_node_keeps_counting_steps_across_rounds(site_files, demo_schema):
+def test_node_keeps_counting_steps_across_rounds(site_files, demo_schema, caplog):
     app, context = build_client_app(), _context(*site_files)
     first = app(_message(demo_schema)[0], context).content[keys.METRICS]
     second = app(_message(demo_schema, server_round=2)[0], context).content[keys.METRICS]
     assert second[keys.STEPS_TOTAL] == 2 * first[keys.STEPS_TOTAL] == PLAN.total_steps
     assert first[keys.EPSILON_SPENT] < second[keys.EPSILON_SPENT] <= PLAN.epsilon
-    with pytest.raises(BudgetError, match="exceed"):
-        app(_message(demo_schema, server_round=3)[0], context)
+    _refused(lambda: app(_message(demo_schema, server_round=3)[0], context), caplog,
+             "exceed")
 
 
-def test_node_refuses_a_plan_for_another_schema(site_files, demo_schema):
+def test_node_refuses_a_plan_for_another_schema(site_files, demo_schema, caplog):
     msg, _ = _message(demo_schema, schema_hash="0" * 64)
-    with pytest.raises(PlanError, match="refuses the plan"):
-        build_client_app()(msg, _context(*site_files))
+    _refused(lambda: build_client_app()(msg, _context(*site_files)), caplog,
+             "refuses the plan")
 
 
-def test_node_refuses_records_that_break_the_schema(site_files, demo_schema):
+def test_node_refuses_records_that_break_the_schema(site_files, demo_schema, caplog):
     schema_path, data_path = site_files
     text = data_path.read_text().splitlines()
     fields = text[1].split(",")
     fields[1] = "130"  # age_at_diagnosis above the declared max of 90
     data_path.write_text("\n".join([text[0], ",".join(fields), *text[2:]]) + "\n")
-    with pytest.raises(RecordError, match=r"row 1, column 'age_at_diagnosis', value '130'"):
-        build_client_app()(_message(demo_schema)[0], _context(schema_path, data_path))
+    sent = _refused(lambda: build_client_app()(_message(demo_schema)[0],
+                                               _context(schema_path, data_path)),
+                    caplog, r"row 1, column 'age_at_diagnosis', value '130'")
+    assert "130" not in sent and "records do not pass" in sent  # no value leaves the node
 
 
-def test_non_private_plan_reports_infinite_epsilon(site_files, demo_schema):
+def test_non_private_plan_reports_infinite_epsilon(site_files, demo_schema, caplog):
     plan = StudyPlan(epsilon=math.inf, rounds=1, local_steps=2, hidden=16, latent=4)
-    reply = build_client_app()(_message(demo_schema, plan)[0], _context(*site_files))
+    _refused(lambda: build_client_app()(_message(demo_schema, plan)[0],
+                                        _context(*site_files)), caplog,
+             "needs epsilon inf")  # never within a finite budget
+    unlimited = _context(*site_files, **{"epsilon-budget": "inf"})
+    reply = build_client_app()(_message(demo_schema, plan)[0], unlimited)
     assert math.isinf(reply.content[keys.METRICS][keys.EPSILON_SPENT])
 
 
@@ -112,7 +120,7 @@ MARGINALS = StudyPlan(epsilon=2.0, rounds=2, generator="marginals")
 
 
 def test_a_marginals_release_holds_only_the_tables_and_comes_in_two_stages(site_files,
-                                                                          demo_schema):
+                                                                          demo_schema, caplog):
     from coordinator.generator_family import initial_arrays
 
     initial = initial_arrays(demo_schema, MARGINALS)
@@ -140,8 +148,18 @@ def test_a_marginals_release_holds_only_the_tables_and_comes_in_two_stages(site_
     assert any(t.any() for k, t in echoed.items() if k.startswith("2|"))
     assert 1.9 < second.content[keys.METRICS][keys.EPSILON_SPENT] <= 2.0
     config[keys.SERVER_ROUND] = 3
-    with pytest.raises(BudgetError, match="already released"):
-        app(message(second.content[keys.ARRAYS]), context)
+    _refused(lambda: app(message(second.content[keys.ARRAYS]), context), caplog,
+             "already released")
+
+
+def _refused(call, caplog, detail):
+    """The site refuses: the coordinator gets only the kind of refusal, the node's
+    log has the detail."""
+    with caplog.at_level(logging.ERROR, logger="node.client_app"):
+        with pytest.raises(SiteRefusal) as raised:
+            call()
+    assert re.search(detail, caplog.text), caplog.text
+    return str(raised.value)
 
 
 def _ledger_lines(site_files):
@@ -163,35 +181,37 @@ def test_a_resumed_round_with_the_same_model_gets_the_same_answer_and_no_second_
     assert kinds == ["reserve", "round"]
 
 
-def test_a_round_already_charged_is_refused_for_a_different_model(site_files, demo_schema):
+def test_a_round_already_charged_is_refused_for_a_different_model(site_files, demo_schema, caplog):
     app, context = build_client_app(), _context(*site_files)
     first = app(_message(demo_schema)[0], context)
-    with pytest.raises(BudgetError, match="spend the site's budget twice"):
-        app(_message(demo_schema, arrays=first.content[keys.ARRAYS])[0], context)
+    _refused(lambda: app(_message(demo_schema, arrays=first.content[keys.ARRAYS])[0],
+                         context), caplog, "spend the site's budget twice")
 
 
 def test_a_study_that_would_overspend_the_site_budget_is_refused_before_any_step(
-        site_files, demo_schema):
+        site_files, demo_schema, caplog):
     context = _context(*site_files, **{"epsilon-budget": 3.0})
     build_client_app()(_message(demo_schema)[0], context)  # commits epsilon 2 of 3
     other = StudyPlan(epsilon=2.0, rounds=1, local_steps=2, batch_size=16, hidden=16, latent=4)
-    with pytest.raises(BudgetError, match="committed 2 of its budget of 3"):
-        build_client_app()(_message(demo_schema, other)[0], context)
+    sent = _refused(lambda: build_client_app()(_message(demo_schema, other)[0], context),
+                    caplog, "committed 2 of its budget of 3")
+    assert "budget of 3" not in sent
     assert len(_ledger_lines(site_files)) == 2  # nothing charged for the refused study
 
 
-def test_a_node_whose_ledger_chain_is_broken_refuses_to_train(site_files, demo_schema):
+def test_a_node_whose_ledger_chain_is_broken_refuses_to_train(site_files, demo_schema, caplog):
     app, context = build_client_app(), _context(*site_files)
     app(_message(demo_schema)[0], context)
     path = Path(site_files[1]).parent / "node-state" / "privacy-ledger.jsonl"
     lines = path.read_text().splitlines()
     path.write_text(lines[0].replace('"epsilon": 2.0', '"epsilon": 0.5') + "\n" + lines[1] + "\n")
-    with pytest.raises(BudgetError, match="line 1: .* hash chain is broken"):
-        app(_message(demo_schema, server_round=2)[0], context)
+    _refused(lambda: app(_message(demo_schema, server_round=2)[0], context), caplog,
+             "line 1: .* hash chain is broken")
 
 
-def test_a_deployed_node_needs_a_ledger_folder(site_files, demo_schema):
+@pytest.mark.parametrize("key", ["state-dir", "epsilon-budget"])
+def test_a_deployed_node_needs_a_ledger_folder_and_a_budget(site_files, demo_schema, caplog,
+                                                            key):
     context = _context(*site_files)
-    del context.node_config["state-dir"]
-    with pytest.raises(FedsynthError, match="state-dir"):
-        build_client_app()(_message(demo_schema)[0], context)
+    del context.node_config[key]
+    _refused(lambda: build_client_app()(_message(demo_schema)[0], context), caplog, key)
