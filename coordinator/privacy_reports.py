@@ -25,22 +25,25 @@ log = logging.getLogger(__name__)
 
 def collect_privacy_reports(grid: Grid, plan_record: ConfigRecord, plan: StudyPlan,
                             timeout: float
-                            ) -> tuple[dict[str, SitePrivacySpent], dict[str, list[int]]]:
-    """Each reporting site's ε and steps, and the rounds it answered."""
+                            ) -> tuple[dict[str, SitePrivacySpent], dict[int, str]]:
+    """Each reporting site's ε and steps, and the site name of each reporting node.
+
+    (The rounds a site says it answered are checked, not trusted: which updates
+    went into each secure sum is what the SecAgg+ workflow reports.)"""
     outgoing = [Message(content=RecordDict({keys.PLAN: ConfigRecord(dict(plan_record))}),
                         dst_node_id=node, message_type=MessageType.QUERY)
                 for node in grid.get_node_ids()]
     sites: dict[str, SitePrivacySpent] = {}
-    rounds: dict[str, list[int]] = {}
+    names: dict[int, str] = {}
     for reply in grid.send_and_receive(outgoing, timeout=timeout):
-        name, spent, answered, problem = _read(reply, plan)
+        name, spent, _, problem = _read(reply, plan)
         if not problem and name in sites:
             problem = f"a second report for site {name!r}"
         if problem:
             log.warning("privacy report dropped: %s", problem)
             continue
-        sites[name], rounds[name] = spent, answered
-    return sites, rounds
+        sites[name], names[int(reply.metadata.src_node_id)] = spent, name
+    return sites, names
 
 
 def _read(reply: Message, plan: StudyPlan

@@ -28,13 +28,14 @@ from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
 from flwr.serverapp import Grid
 
+from coordinator.strategy import wait_for_sites
 from protocols import messages as keys
 from protocols import secure_aggregation as contract
 from protocols.errors import FedsynthError
 from protocols.plan import StudyPlan
 
 log = logging.getLogger(__name__)
-AfterRound = Callable[[int, ArrayRecord], None]
+AfterRound = Callable[[int, ArrayRecord, list[int]], None]
 
 
 class SecureFedAvg(FedAvg):
@@ -57,6 +58,7 @@ class SecureFedAvg(FedAvg):
         self._bound = clipping_range
         self.latest = reference
         self.aggregated_round = 0
+        self.round_nodes: dict[int, list[int]] = {}  # study round -> nodes in its sum
         super().__init__(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=min_sites,
                          min_evaluate_clients=min_sites, min_available_clients=min_sites,
                          on_fit_config_fn=self._fit_config, accept_failures=True,
@@ -90,6 +92,7 @@ class SecureFedAvg(FedAvg):
         arrays = self._checked(study_round, parameters_to_ndarrays(results[0][1].parameters))
         self.latest = ArrayRecord({name: Array(a) for name, a in zip(self._names, arrays)})
         self.aggregated_round = server_round
+        self.round_nodes[study_round] = sorted(int(proxy.node_id) for proxy, _ in results)
         return ndarrays_to_parameters(arrays), {}
 
     def _checked(self, study_round: int, arrays: NDArrays) -> NDArrays:
@@ -115,9 +118,10 @@ def secure_rounds(grid: Grid, context: Context, *, plan_record: ConfigRecord,
                   after_round: AfterRound, timeout: float) -> ArrayRecord:
     """Run study rounds `first_round`..`last_round` under SecAgg+ from `initial`.
 
-    `after_round(study_round, average)` runs after every round (checkpoints);
-    `timeout` bounds each of SecAgg+'s four exchanges per round. Returns the
-    last round's average. A round that SecAgg+ halts (too many dropouts for
+    `after_round(study_round, average, node_ids)` runs after every round with
+    the nodes whose updates are in the sum (checkpoints, contributions);
+    `timeout` bounds the wait for `min_sites` nodes and each of SecAgg+'s four
+    exchanges per round. Returns the last round's average. A round that SecAgg+ halts (too many dropouts for
     the threshold) or that leaves fewer than `min_sites` stops the study with
     FedsynthError rather than silently keeping the old weights.
     """
@@ -135,7 +139,8 @@ def secure_rounds(grid: Grid, context: Context, *, plan_record: ConfigRecord,
     legacy = LegacyContext(context, config=ServerConfig(num_rounds=last_round - first_round + 1),
                            strategy=strategy)
     try:
-        DefaultWorkflow(fit_workflow=_fit_round(secagg, strategy, after_round))(grid, legacy)
+        fit_round = _fit_round(secagg, strategy, after_round, min_sites, timeout)
+        DefaultWorkflow(fit_workflow=fit_round)(grid, legacy)
     finally:
         # The workflow keeps its own copy of the model in the app's state; drop it.
         context.state.array_records.pop(MAIN_PARAMS_RECORD, None)
@@ -143,12 +148,13 @@ def secure_rounds(grid: Grid, context: Context, *, plan_record: ConfigRecord,
     return strategy.latest
 
 
-def _fit_round(secagg: SecAggPlusWorkflow, strategy: SecureFedAvg, after_round: AfterRound
-               ) -> Callable[[Grid, Context], None]:
+def _fit_round(secagg: SecAggPlusWorkflow, strategy: SecureFedAvg, after_round: AfterRound,
+               min_sites: int, timeout: float) -> Callable[[Grid, Context], None]:
     """One round's fit step: SecAgg+, a check that it produced an average, the callback."""
 
     def fit_round(grid: Grid, context: Context) -> None:
         legacy = cast(LegacyContext, context)
+        wait_for_sites(grid, min_sites, timeout)  # the legacy sampler would wait a day
         _refuse_too_many_sites(legacy)
         secagg(grid, legacy)
         workflow_round = int(legacy.state.config_records[MAIN_CONFIGS_RECORD][Key.CURRENT_ROUND])
@@ -156,7 +162,7 @@ def _fit_round(secagg: SecAggPlusWorkflow, strategy: SecureFedAvg, after_round: 
         if strategy.aggregated_round != workflow_round:
             raise FedsynthError(f"Round {study_round}: secure aggregation halted (too many "
                                 "sites dropped out to unmask the sum); the study stops here.")
-        after_round(study_round, strategy.latest)
+        after_round(study_round, strategy.latest, strategy.round_nodes[study_round])
 
     return fit_round
 

@@ -36,6 +36,7 @@ from protocols.errors import FedsynthError
 # Under `flwr run` only Flower's own logger reaches the operator's console.
 _FLOWER_LOG = logging.getLogger("flwr")
 ProgressFn = Callable[[str], None]
+NODE_KEY = "node:"  # a SecAgg+ contribution before the node's name is known
 
 
 def build_server_app(overrides: Mapping[str, Any] | None = None,
@@ -84,27 +85,18 @@ def run_study(grid: Grid, settings: StudySettings, progress: ProgressFn,
     strategy = StudyStrategy(plan, initial, settings.round_timeout,
                              sites=resumed.sites if resumed else None,
                              contributions=resumed.contributions if resumed else None)
-    plan_record = ConfigRecord({**plan.to_config(), keys.SCHEMA_SHA256: schema.sha256})
     started = time.monotonic()
 
     def after_round(server_round: int, arrays: ArrayRecord) -> None:
         save_checkpoint(settings.out_dir, study, Checkpoint(
             server_round, arrays, strategy.sites, strategy.contributions))
-        progress(f"round {server_round}/{plan.rounds}: {_round_summary(strategy, server_round)}, "
+        summary = _round_summary(strategy, server_round)
+        progress(f"round {server_round}/{plan.rounds}: {summary}, "
                  f"{time.monotonic() - started:.1f} s")
 
     first = resumed.round + 1 if resumed else 1
-    arrays = resumed.arrays if resumed else initial
-    if plan.secure_aggregation:
-        arrays = secure_rounds(grid, context, plan_record=plan_record, initial=arrays,
-                               first_round=first, last_round=plan.rounds, min_sites=plan.min_sites,
-                               after_round=after_round, timeout=settings.round_timeout)
-        # The coordinator saw only sums: each site reports what it spent, from its ledger.
-        strategy.sites, strategy.contributions = collect_privacy_reports(
-            grid, plan_record, plan, settings.round_timeout)
-    else:
-        arrays = run_rounds(grid, strategy, arrays, plan_record, first, plan.rounds,
-                            settings.round_timeout, after_round)
+    arrays = _train(grid, context, settings, strategy, resumed.arrays if resumed else initial,
+                    first, after_round)
     round_one = (load_checkpoint(settings.out_dir, 1).arrays
                  if plan.generator == "marginals" else None)
     cohort = sample_release(schema, plan, arrays, round_one)
@@ -116,6 +108,39 @@ def run_study(grid: Grid, settings: StudySettings, progress: ProgressFn,
     progress(f"released {len(cohort)} synthetic rows to {settings.out_dir}")
     _evaluate_release(grid, settings, release, progress)
     return release
+
+
+def _train(grid: Grid, context: Context, settings: StudySettings, strategy: StudyStrategy,
+           arrays: ArrayRecord, first: int, after_round: Callable[[int, ArrayRecord], None]
+           ) -> ArrayRecord:
+    """Rounds `first`..`plan.rounds` (none if a stopped study had finished them all)."""
+    plan = settings.plan
+    plan_record = ConfigRecord({**plan.to_config(), keys.SCHEMA_SHA256: settings.schema.sha256})
+    if not plan.secure_aggregation:
+        return run_rounds(grid, strategy, arrays, plan_record, first, plan.rounds,
+                          settings.round_timeout, after_round)
+
+    def after_secure_round(server_round: int, average: ArrayRecord, nodes: list[int]) -> None:
+        for node in nodes:  # names are known only from the reports after training
+            strategy.contributions.setdefault(f"{NODE_KEY}{node}", []).append(server_round)
+        after_round(server_round, average)
+
+    if first <= plan.rounds:
+        arrays = secure_rounds(grid, context, plan_record=plan_record, initial=arrays,
+                               first_round=first, last_round=plan.rounds,
+                               min_sites=plan.min_sites, after_round=after_secure_round,
+                               timeout=settings.round_timeout)
+    # The coordinator saw only sums: each site reports what it spent, from its ledger.
+    strategy.sites, names = collect_privacy_reports(grid, plan_record, plan,
+                                                    settings.round_timeout)
+    strategy.contributions = {_site_name(key, names): rounds
+                              for key, rounds in strategy.contributions.items()}
+    return arrays
+
+
+def _site_name(key: str, names: Mapping[int, str]) -> str:
+    node = int(key.removeprefix(NODE_KEY))
+    return names.get(node, f"node {node} (sent no privacy report)")
 
 
 def _round_summary(strategy: StudyStrategy, server_round: int) -> str:

@@ -5,7 +5,9 @@ budget left) and reserves the plan's ε; the noise multiplier and sampling rate
 are fixed then, for every round. Each round trained is charged on the ledger
 before its answer leaves. When a resumed coordinator asks again for a round:
 - same round, same global model: the stored answer is given again (the same
-  release; nothing new is spent);
+  release; nothing new is spent) — but never under secure aggregation, where
+  a second secure sum over a different set of sites would reveal this site's
+  update by subtraction;
 - a round already charged with a different model: refused, since training it
   again would spend the site's budget twice.
 """
@@ -58,24 +60,23 @@ def _answer_round(state_dir: Path, budget: float, request: RoundRequest,
                   privacy_for_new_study: Callable[[], SitePrivacy], train: TrainFn
                   ) -> StoredAnswer:
     ledger = PrivacyLedger(state_dir)
+    stored = stored_answer(state_dir, request.study)
+    same = (stored is not None and stored.round == request.round
+            and stored.model_sha256 == request.model_sha256)
+    spend = study_spend(ledger.entries(), request.study)
+    if same and (spend is None or spend.last_round < request.round):
+        _charge(ledger, request, stored)  # the answer was stored, its charge not yet written
+    if same and not request.plan.secure_aggregation:
+        return stored
     entries = ledger.entries()
     spend = study_spend(entries, request.study)
-    stored = stored_answer(state_dir, request.study)
-    if (stored is not None and stored.round == request.round
-            and stored.model_sha256 == request.model_sha256):
-        if spend is None or spend.last_round < request.round:
-            _charge(ledger, request, stored)  # the answer was stored, its charge not yet written
-        return stored
     if spend is None:
         privacy = privacy_for_new_study()
         check_budget(entries, request.plan.epsilon, budget, request.site)
         ledger.append(_entry(RESERVE, request, 0, request.plan.epsilon, privacy))
         steps_before = 0
     elif request.round <= spend.last_round:
-        raise BudgetError(
-            f"Site {request.site} refuses round {request.round}: its ledger already charges "
-            f"round {spend.last_round} of this study, and this round comes with a different "
-            "global model; training it again would spend the site's budget twice.")
+        raise BudgetError(_charged_twice(request, spend.last_round))
     else:
         privacy = SitePrivacy(spend.sample_rate, spend.noise_multiplier)
         steps_before = spend.steps_total
@@ -83,6 +84,17 @@ def _answer_round(state_dir: Path, budget: float, request: RoundRequest,
     store_answer(state_dir, request.study, answer)
     _charge(ledger, request, answer)
     return answer
+
+
+def _charged_twice(request: RoundRequest, last_round: int) -> str:
+    if request.plan.secure_aggregation:
+        why = ("under secure aggregation an answer is never given twice: a second secure "
+               "sum over other sites would reveal this site's update by subtraction")
+    else:
+        why = ("this round comes with a different global model, and training it again "
+               "would spend the site's budget twice")
+    return (f"Site {request.site} refuses round {request.round}: its ledger already charges "
+            f"round {last_round} of this study; {why}.")
 
 
 def _charge(ledger: PrivacyLedger, request: RoundRequest, answer: StoredAnswer) -> None:

@@ -14,9 +14,12 @@ what leaves is the masked vector, the weight (1, or the rounded size the plan
 discloses) and protocol bookkeeping.
 
 Before that, the node refuses what would weaken the protocol or silently
-distort its update: a Shamir threshold at or below half the shares (a
-coordinator could then reconstruct both masks of one site), and weights or a
-FedAvg weight beyond the quantisation range (the quantiser would clip them).
+distort its update: a Shamir threshold at or below half the shares, an
+unmasking request that lists a site both as surviving and as dropped (both
+would reconstruct both masks of one site), and weights or a FedAvg weight
+beyond the quantisation range (the quantiser would clip them). The threat
+model is Flower's SecAgg+: a coordinator that follows the protocol but is
+curious; the sites' key exchange goes through it unauthenticated.
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ def secure_train(msg: Message, context: Context, train_reply: TrainReply) -> Mes
     configs = msg.content.config_records[RECORD_KEY_CONFIGS]
     if configs.get(Key.STAGE) == Stage.SETUP:
         _refuse_weak_setup(configs)
+    if configs.get(Key.STAGE) == Stage.UNMASK:
+        _refuse_double_unmask(configs)
 
     def call_next(fit_msg: Message, ctxt: Context) -> Message:
         fitins = fit_msg.content
@@ -117,3 +122,14 @@ def _refuse_weak_setup(configs: ConfigRecord) -> None:
         raise FedsynthError(f"Secure aggregation refused: a threshold of {threshold} of "
                             f"{shares} shares would let the coordinator unmask one site's "
                             "update; it must exceed half the shares.")
+
+
+def _refuse_double_unmask(configs: ConfigRecord) -> None:
+    """A site listed both as surviving and as dropped would have both its mask seed
+    and its pairwise-mask key revealed: its own update would be unmasked alone."""
+    active = set(cast(list[int], configs[Key.ACTIVE_NODE_ID_LIST]))
+    dead = set(cast(list[int], configs[Key.DEAD_NODE_ID_LIST]))
+    if active & dead:
+        raise FedsynthError("Secure aggregation refused: the coordinator lists site(s) both "
+                            "as surviving and as dropped out, which would unmask a single "
+                            "site's update; no key share was sent.")

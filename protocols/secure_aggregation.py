@@ -40,8 +40,11 @@ What both sides must agree on lives here:
   round(2/3 · n) (at least 2), with every site holding a share of every other
   (`num_shares` = n): t > n/2, so a coordinator cannot collect both a site's
   private-mask share and its pairwise-key share by telling half the sites it
-  dropped out, and fewer than t colluding sites learn nothing. Up to n − t
-  sites may drop out in a round: 1 of 3, 2 of 5, 3 of 10, 7 of 20.
+  dropped out and the other half it survived, and fewer than t colluding sites
+  learn nothing. (A coordinator that lists one site as both is refused by the
+  sites, `node.secure_aggregation`; the guarantee is against a coordinator
+  that follows the protocol: the key exchange it relays is not authenticated.)
+  Up to n − t sites may drop out in a round: 1 of 3, 2 of 5, 3 of 10, 7 of 20.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from typing import Any
 
 import cloudpickle
 import numpy as np
+from flwr.server.compat.grid_client_proxy import GridClientProxy
 import pytest
 from flwr.app import (Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord,
                       RecordDict)
@@ -103,7 +104,7 @@ def server_app(outcome: dict[str, Any]) -> ServerApp:
             outcome["final"] = secure_coordinator.secure_rounds(
                 grid, context, plan_record=plan_record, initial=outcome["initial"],
                 first_round=FIRST, last_round=LAST, min_sites=SITES,
-                after_round=lambda r, arrays: outcome["rounds"].__setitem__(r, arrays),
+                after_round=lambda r, arrays, nodes: outcome["rounds"].__setitem__(r, arrays),
                 timeout=120.0)
         except Exception as exc:
             outcome["error"] = exc
@@ -210,7 +211,9 @@ def _strategy(bound: float = contract.CLIPPING_RANGES["vae"]) -> secure_coordina
 
 def _combined(arrays: list[np.ndarray], sites: int = 2) -> list:
     parameters = ndarrays_to_parameters(arrays)
-    return [(None, FitRes(Status(Code.OK, ""), parameters, 1, {})) for _ in range(sites)]
+    # The workflow hands one result per surviving node (the proxy names the node).
+    return [(GridClientProxy(node_id=10 + site, grid=None, run_id=1),
+             FitRes(Status(Code.OK, ""), parameters, 1, {})) for site in range(sites)]
 
 
 def test_the_strategy_restores_names_and_dtypes_of_the_secure_average():

@@ -10,6 +10,7 @@ import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 from node.client_app import SiteRefusal, build_client_app
+from protocols.errors import BudgetError, FedsynthError
 from protocols import messages as keys
 from protocols.encoding import build_encoding
 from protocols.generator import build_generator
@@ -215,3 +216,44 @@ def test_a_deployed_node_needs_a_ledger_folder_and_a_budget(site_files, demo_sch
     context = _context(*site_files)
     del context.node_config[key]
     _refused(lambda: build_client_app()(_message(demo_schema)[0], context), caplog, key)
+
+
+def test_under_secure_aggregation_an_answer_is_never_given_twice(site_files, demo_schema,
+                                                                 caplog):
+    """A second secure sum over other sites would reveal this site's update by subtraction,
+    so a round re-asked with the same model is refused rather than replayed."""
+    from node.client_app import train_reply
+
+    secure = StudyPlan(epsilon=2.0, rounds=2, local_steps=3, batch_size=16, hidden=16,
+                       latent=4, secure_aggregation=True)
+    context = _context(*site_files)
+    train_reply(_message(demo_schema, secure)[0].content, context, {})
+    with pytest.raises(BudgetError, match="never given twice"):
+        train_reply(_message(demo_schema, secure)[0].content, context, {})
+    assert _round_entries_of(site_files) == [1]
+
+
+def test_a_secure_plan_is_never_answered_in_the_clear(site_files, demo_schema, caplog):
+    secure = StudyPlan(epsilon=2.0, rounds=2, local_steps=3, secure_aggregation=True)
+    _refused(lambda: build_client_app()(_message(demo_schema, secure)[0],
+                                        _context(*site_files)), caplog, "in the clear")
+
+
+def test_an_unmasking_that_lists_a_site_as_both_surviving_and_dropped_is_refused():
+    from flwr.common.secure_aggregation.secaggplus_constants import (RECORD_KEY_CONFIGS,
+                                                                      Key, Stage)
+
+    from node.secure_aggregation import secure_train
+
+    configs = ConfigRecord({Key.STAGE: Stage.UNMASK, Key.ACTIVE_NODE_ID_LIST: [1, 2],
+                            Key.DEAD_NODE_ID_LIST: [2]})
+    msg = Message(content=RecordDict({RECORD_KEY_CONFIGS: configs}), dst_node_id=1,
+                  message_type="train")
+    context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+    with pytest.raises(FedsynthError, match="both as surviving and as dropped"):
+        secure_train(msg, context, lambda content: content)
+
+
+def _round_entries_of(site_files):
+    return [json.loads(line)["round"] for line in _ledger_lines(site_files)
+            if json.loads(line)["kind"] == "round"]
