@@ -114,8 +114,10 @@ class Federation:
         return study.returncode, output
 
     def ledger(self, site: str) -> list[dict]:
+        """The site's ledger entries (a line still being written is left out)."""
         path = self.kits / site / "state" / "privacy-ledger.jsonl"
-        return [json.loads(line) for line in path.read_text().splitlines()]
+        complete = path.read_text().split("\n")[:-1]
+        return [json.loads(line) for line in complete]
 
     def wait_for_port(self, timeout: float = 60.0) -> None:
         """Until the SuperLink accepts connections (TLS or not)."""
@@ -133,16 +135,14 @@ class Federation:
         with socket.create_connection(("127.0.0.1", self.port), timeout=5) as raw:
             context.wrap_socket(raw, server_hostname="127.0.0.1").close()
 
+    def freeze(self, name: str) -> None:
+        """SIGSTOP a process and everything below it, at once."""
+        for group in self._groups(self.processes[name]):
+            os.killpg(group, signal.SIGSTOP)
+
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         process = self.processes.pop(name)
-        # flower-superlink starts its SuperExec in a process group of its own: end the
-        # groups of every descendant too, not only the group this harness started.
-        groups = {process.pid}
-        for pid in _descendants(process.pid):
-            try:
-                groups.add(os.getpgid(pid))
-            except ProcessLookupError:
-                pass
+        groups = self._groups(process)
         for signal_ in (sig, signal.SIGKILL):
             for group in groups:
                 try:
@@ -155,6 +155,18 @@ class Federation:
                 continue
             if signal_ == signal.SIGKILL or not any(_group_alive(g) for g in groups):
                 break
+
+    @staticmethod
+    def _groups(process: subprocess.Popen) -> set[int]:
+        """flower-superlink starts its SuperExec in a process group of its own: the
+        groups of every descendant, not only the group this harness started."""
+        groups = {process.pid}
+        for pid in _descendants(process.pid):
+            try:
+                groups.add(os.getpgid(pid))
+            except ProcessLookupError:
+                pass
+        return groups
 
     def stop(self) -> None:
         for name in list(self.processes):

@@ -8,7 +8,9 @@ group it started, also when a test fails.
 
 from __future__ import annotations
 
+import http.client
 import json
+import os
 import signal
 import subprocess
 import time
@@ -17,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from federation import Federation, tool
+from federation import Federation, free_port, tool
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 SITES = ["hospital-01", "hospital-02", "hospital-03"]
@@ -96,19 +98,34 @@ def test_an_unenrolled_node_key_is_refused(federation):
 def test_a_plaintext_connection_is_refused(federation):
     _start(federation, SITES[:1])
     federation.tls_handshake()  # the consortium CA verifies the SuperLink
-    # A node that tries plaintext never gets an HTTP answer from the TLS port.
+    # Plain HTTP to the Fleet API gets no HTTP answer from the TLS port.
+    connection = http.client.HTTPConnection("127.0.0.1", federation.port, timeout=10)
+    with pytest.raises((http.client.HTTPException, ConnectionError)):
+        connection.request("POST", "/v1/fleet/pull-messages", body=b"")
+        connection.getresponse()
+    connection.close()
+    # A SuperNode dialling in plaintext never gets a node id ...
+    assert "Connection attempt failed" in _plaintext_supernode(federation)
+    # ... and Flower itself will not pair a node-auth key with plaintext.
+    with_key = _plaintext_supernode(
+        federation, "--auth-supernode-private-key",
+        str(federation.kits / SITES[0] / "node-auth.key"))
+    assert "requires a secure TLS connection" in with_key
+
+
+def _plaintext_supernode(federation: Federation, *extra: str) -> str:
     node = subprocess.Popen(
         [tool("flower-supernode"), "--insecure", "--superlink", federation.address,
-         "--auth-supernode-private-key", str(federation.kits / SITES[0] / "node-auth.key"),
-         "--max-retries", "1", "--port", "0"],
+         "--max-retries", "1", "--max-wait-time", "10", "--port", str(free_port()), *extra],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env=federation._env(federation.root / "plain-home"), start_new_session=True)
     try:
-        output, _ = node.communicate(timeout=120)
-    finally:
-        if node.poll() is None:
-            node.kill()
-    assert node.returncode != 0, output[-2000:]
+        output, _ = node.communicate(timeout=15)
+    except subprocess.TimeoutExpired:  # still retrying: it never got in either
+        os.killpg(node.pid, signal.SIGKILL)
+        output, _ = node.communicate()
+    assert node.returncode != 0 and "SuperNode ID" not in output, output[-2000:]
+    return output
 
 
 def test_the_coordinator_refuses_a_superlink_that_serves_plaintext(federation):
@@ -159,7 +176,9 @@ def test_a_restarted_coordinator_resumes_from_its_checkpoint_without_charging_tw
         # Kill it as late as possible: the sites have answered (and charged) round 2,
         # but the coordinator has not checkpointed it yet, so it must ask again.
         _wait_for(every_site_answered_round_2, 300, "round 2 was never answered", every=0.05)
-        federation.kill("superlink", signal.SIGKILL)  # the ServerApp dies with it
+        federation.freeze("superlink")  # the ServerApp too, before it can checkpoint
+        assert not (out / "checkpoints" / "round-0002.json").exists(), "frozen too late"
+        federation.kill("superlink", signal.SIGKILL)
     finally:
         first.kill()  # the `flwr run` client only streamed the log
         first.wait()
