@@ -148,7 +148,8 @@ def _report_provisioned(done: Provisioned) -> None:
           f"{done.consortium.valid_until:%Y-%m-%d}.")
     print(f"Coordinator kit (keep it here, never ship it): {coordinator}; next steps in "
           f"{coordinator / 'README.md'}.")
-    print("Hand each hospital its own kit folder only; its node-auth.key exists nowhere else.")
+    print("Hand each hospital its own kit folder only, then delete your copies of the site "
+          "kits: a site's node-auth.key proves that site's identity.")
 
 
 def _configure_logging(verbose: bool) -> None:

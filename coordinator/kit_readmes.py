@@ -126,9 +126,9 @@ This folder is everything your node needs to join the consortium's studies.
 |---|---|
 | `{kit.NODE_TOML}` | this node's configuration (SuperLink address, paths, privacy budget) |
 | `{kit.CA_CERT}` | the consortium CA: the node only talks to a SuperLink it certified |
-| `{kit.NODE_AUTH_KEY}` | **secret**: proves to the SuperLink that this node is site {site}. It exists only in this kit; keep it readable by the node's user alone (`chmod 600`), never copy or email it |
+| `{kit.NODE_AUTH_KEY}` | **secret**: proves to the SuperLink that this node is site {site}. The coordinator generated it and should have deleted its copy after handing you the kit; keep it readable by the node's user alone (`chmod 600`), never copy or email it |
 | `{kit.NODE_AUTH_PUB}` | its public half (the coordinator already has it) |
-| `{kit.MANIFEST_SIGNING_PUB}` | verifies the signature of released synthetic cohorts |
+| `{kit.MANIFEST_SIGNING_PUB}` | the consortium's manifest-signing public key, for checking released cohorts once manifests are signed (not yet: planned) |
 | `{kit.SCHEMA_COPY}` | the consortium's data dictionary (if the coordinator included it) |
 
 ## Start the node
@@ -142,6 +142,12 @@ fedsynth-node start --kit . --data /path/to/records.csv
 the exact `flower-supernode` command without running it. Patient records never
 leave this machine: only model updates, trained with differential privacy, do.
 
+**What you trust.** As in any Flower deployment, the node runs the fedsynth app
+code the coordinator sends with each study (Flower installs it for the run). The
+ledger, the budget check and the reply whitelist are in that code: agree with the
+consortium on the fedsynth release, and run studies only from a coordinator you
+trust to ship it unchanged.
+
 ## Network
 
 The node needs only **outbound TCP port {address.port} to {address.host}** (TLS).
@@ -151,7 +157,8 @@ It opens no inbound port: the node's local runtime port ({kit.DEFAULT_RUNTIME_PO
 ## The `{kit.DEFAULT_STATE_DIR}/` folder
 
 Created on first start, readable by the node's user only. It holds this site's
-privacy ledger (the epsilon every study has spent, append-only; a study that would
-exceed the budget in `{kit.NODE_TOML}` is refused) and study state. Back it up and never
-delete it: deleting it would forget what was already spent.
+privacy ledger (the epsilon every study has spent, append-only and hash-chained; a
+study that would exceed the budget in `{kit.NODE_TOML}` is refused) and study state. Back
+it up and never delete it: the chain catches an edited or removed entry, but not a
+ledger cut short or deleted, which would forget what was already spent.
 """

@@ -253,7 +253,7 @@ if manifest.get("engine") != "deployment" or manifest.get("tls") is not True:
           file=sys.stderr)
     sys.exit(1)
 print(f"\nsynthetic cohort: {out / 'synthetic.csv'} ({manifest['rows']} rows)")
-print(f"signed manifest:  {out / 'manifest.json'} (engine deployment, TLS, "
+print(f"manifest:         {out / 'manifest.json'} (engine deployment, TLS, "
       f"secure aggregation {'on' if manifest['secure_aggregation'] else 'off'})")
 if (out / "report.html").exists():
     print(f"report:           {out / 'report.html'}")

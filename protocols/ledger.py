@@ -1,8 +1,10 @@
 """The privacy ledger's format: append-only, hash-chained entries.
 
 Every node keeps one ledger (a JSON-lines file). Each line is one entry and
-carries the SHA-256 of the line before it, so an entry removed, reordered or
-edited breaks the chain and the ledger is refused until an operator acts.
+carries the SHA-256 of the line before it, so an entry edited, reordered or
+removed from the middle breaks the chain and the ledger is refused until an
+operator acts. A ledger cut short at its end, or deleted, still reads as a
+valid chain: that needs the last hash kept somewhere else (not done yet).
 
 Two kinds of entry:
 - `reserve`: a study's first round at this site; it commits the plan's whole
