@@ -67,6 +67,8 @@ class StudyStrategy(FedAvg):
                             msg.metadata.src_node_id, msg.error.reason)
                 continue
             problem = self._reply_problem(msg)
+            if not problem and str(msg.content[keys.SITE][keys.SITE_NAME]) in names:
+                problem = "a second update under the same site name in this round"
             if problem:
                 log.warning("round %d: update from node %s rejected: %s", server_round,
                             msg.metadata.src_node_id, problem)
