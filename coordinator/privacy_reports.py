@@ -36,7 +36,7 @@ def collect_privacy_reports(grid: Grid, plan_record: ConfigRecord, plan: StudyPl
     sites: dict[str, SitePrivacySpent] = {}
     names: dict[int, str] = {}
     for reply in grid.send_and_receive(outgoing, timeout=timeout):
-        name, spent, _, problem = _read(reply, plan)
+        name, spent, problem = _read(reply, plan)
         if not problem and name in sites:
             problem = f"a second report for site {name!r}"
         if problem:
@@ -46,23 +46,22 @@ def collect_privacy_reports(grid: Grid, plan_record: ConfigRecord, plan: StudyPl
     return sites, names
 
 
-def _read(reply: Message, plan: StudyPlan
-          ) -> tuple[str, SitePrivacySpent, list[int], str | None]:
+def _read(reply: Message, plan: StudyPlan) -> tuple[str, SitePrivacySpent, str | None]:
     none = SitePrivacySpent(math.nan, 0)
     if reply.has_error():
-        return "", none, [], f"the node answered with an error: {reply.error.reason}"
+        return "", none, f"the node answered with an error: {reply.error.reason}"
     content = reply.content
     if set(content.keys()) != {keys.REPORT, keys.SITE}:
-        return "", none, [], f"unexpected records {sorted(content.keys())}"
+        return "", none, f"unexpected records {sorted(content.keys())}"
     report, site = content[keys.REPORT], content[keys.SITE]
     if not isinstance(report, MetricRecord) or set(report.keys()) != keys.REPORT_METRICS:
-        return "", none, [], "the report is not exactly the whitelisted keys"
+        return "", none, "the report is not exactly the whitelisted keys"
     if not isinstance(site, ConfigRecord) or set(site.keys()) != keys.REPLY_SITE:
-        return "", none, [], "the site record holds more than the site's name"
+        return "", none, "the site record holds more than the site's name"
     epsilon, steps = float(report[keys.EPSILON_SPENT]), int(report[keys.STEPS_TOTAL])
-    answered = [int(r) for r in report[keys.ROUNDS]]
+    answered = [int(r) for r in report[keys.ROUNDS]]  # checked only (see above)
     if plan.private and not (0 <= epsilon <= plan.epsilon):
-        return "", none, [], f"reported epsilon {epsilon} is outside [0, {plan.epsilon}]"
+        return "", none, f"reported epsilon {epsilon} is outside [0, {plan.epsilon}]"
     if any(not 1 <= r <= plan.rounds for r in answered):
-        return "", none, [], f"reported rounds {answered} are not rounds of the plan"
-    return str(site[keys.SITE_NAME]), SitePrivacySpent(epsilon, steps), answered, None
+        return "", none, f"reported rounds {answered} are not rounds of the plan"
+    return str(site[keys.SITE_NAME]), SitePrivacySpent(epsilon, steps), None

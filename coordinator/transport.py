@@ -14,6 +14,7 @@ import ssl
 from pathlib import Path
 
 from protocols.errors import FedsynthError
+from protocols.kit_layout import parse_address
 
 
 def verify_tls(address: str, ca_path: str, timeout: float = 10.0) -> None:
@@ -22,16 +23,13 @@ def verify_tls(address: str, ca_path: str, timeout: float = 10.0) -> None:
         raise FedsynthError("A deployment study needs 'superlink-address' and "
                             "'root-certificates' in its run config, so the coordinator can "
                             "check that the SuperLink serves TLS before any site is contacted.")
-    host, _, port = address.rpartition(":")
-    host = host.strip("[]")
-    if not host or not port.isdigit():
-        raise FedsynthError(f"Run config: superlink-address = {address!r} is not HOST:PORT.")
+    superlink = parse_address(address)  # the same rule as the kits' SuperLink address
     if not Path(ca_path).is_file():
         raise FedsynthError(f"Run config: root-certificates = {ca_path!r} is not a file.")
     context = ssl.create_default_context(cafile=ca_path)
     try:
-        with socket.create_connection((host, int(port)), timeout=timeout) as raw:
-            with context.wrap_socket(raw, server_hostname=host):
+        with socket.create_connection((superlink.host, superlink.port), timeout=timeout) as raw:
+            with context.wrap_socket(raw, server_hostname=superlink.host):
                 pass
     except (ssl.SSLError, ssl.CertificateError) as exc:
         raise FedsynthError(f"The SuperLink at {address} did not complete a TLS handshake "

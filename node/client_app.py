@@ -55,7 +55,7 @@ def build_client_app(overrides: Mapping[str, Any] | None = None) -> ClientApp:
         if is_secure_message(msg):
             return secure_train(msg, context,
                                 lambda content: train_reply(content, context, run_config))
-        if _flag(msg.content[keys.PLAN].get("secure-aggregation", False)):
+        if StudyPlan.from_config(dict(msg.content[keys.PLAN])).secure_aggregation:
             raise PlanError("The plan promises secure aggregation, but this update was "
                             "requested in the clear; the node refuses to send it.")
         return _train(msg, context, run_config)
@@ -190,10 +190,6 @@ def _privacy_report(msg: Message, context: Context, run_config: Mapping[str, Any
     return Message(content=RecordDict({keys.REPORT: report,
                                        keys.SITE: ConfigRecord({keys.SITE_NAME: site.name})}),
                    reply_to=msg)
-
-
-def _flag(value: Any) -> bool:
-    return value if isinstance(value, bool) else str(value).strip().lower() in ("true", "1")
 
 
 def _state_dir(source: SiteSource, context: Context) -> Path:

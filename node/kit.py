@@ -15,7 +15,8 @@ import stat
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -27,6 +28,8 @@ from protocols import kit_layout as layout
 from protocols.kit_layout import KitError, SuperLinkAddress, check_site_name, parse_address
 from protocols.records import check_file
 from protocols.schema import load_schema
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -150,18 +153,20 @@ class _Settings:
         return value
 
     def site_name(self) -> str:
-        name = self._value("site", "name", str, "the site's name, in quotes")
-        try:
-            return check_site_name(name)
-        except KitError as exc:
-            raise KitError(f"{self._path}: [site] name: {exc}") from None
+        return self._parsed("site", "name", "the site's name, in quotes", check_site_name)
 
     def address(self) -> SuperLinkAddress:
-        text = self._value("superlink", "address", str, 'HOST:PORT in quotes ("host:9092")')
+        return self._parsed("superlink", "address", 'HOST:PORT in quotes ("host:9092")',
+                            parse_address)
+
+    def _parsed(self, section: str, key: str, what: str, parse: Callable[[str], T]) -> T:
+        """A text value run through the shared contract's parser, refusals prefixed with
+        the file, section and key."""
+        text = self._value(section, key, str, what)
         try:
-            return parse_address(text)
+            return parse(text)
         except KitError as exc:
-            raise KitError(f"{self._path}: [superlink] address: {exc}") from None
+            raise KitError(f"{self._path}: [{section}] {key}: {exc}") from None
 
     def port(self, section: str, key: str) -> int:
         port = self._value(section, key, int, "a TCP port number (1-65535)")

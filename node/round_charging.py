@@ -63,13 +63,14 @@ def _answer_round(state_dir: Path, budget: float, request: RoundRequest,
     stored = stored_answer(state_dir, request.study)
     same = (stored is not None and stored.round == request.round
             and stored.model_sha256 == request.model_sha256)
-    spend = study_spend(ledger.entries(), request.study)
-    if same and (spend is None or spend.last_round < request.round):
-        _charge(ledger, request, stored)  # the answer was stored, its charge not yet written
-    if same and not request.plan.secure_aggregation:
-        return stored
     entries = ledger.entries()
     spend = study_spend(entries, request.study)
+    if same and (spend is None or spend.last_round < request.round):
+        _charge(ledger, request, stored)  # the answer was stored, its charge not yet written
+        entries = ledger.entries()
+        spend = study_spend(entries, request.study)
+    if same and not request.plan.secure_aggregation:
+        return stored
     if spend is None:
         privacy = privacy_for_new_study()
         check_budget(entries, request.plan.epsilon, budget, request.site)
