@@ -26,7 +26,7 @@ from flwr.simulation import run_simulation
 from coordinator.checkpoints import resumable
 from coordinator.cohort import CSV_NAME, PARQUET_NAME, Release
 from coordinator.server_app import ProgressFn, build_server_app
-from protocols.accounting import check_delta
+from protocols.accounting import check_site_size
 from protocols.errors import FedsynthError, PlanError
 from protocols.manifest import MANIFEST_NAME
 from protocols.plan import StudyPlan
@@ -94,8 +94,7 @@ def check_inputs(schema_path: Path, data_paths: Sequence[Path], plan: StudyPlan)
     for path in data_paths:
         validation = check_file(path, schema)
         validation.raise_if_invalid()
-        if plan.private:
-            check_delta(plan.delta, validation.n_rows, str(path))
+        check_site_size(plan, validation.n_rows, str(path))
 
 
 def _refuse_overwriting_inputs(data_paths: Sequence[Path], out_dir: Path) -> None:

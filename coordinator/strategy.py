@@ -1,12 +1,14 @@
 """FedAvg over the generator's weights, with the checks a release needs.
 
 Before averaging, every reply is checked: its arrays must have exactly the
-global model's names, shapes and dtypes and be finite, its scalars must be the
-whitelisted ones, and the ε it reports must be within the plan. A reply that
-fails is dropped and logged; the round goes on if at least `min_sites`
-remain, and the study stops otherwise. The strategy remembers, per site, the
-last ε and steps reported and the rounds it contributed to: the sites of the
-final model are exactly those with at least one round.
+global model's names, shapes and dtypes, be finite and lie within what one
+honest round of the plan can change (`protocols.update_bounds`); its scalars
+must be the whitelisted ones, its FedAvg weight the one the plan allows, and
+the ε it reports within the plan. A reply that fails is dropped and logged;
+the round goes on if at least `min_sites` remain, and the study stops
+otherwise. The strategy remembers, per site, the last ε and steps reported
+and the rounds it contributed to: the sites of the final model are exactly
+those with at least one round.
 
 A round waits for at least `min_sites` connected nodes, but not forever:
 after `wait_s` seconds the study stops with a clear message.
@@ -28,6 +30,7 @@ from protocols import messages as keys
 from protocols.errors import FedsynthError
 from protocols.manifest import SitePrivacySpent
 from protocols.plan import StudyPlan
+from protocols.update_bounds import update_problem
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,8 @@ class StudyStrategy(FedAvg):
         self.plan = plan
         self.wait_s = wait_s
         self._shapes = {name: (a.numpy().shape, a.numpy().dtype) for name, a in reference.items()}
+        # The global arrays of the round in progress: replies are bounded against them.
+        self._sent = {name: array.numpy() for name, array in reference.items()}
         self.sites: dict[str, SitePrivacySpent] = dict(sites or {})
         self.contributions: dict[str, list[int]] = {k: list(v)
                                                     for k, v in (contributions or {}).items()}
@@ -56,6 +61,7 @@ class StudyStrategy(FedAvg):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         wait_for_sites(grid, self.plan.min_sites, self.wait_s)
+        self._sent = {name: array.numpy() for name, array in arrays.items()}
         return super().configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
@@ -66,7 +72,7 @@ class StudyStrategy(FedAvg):
                 log.warning("round %d: node %s failed: %s", server_round,
                             msg.metadata.src_node_id, msg.error.reason)
                 continue
-            problem = self._reply_problem(msg)
+            problem = self._reply_problem(msg, server_round)
             if not problem and str(msg.content[keys.SITE][keys.SITE_NAME]) in names:
                 problem = "a second update under the same site name in this round"
             if problem:
@@ -87,7 +93,7 @@ class StudyStrategy(FedAvg):
             self.contributions.setdefault(name, []).append(server_round)
         return super().aggregate_train(server_round, accepted)
 
-    def _reply_problem(self, msg: Message) -> str | None:
+    def _reply_problem(self, msg: Message, server_round: int) -> str | None:
         content = msg.content
         if set(content.keys()) != {keys.ARRAYS, keys.METRICS, keys.SITE}:
             return f"unexpected records {sorted(content.keys())}"
@@ -104,10 +110,25 @@ class StudyStrategy(FedAvg):
                 return f"layer {name} has shape {value.shape} / {value.dtype}"
             if not np.all(np.isfinite(value)):
                 return f"layer {name} holds NaN or Inf"
+        metrics = content[keys.METRICS]
+        problem = (update_problem(self.plan, server_round, self._sent,
+                                  {name: array.numpy() for name, array in arrays.items()})
+                   or _weight_problem(self.plan, float(metrics[keys.WEIGHT])))
+        if problem:
+            return problem
         epsilon = float(content[keys.METRICS][keys.EPSILON_SPENT])
         if self.plan.private and not (math.isfinite(epsilon) and epsilon <= self.plan.epsilon):
             return f"reported epsilon {epsilon} exceeds the plan's {self.plan.epsilon}"
         return None
+
+
+def _weight_problem(plan: StudyPlan, weight: float) -> str | None:
+    """The FedAvg weight must be 1, or a site size rounded as the plan allows."""
+    k = plan.size_granularity
+    if (weight == 1.0) if k == 0 else (weight >= k and weight % k == 0):
+        return None
+    allowed = "1" if k == 0 else f"a positive multiple of {k}"
+    return f"FedAvg weight {weight:g} is not {allowed}, as the plan's size-granularity requires"
 
 
 def wait_for_sites(grid: Grid, min_sites: int, wait_s: float) -> None:

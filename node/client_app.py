@@ -1,9 +1,10 @@
 """The node's Flower ClientApp: the front door of the hospital side.
 
 On each training message it loads its own records, checks that the plan is
-for its schema, trains the global generator locally with DP-SGD and replies
-with the weights and the whitelisted scalars of `protocols.messages` — nothing
-else. Every round goes through the site's privacy ledger (`round_charging`):
+for its schema and that the global model is the plan's (names, shapes,
+dtypes, finite values), trains the global generator locally with DP-SGD and
+replies with the weights and the whitelisted scalars of `protocols.messages`
+— nothing else. Every round goes through the site's privacy ledger (`round_charging`):
 a new study is refused if it would overspend the site's budget, each round is
 charged once before its answer leaves, and the steps already run carry over
 so the accountant covers every round of the study, across coordinator
@@ -24,6 +25,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from node.global_model import check_global_arrays
 from node.privacy_ledger import PrivacyLedger
 from node.round_charging import RoundRequest, answer_round
 from node.round_replay import StoredAnswer, model_sha256
@@ -34,6 +36,7 @@ from node.marginal_release import release_marginals
 from node.site_evaluation import score_cohort
 from node.training import SitePrivacy, train_round
 from protocols import messages as keys
+from protocols.accounting import check_site_size
 from protocols.errors import BudgetError, FedsynthError, PlanError, RecordError
 from protocols.generator import build_generator
 from protocols.ledger import study_rounds, study_spend
@@ -123,14 +126,17 @@ def train_reply(content: RecordDict, context: Context, run_config: Mapping[str, 
                         f"{schema.sha256}.")
     plan = StudyPlan.from_config(plan_config)
     received = content[keys.ARRAYS]
+    check_global_arrays(received, schema, plan, site.name)
     request = RoundRequest(site=site.name, plan=plan, schema_sha256=schema.sha256,
                            round=int(plan_config.get(keys.SERVER_ROUND, 0)),
                            model_sha256=model_sha256(received))
 
     def new_study_privacy() -> SitePrivacy:
         # The marginals generator adds its noise in one release (node.marginal_release).
-        return (SitePrivacy.for_site(plan, site.n_records, site.name)
-                if plan.generator == "vae" else SitePrivacy(1.0, 0.0))
+        if plan.generator != "vae":
+            check_site_size(plan, site.n_records, f"Site {site.name}")
+            return SitePrivacy(1.0, 0.0)
+        return SitePrivacy.for_site(plan, site.n_records, site.name)
 
     def train(privacy: SitePrivacy, steps_before: int) -> StoredAnswer:
         if plan.generator == "marginals":

@@ -33,11 +33,12 @@ from opacus.optimizers import DPOptimizerFastGradientClipping
 from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 
-from protocols.accounting import (accountant_epsilon, check_delta, noise_multiplier_for,
+from protocols.accounting import (accountant_epsilon, check_site_size, noise_multiplier_for,
                                   sample_rate_for)
 from protocols.errors import BudgetError
 from protocols.generator import TabularVAE, per_record_loss
 from protocols.plan import StudyPlan
+from protocols.update_bounds import ADAM_BETAS
 
 
 @dataclass(frozen=True)
@@ -49,8 +50,7 @@ class SitePrivacy:
 
     @classmethod
     def for_site(cls, plan: StudyPlan, n_records: int, site: str) -> SitePrivacy:
-        if plan.private:
-            check_delta(plan.delta, n_records, site)
+        check_site_size(plan, n_records, f"Site {site}")
         rate = sample_rate_for(n_records, plan.batch_size)
         return cls(sample_rate=rate, noise_multiplier=noise_multiplier_for(plan, rate))
 
@@ -101,7 +101,8 @@ def train_round(model: TabularVAE, data: np.ndarray, plan: StudyPlan, privacy: S
 
 
 def _adam(model: torch.nn.Module, plan: StudyPlan) -> torch.optim.Optimizer:
-    return torch.optim.Adam(model.parameters(), lr=plan.learning_rate)
+    # The betas are part of the contract: the coordinator bounds a round's change by them.
+    return torch.optim.Adam(model.parameters(), lr=plan.learning_rate, betas=ADAM_BETAS)
 
 
 def dp_setup(model: TabularVAE, plan: StudyPlan, privacy: SitePrivacy,

@@ -145,7 +145,11 @@ def noise_scales(layout: MarginalLayout, noise_multiplier: float) -> tuple[float
     """(σ of a column table, σ of a pair table) whose combined multiplier is `noise_multiplier`:
     n₁/σ₁² + n₂/σ₂² = 1/z², so both stages together are one Gaussian mechanism of multiplier z."""
     n_one = len(layout.columns)
-    n_two = n_one * (n_one - 1) // 2
+    return table_noise_scales(n_one, n_one * (n_one - 1) // 2, noise_multiplier)
+
+
+def table_noise_scales(n_one: int, n_two: int, noise_multiplier: float) -> tuple[float, float]:
+    """`noise_scales` from the numbers of column and pair tables alone."""
     sigma_one = noise_multiplier * np.sqrt(n_one + n_two / PAIR_NOISE_RATIO ** 2)
     return float(sigma_one), float(sigma_one * PAIR_NOISE_RATIO)
 

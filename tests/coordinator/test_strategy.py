@@ -23,11 +23,11 @@ def _reference():
     return ArrayRecord({"w": Array(np.zeros((2, 3), np.float32))})
 
 
-def _update(site, value=1.0, epsilon=1.0, arrays=None):
+def _update(site, value=0.1, epsilon=1.0, arrays=None, weight=1.0):
     request = Message(content=RecordDict({}), dst_node_id=1, message_type="train")
     content = RecordDict({
         keys.ARRAYS: arrays or ArrayRecord({"w": Array(np.full((2, 3), value, np.float32))}),
-        keys.METRICS: MetricRecord({keys.WEIGHT: 1.0, keys.STEPS: 5, keys.STEPS_TOTAL: 5,
+        keys.METRICS: MetricRecord({keys.WEIGHT: weight, keys.STEPS: 5, keys.STEPS_TOTAL: 5,
                                     keys.EPSILON_SPENT: epsilon}),
         keys.SITE: ConfigRecord({keys.SITE_NAME: site})})
     return Message(content=content, reply_to=request)
@@ -35,9 +35,9 @@ def _update(site, value=1.0, epsilon=1.0, arrays=None):
 
 def test_each_site_is_recorded_in_exactly_the_rounds_its_update_was_averaged_into():
     strategy = StudyStrategy(PLAN, _reference())
-    average, _ = strategy.aggregate_train(1, [_update("a", 1.0), _update("b", 3.0),
-                                              _update("c", 5.0)])
-    assert np.allclose(average["w"].numpy(), 3.0)
+    average, _ = strategy.aggregate_train(1, [_update("a", 0.1), _update("b", 0.2),
+                                              _update("c", 0.3)])
+    assert np.allclose(average["w"].numpy(), 0.2)
     strategy.aggregate_train(2, [_update("a"), _update("b")])  # c's node died
     assert strategy.contributions == {"a": [1, 2], "b": [1, 2], "c": [1]}
     assert strategy.contributors == ["a", "b", "c"]
@@ -47,12 +47,16 @@ def test_each_site_is_recorded_in_exactly_the_rounds_its_update_was_averaged_int
     (lambda: _update("c", np.nan), "NaN"),
     (lambda: _update("c", arrays=ArrayRecord({"w": Array(np.zeros(4, np.float32))})), "shape"),
     (lambda: _update("c", epsilon=2.5), "exceeds the plan"),
-    (lambda: _update("a", 9.0), "second update"),
+    (lambda: _update("a", 0.05), "second update"),
+    # 20 Adam steps at learning rate 0.02 move no weight by more than 0.42
+    (lambda: _update("c", 5.0), "moved by 5, beyond the 0.4239"),
+    (lambda: _update("c", -0.5), "moved by 0.5, beyond"),
+    (lambda: _update("c", weight=40.0), "FedAvg weight 40 is not 1"),
 ])
 def test_a_bad_update_is_left_out_and_logged(bad, why, caplog):
     strategy = StudyStrategy(PLAN, _reference())
-    average, _ = strategy.aggregate_train(1, [_update("a", 1.0), _update("b", 3.0), bad()])
-    assert np.allclose(average["w"].numpy(), 2.0)  # only a and b
+    average, _ = strategy.aggregate_train(1, [_update("a", 0.1), _update("b", 0.3), bad()])
+    assert np.allclose(average["w"].numpy(), 0.2)  # only a and b
     assert why in caplog.text
     assert set(strategy.contributions) == {"a", "b"}
 
@@ -61,3 +65,20 @@ def test_a_round_with_too_few_usable_updates_stops_the_study():
     strategy = StudyStrategy(PLAN, _reference())
     with pytest.raises(FedsynthError, match="only 1 site update"):
         strategy.aggregate_train(1, [_update("a"), _update("b", np.inf)])
+
+
+def test_updates_are_bounded_against_the_global_model_of_their_own_round():
+    strategy = StudyStrategy(PLAN, _reference())
+    moved = ArrayRecord({"w": Array(np.full((2, 3), 0.4, np.float32))})
+    strategy._sent = {"w": moved["w"].numpy()}  # what configure_train keeps for round 2
+    average, _ = strategy.aggregate_train(2, [_update("a", 0.7), _update("b", 0.1)])
+    assert np.allclose(average["w"].numpy(), 0.4)  # both within 0.42 of 0.4
+
+
+@pytest.mark.parametrize("weight, accepted", [(20.0, True), (60.0, True), (10.0, False),
+                                              (25.0, False), (1.0, False)])
+def test_a_site_weight_must_be_a_size_rounded_as_the_plan_allows(weight, accepted):
+    plan = StudyPlan(epsilon=2.0, rounds=3, min_sites=1, size_granularity=20)
+    strategy = StudyStrategy(plan, _reference())
+    strategy.aggregate_train(1, [_update("a", weight=20.0), _update("b", weight=weight)])
+    assert ("b" in strategy.contributions) == accepted

@@ -257,3 +257,40 @@ def test_an_unmasking_that_lists_a_site_as_both_surviving_and_dropped_is_refused
 def _round_entries_of(site_files):
     return [json.loads(line)["round"] for line in _ledger_lines(site_files)
             if json.loads(line)["kind"] == "round"]
+
+
+@pytest.mark.parametrize("tamper, detail", [
+    (lambda state: {k: v for k, v in list(state.items())[1:]}, "arrays are not those"),
+    (lambda state: {**state, next(iter(state)): state[next(iter(state))][:1]}, "has shape"),
+    (lambda state: {**state, next(iter(state)): state[next(iter(state))].double()}, "dtype"),
+    (lambda state: {**state, next(iter(state)): state[next(iter(state))] * float("nan")},
+     "NaN or Inf"),
+])
+def test_a_global_model_that_is_not_the_plans_is_refused_before_the_ledger(
+        site_files, demo_schema, caplog, tamper, detail):
+    _, model = _message(demo_schema)
+    arrays = ArrayRecord(tamper(dict(model.state_dict())))
+    _refused(lambda: build_client_app()(_message(demo_schema, arrays=arrays)[0],
+                                        _context(*site_files)), caplog, detail)
+    assert not (Path(site_files[1]).parent / "node-state" / "privacy-ledger.jsonl").exists()
+
+
+def test_a_site_too_small_for_the_plan_is_refused_before_any_step(site_files, demo_schema,
+                                                                  caplog):
+    schema_path, data_path = site_files
+    lines = data_path.read_text().splitlines()
+    data_path.write_text("\n".join(lines[:16]) + "\n")  # 15 records
+    sent = _refused(lambda: build_client_app()(_message(demo_schema)[0],
+                                               _context(schema_path, data_path)),
+                    caplog, r"it has 15 records, fewer than the 20 any study needs\. "
+                            r"This plan needs at least 20 records per site")
+    assert "15" not in sent  # the site's size stays at the node
+    assert not (data_path.parent / "node-state" / "privacy-ledger.jsonl").exists()
+
+
+def test_a_plan_too_noisy_for_the_site_names_the_smallest_site_it_accepts(site_files,
+                                                                         demo_schema, caplog):
+    noisy = StudyPlan(epsilon=0.1, rounds=2, local_steps=30, batch_size=16, hidden=16, latent=4)
+    _refused(lambda: build_client_app()(_message(demo_schema, noisy)[0],
+                                        _context(*site_files)),
+             caplog, r"needs noise 2.66 times the clipping norm.* at least 276 records")

@@ -7,10 +7,14 @@ import math
 import pytest
 
 from protocols.accounting import (
+    MIN_SITE_RECORDS,
     check_delta,
+    check_site_size,
     epsilon_spent,
+    minimum_site_records,
     noise_multiplier_for,
     sample_rate_for,
+    too_small_because,
 )
 from protocols.errors import PlanError
 from protocols.plan import StudyPlan
@@ -90,3 +94,34 @@ def test_check_delta_refuses_delta_not_below_one_over_n(delta: float, n: int) ->
 @pytest.mark.parametrize(("delta", "n"), [(1e-5, 1000), (0.4, 2), (9.9e-4, 1000), (1e-5, 40)])
 def test_check_delta_accepts_delta_below_one_over_n(delta: float, n: int) -> None:
     check_delta(delta, n, "hospital-07.csv")
+
+
+@pytest.mark.parametrize("plan", [StudyPlan(), StudyPlan(epsilon=1.0, rounds=5, batch_size=16),
+                                  StudyPlan(epsilon=0.5, local_steps=10)])
+def test_the_documented_minimum_is_exactly_where_refusal_stops(plan: StudyPlan) -> None:
+    smallest = minimum_site_records(plan)
+    assert smallest is not None and smallest >= MIN_SITE_RECORDS
+    assert too_small_because(plan, smallest) is None
+    assert too_small_because(plan, smallest - 1) is not None
+
+
+def test_a_site_below_the_minimum_is_refused_naming_the_minimum() -> None:
+    plan = StudyPlan(epsilon=1.0, rounds=5, batch_size=16)
+    smallest = minimum_site_records(plan)
+    with pytest.raises(PlanError) as info:
+        check_site_size(plan, smallest - 1, "hospital-07.csv")
+    message = str(info.value)
+    assert message.startswith("hospital-07.csv: too small")
+    assert f"at least {smallest} records per site" in message
+
+
+def test_a_site_too_large_for_delta_is_refused() -> None:
+    with pytest.raises(PlanError, match="not below 1/n = 1/100000"):
+        check_site_size(StudyPlan(delta=1e-5), 100_000, "registry.csv")
+
+
+@pytest.mark.parametrize("plan, n", [(StudyPlan(epsilon=math.inf), 3),
+                                     (StudyPlan(generator="marginals", rounds=2), MIN_SITE_RECORDS)])
+def test_no_size_rule_beyond_the_floor_for_references_and_marginals(plan: StudyPlan,
+                                                                    n: int) -> None:
+    check_site_size(plan, n, "hospital-07.csv")

@@ -1,0 +1,88 @@
+"""How far an honest node's reply can lie from the global arrays it was sent.
+
+Both sides know the plan, so the coordinator can tell, from the plan alone and
+without looking at any data, whether a reply could have come from the
+training the plan prescribes. A reply outside these bounds is not a noisy
+update but a broken or hostile one, and is left out of the average.
+
+VAE (DP-SGD). Every node steps with torch's Adam (`ADAM_BETAS`, no weight
+decay, state restarted each round) on clipped and noised gradients. Per
+weight, Adam's step t is lr·m̂_t / (√v̂_t + eps); by Cauchy–Schwarz,
+|m_t| ≤ (1−β1)·√(Σ_j (β1²/β2)^j)·√(v_t/(1−β2)), so with the bias corrections
+the step is at most lr·a_t with
+
+    a_t = (1−β1)/√(1−β2) · √(Σ_{j<t} (β1²/β2)^j) · √(1−β2^t) / (1−β1^t),
+
+whatever the gradients were (clipping and noise only change which gradients).
+A round of K steps therefore moves no weight by more than lr·Σ_{t≤K} a_t.
+On the demo sites, one honest round of the default plan moved its largest
+weight by 0.73–0.97 of this bound (private and non-private alike).
+
+Marginals (Gaussian mechanism on counts). A table entry is a count (≥ 0) plus
+Gaussian noise of the stage's σ; an entry below −`NOISE_SIGMAS`·σ has
+probability below 1e-23 for an honest node. Stage 1 sends its pair tables
+as exact zeros, stage 2 echoes the global column tables unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+
+from protocols.marginals import release_noise_multiplier, table_noise_scales
+from protocols.plan import StudyPlan
+
+ADAM_BETAS = (0.9, 0.999)
+NOISE_SIGMAS = 10.0
+_ROUNDING = 1.001  # float32 arithmetic at the node; no honest reply comes near the bound
+
+
+def adam_step_bound(step: int, betas: tuple[float, float] = ADAM_BETAS) -> float:
+    """The largest |change| of one weight at Adam's step `step` (1-based), in units of lr."""
+    beta1, beta2 = betas
+    ratio = beta1 ** 2 / beta2
+    geometric = (1 - ratio ** step) / (1 - ratio)
+    return ((1 - beta1) / math.sqrt(1 - beta2) * math.sqrt(geometric)
+            * math.sqrt(1 - beta2 ** step) / (1 - beta1 ** step))
+
+
+def largest_weight_change(plan: StudyPlan) -> float:
+    """The most any weight can move in one honest round of `plan.local_steps` steps."""
+    return plan.learning_rate * sum(adam_step_bound(t) for t in range(1, plan.local_steps + 1))
+
+
+def update_problem(plan: StudyPlan, server_round: int, sent: Mapping[str, np.ndarray],
+                   reply: Mapping[str, np.ndarray]) -> str | None:
+    """Why `reply` (same names, shapes and dtypes as `sent`, all finite) cannot be an
+    honest answer to `sent` in `server_round` under `plan`, or None if it can be."""
+    if plan.generator == "marginals":
+        return _tables_problem(plan, server_round, sent, reply)
+    limit = largest_weight_change(plan) * _ROUNDING
+    for name, weights in reply.items():
+        change = float(np.max(np.abs(weights.astype(np.float64) - sent[name]), initial=0.0))
+        if change > limit:
+            return (f"layer {name} moved by {change:.4g}, beyond the {limit:.4g} that "
+                    f"{plan.local_steps} Adam steps at learning rate {plan.learning_rate:g} "
+                    "allow")
+    return None
+
+
+def _tables_problem(plan: StudyPlan, server_round: int, sent: Mapping[str, np.ndarray],
+                    reply: Mapping[str, np.ndarray]) -> str | None:
+    n_one = sum(name.startswith("1|") for name in sent)
+    sigmas = table_noise_scales(n_one, len(sent) - n_one,
+                                release_noise_multiplier(plan.epsilon, plan.delta))
+    for name, table in reply.items():
+        column = name.startswith("1|")
+        if column if server_round >= 2 else not column:
+            if not np.array_equal(table, sent[name]):
+                expected = "the global table echoed" if column else "zeros (released in stage 2)"
+                return f"table {name} is not {expected}"
+            continue
+        floor = -NOISE_SIGMAS * sigmas[0 if column else 1] - 1e-9
+        if table.size and float(table.min()) < floor:
+            return (f"table {name} holds a count of {float(table.min()):.4g}, below the "
+                    f"{floor:.4g} that Gaussian noise on counts allows")
+    return None
