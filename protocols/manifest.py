@@ -3,8 +3,10 @@
 It states what the files are (synthetic, never real records), which data
 contract they follow (schema SHA-256), how private they are (per-site ε spent
 and δ, the plan, the accountant), how they were made (engine, rounds, sites,
-seed, fedsynth version) and the SHA-256 of each cohort file, so any change to
-a file is detectable.
+seed, fedsynth version) and the SHA-256 and size of each cohort file, so any
+change to a file is detectable. The coordinator signs it before release
+(`protocols.manifest_signing`), which makes a change to the manifest itself
+detectable too.
 """
 
 from __future__ import annotations
@@ -95,8 +97,13 @@ def build_manifest(*, schema_sha256: str, plan: StudyPlan, sites: Mapping[str, S
     }
 
 
+def render_manifest(manifest: Mapping[str, Any]) -> str:
+    """The manifest file's exact text; a verifier re-renders it to spot any edited byte."""
+    return json.dumps(manifest, indent=2, allow_nan=False) + "\n"
+
+
 def write_manifest(manifest: Mapping[str, Any], path: Path) -> None:
-    path.write_text(json.dumps(manifest, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    path.write_text(render_manifest(manifest), encoding="utf-8")
 
 
 def _finite_or_none(value: Any) -> Any:
