@@ -1,7 +1,15 @@
-"""`fedsynth-coordinator`: provision a consortium, run a study, evaluate cohorts.
+"""`fedsynth-coordinator`: provision a consortium, run a study, evaluate and verify cohorts.
 
-User errors (bad schema, bad records, bad plan) end with one paragraph on
-stderr and exit status 2, never a traceback.
+`demo` and `simulate` sign the cohort's manifest with `--signing-key` (the
+coordinator kit's manifest-signing.key) or, without it, with this user's own
+key, generated once at $XDG_CONFIG_HOME/fedsynth/manifest-signing.key (default
+~/.config/fedsynth/); the summary prints the key's fingerprint. `verify DIR
+[--public-key PUB]` checks a released cohort folder: the manifest's signature
+(against PUB when given) and the sha256 and size of every file it lists; it
+exits 0 only when all match, 1 naming each file that does not.
+
+User errors (bad schema, bad records, bad plan, bad key) end with one paragraph
+on stderr and exit status 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -17,7 +25,9 @@ from coordinator.provisioning import DEFAULT_SUPERLINK, ProvisionRequest, Provis
 from coordinator.simulation import simulate_study
 from protocols.cohort_evaluation import evaluate_files, score_lines
 from protocols.errors import FedsynthError
+from protocols.manifest_signing import key_fingerprint, parse_public_key
 from protocols.plan import GENERATORS, StudyPlan
+from protocols.release_verification import load_trusted_key, verify_release
 
 DEFAULT_PLAN = StudyPlan()
 
@@ -30,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
             return _evaluate(args)
         if args.command == "provision":
             return _provision(args)
+        if args.command == "verify":
+            return _verify(args)
         plan = DEFAULT_PLAN.with_overrides(epsilon=args.epsilon, delta=args.delta,
                                         rounds=_rounds(args), rows=args.rows, seed=args.seed,
                                         local_steps=args.local_steps,
@@ -38,10 +50,11 @@ def main(argv: list[str] | None = None) -> int:
                                         generator=args.generator,
                                         secure_aggregation=args.secure_aggregation or None)
         if args.command == "demo":
-            release = run_demo(args.out, plan, _progress)
+            release = run_demo(args.out, plan, _progress, signing_key_path=args.signing_key)
         else:
             release = simulate_study(args.schema, args.data, plan, args.out, _progress,
-                                     federated_evaluation=not args.no_evaluation)
+                                     federated_evaluation=not args.no_evaluation,
+                                     signing_key_path=args.signing_key)
     except FedsynthError as exc:
         print(f"fedsynth-coordinator: error: {exc}", file=sys.stderr)
         return 2
@@ -66,6 +79,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="skip federated evaluation (sites scoring the cohort) after release")
     _evaluate_parser(sub)
     _provision_parser(sub)
+    _verify_parser(sub)
     for p in (demo, sim):
         p.add_argument("--epsilon", type=float, help=f"per site, whole study; 'inf' = no DP "
                        f"(default {DEFAULT_PLAN.epsilon})")
@@ -85,6 +99,10 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--secure-aggregation", action="store_true",
                        help="combine the sites' updates with Flower's SecAgg+, so the "
                             "coordinator only ever holds their sum")
+        p.add_argument("--signing-key", type=Path,
+                       help="the Ed25519 key that signs the manifest (a coordinator kit's "
+                            "manifest-signing.key); default: this user's own key, made once "
+                            "at $XDG_CONFIG_HOME/fedsynth/manifest-signing.key")
         p.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
     return parser
 
@@ -139,6 +157,27 @@ def _provision(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verify_parser(sub: argparse._SubParsersAction) -> None:
+    verify = sub.add_parser("verify", help="check a released cohort: the manifest's signature "
+                            "and the sha256 of every file it lists")
+    verify.add_argument("directory", type=Path, metavar="DIR",
+                        help="the folder holding the cohort and its manifest.json")
+    verify.add_argument("--public-key", type=Path,
+                        help="the manifest-signing public key to trust (e.g. "
+                             "kits/coordinator/manifest-signing.pub)")
+
+
+def _verify(args: argparse.Namespace) -> int:
+    """Exit 0 when signature and files all match, 1 (one line per problem) otherwise."""
+    trusted = load_trusted_key(args.public_key) if args.public_key else None
+    check = verify_release(args.directory, trusted)
+    if not check.ok:
+        print(f"fedsynth-coordinator: {check.problem_report()}", file=sys.stderr)
+        return 1
+    print(check.summary())
+    return 0
+
+
 def _report_provisioned(done: Provisioned) -> None:
     coordinator = done.out / "coordinator"
     verb = "added to the existing consortium" if done.reused else "provisioned"
@@ -148,6 +187,9 @@ def _report_provisioned(done: Provisioned) -> None:
           f"{done.consortium.valid_until:%Y-%m-%d}.")
     print(f"Coordinator kit (keep it here, never ship it): {coordinator}; next steps in "
           f"{coordinator / 'README.md'}.")
+    signer = parse_public_key(done.consortium.signing_pub, "manifest-signing.pub")
+    print(f"Manifest-signing key fingerprint: {key_fingerprint(signer)}; publish it, so that "
+          "anyone given a cohort can check who signed it (`verify`).")
     print("Hand each hospital its own kit folder only, then delete your copies of the site "
           "kits: a site's node-auth.key proves that site's identity.")
 
@@ -166,7 +208,9 @@ def _progress(line: str) -> None:
 def _summarise(release: Release) -> None:
     privacy = release.manifest["privacy"]
     print(f"cohort: {release.directory / 'synthetic.csv'} ({release.manifest['rows']} rows), "
-          f"manifest: {release.directory / 'manifest.json'}")
+          f"manifest: {release.directory / 'manifest.json'}, signed by key "
+          f"{release.manifest['signature']['key_fingerprint']} (check it with "
+          f"`fedsynth-coordinator verify {release.directory}`)")
     if not privacy["private"]:
         print("privacy: NONE — trained without differential privacy; do not share this cohort.")
         return

@@ -2,7 +2,8 @@
 
 The cohort is post-processing of the averaged DP weights only. Files are
 written to a staging folder and moved into place only once all of them and
-the manifest are complete, so a failure never leaves a partial release.
+the signed manifest are complete, so a failure (signing included) never
+leaves a partial or unsigned release.
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from protocols.encoding import build_encoding
 from protocols.generator import TabularVAE, build_generator, sample_encoded
 from protocols.manifest import (MANIFEST_NAME, PROVENANCE, SitePrivacySpent, build_manifest,
                                 write_manifest)
+from protocols.manifest_signing import sign_manifest
 from protocols.plan import StudyPlan
 from protocols.schema import Schema
 
@@ -56,17 +59,18 @@ def sample_cohort(model: TabularVAE, rows: int, seed: int) -> pd.DataFrame:
 def release_cohort(cohort: pd.DataFrame, out_dir: Path, *, schema: Schema, plan: StudyPlan,
                    sites: Mapping[str, SitePrivacySpent],
                    contributions: Mapping[str, list[int]], engine: str,
-                   tls: bool = False) -> Release:
-    """Write synthetic.csv, synthetic.parquet and manifest.json into `out_dir`, all or nothing."""
+                   signing_key: Ed25519PrivateKey, tls: bool = False) -> Release:
+    """Write synthetic.csv, synthetic.parquet and manifest.json (signed with
+    `signing_key`) into `out_dir`, all or nothing."""
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".fedsynth-release-", dir=out_dir))
     try:
         files = {CSV_NAME: staging / CSV_NAME, PARQUET_NAME: staging / PARQUET_NAME}
         cohort.to_csv(files[CSV_NAME], index=False)
         _write_parquet(cohort, files[PARQUET_NAME], schema.sha256)
-        manifest = build_manifest(schema_sha256=schema.sha256, plan=plan, sites=sites,
-                                  contributions=contributions, engine=engine, tls=tls,
-                                  files=files, rows=len(cohort))
+        manifest = sign_manifest(build_manifest(
+            schema_sha256=schema.sha256, plan=plan, sites=sites, contributions=contributions,
+            engine=engine, tls=tls, files=files, rows=len(cohort)), signing_key)
         write_manifest(manifest, staging / MANIFEST_NAME)
         for name in (CSV_NAME, PARQUET_NAME, MANIFEST_NAME):
             os.replace(staging / name, out_dir / name)

@@ -33,13 +33,15 @@ from protocols.plan import StudyPlan
 HOLDOUT_SHARE = 0.2
 
 
-def run_demo(out_dir: Path, plan: StudyPlan, progress: ProgressFn, n_sites: int = 6) -> Release:
+def run_demo(out_dir: Path, plan: StudyPlan, progress: ProgressFn, n_sites: int = 6,
+             signing_key_path: Path | None = None) -> Release:
     _refuse_foreign_folder(out_dir)
     schema_path, paths, holdout = _write_registry(out_dir, plan.seed, n_sites)
     sizes = ", ".join(f"{path.stem} ({rows})" for path, rows in paths.items())
     progress(f"built-in registry: {len(paths)} hospitals: {sizes}; "
              f"{HOLDOUT_SHARE:.0%} of each held out in {holdout[0].parent}; schema {schema_path}")
-    release = simulate_study(schema_path, list(paths), plan, out_dir, progress)
+    release = simulate_study(schema_path, list(paths), plan, out_dir, progress,
+                             signing_key_path=signing_key_path)
     report_path = out_dir / REPORT_NAME
     extra = {"title": "Demo cohort: built-in simulated registry",
              "federated": _federated_section(report_path)}

@@ -5,8 +5,9 @@ the TLS check of a deployment's SuperLink (`transport`), a freshly initialised
 generator or the last checkpoint of a study that stopped (`checkpoints`), the
 rounds with FedAvg and reply checks (`rounds`, `strategy`) or with SecAgg+
 (`secure_aggregation`), each site's privacy report (`privacy_reports`), the
-release of the sampled cohort with its manifest (`cohort`), and the federated
-evaluation of that cohort at the sites (`federated_evaluation`).
+release of the sampled cohort with its manifest, signed with the coordinator's
+key (`cohort`, `signing_key`), and the federated evaluation of that cohort at
+the sites (`federated_evaluation`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from coordinator.generator_family import initial_arrays, sample_release
 from coordinator.privacy_reports import collect_privacy_reports
 from coordinator.rounds import run_rounds
 from coordinator.secure_aggregation import secure_rounds
+from coordinator.signing_key import signing_key
 from coordinator.strategy import StudyStrategy
 from coordinator.study import StudySettings
 from coordinator.transport import verify_tls
@@ -70,8 +72,12 @@ def build_server_app(overrides: Mapping[str, Any] | None = None,
 def run_study(grid: Grid, settings: StudySettings, progress: ProgressFn,
               context: Context) -> Release:
     """Run every round of the study on `grid` (resuming from the last checkpoint of
-    the same study if one stopped early), then release the cohort."""
+    the same study if one stopped early), then release the cohort. The signing key
+    is loaded first, so a bad key stops the study before any site spends budget."""
     schema, plan = settings.schema, settings.plan
+    signer = signing_key(settings.signing_key)
+    if signer.created:
+        progress(f"generated this coordinator's manifest-signing key {signer.path}")
     if settings.engine == "deployment":
         verify_tls(settings.superlink_address, settings.root_certificates)
     study = plan.fingerprint(schema.sha256)
@@ -102,7 +108,7 @@ def run_study(grid: Grid, settings: StudySettings, progress: ProgressFn,
     cohort = sample_release(schema, plan, arrays, round_one)
     release = release_cohort(cohort, settings.out_dir, schema=schema, plan=plan,
                              sites=strategy.sites, contributions=strategy.contributions,
-                             engine=settings.engine,
+                             engine=settings.engine, signing_key=signer.key,
                              tls=settings.engine == "deployment")
     mark_released(settings.out_dir, study)
     progress(f"released {len(cohort)} synthetic rows to {settings.out_dir}")

@@ -26,6 +26,7 @@ from flwr.simulation import run_simulation
 from coordinator.checkpoints import resumable
 from coordinator.cohort import CSV_NAME, PARQUET_NAME, Release
 from coordinator.server_app import ProgressFn, build_server_app
+from coordinator.signing_key import signing_key
 from protocols.accounting import check_site_size
 from protocols.errors import FedsynthError, PlanError
 from protocols.manifest import MANIFEST_NAME
@@ -38,11 +39,15 @@ NODE_STATE = ".simulated-nodes"
 
 
 def simulate_study(schema_path: Path, data_paths: Sequence[Path], plan: StudyPlan,
-                   out_dir: Path, progress: ProgressFn,
-                   federated_evaluation: bool = True) -> Release:
-    """Check every input, then run the whole study in the simulation engine."""
+                   out_dir: Path, progress: ProgressFn, federated_evaluation: bool = True,
+                   signing_key_path: Path | None = None) -> Release:
+    """Check every input (the manifest-signing key too: `signing_key_path`, or this
+    user's own key, made on first use), then run the whole study in the engine."""
     check_inputs(schema_path, data_paths, plan)
     _refuse_overwriting_inputs(data_paths, out_dir)
+    signer = signing_key(signing_key_path)
+    if signer.created:
+        progress(f"generated this coordinator's manifest-signing key {signer.path}")
     overrides: dict[str, Any] = {
         **plan.to_config(),
         "schema-path": str(schema_path.resolve()),
@@ -50,6 +55,7 @@ def simulate_study(schema_path: Path, data_paths: Sequence[Path], plan: StudyPla
         "out-dir": str(out_dir.resolve()),
         "engine": "simulation",
         "federated-evaluation": federated_evaluation,
+        "signing-key": str(signer.path.resolve()),
     }
     overrides["node-state-dir"] = str(_simulated_node_state(schema_path, plan, out_dir))
     outcome: dict[str, Any] = {}

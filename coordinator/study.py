@@ -6,10 +6,13 @@ The run config carries the study plan's keys (see `protocols.plan`) and:
 "deployment", recorded in the manifest), `federated-evaluation` (default
 true: after the release every site scores the cohort against its records and
 returns scalar scores for the study's report), `round-timeout` (seconds a
-round waits for the sites' replies, and for `min-sites` nodes to connect) and,
-for a deployment, `superlink-address` and `root-certificates`: the
-coordinator checks that the SuperLink serves TLS with a certificate of the
-consortium CA before it sends anything, and records it in the manifest.
+round waits for the sites' replies, and for `min-sites` nodes to connect),
+`signing-key` (the absolute path of the Ed25519 key that signs the manifest,
+for a deployment the coordinator kit's manifest-signing.key; empty: this
+user's own key, see `coordinator.signing_key`) and, for a deployment,
+`superlink-address` and `root-certificates`: the coordinator checks that the
+SuperLink serves TLS with a certificate of the consortium CA before it sends
+anything, and records it in the manifest.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ class StudySettings:
     round_timeout: float = 600.0
     superlink_address: str = ""
     root_certificates: str = ""
+    signing_key: Path | None = None
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> StudySettings:
@@ -53,12 +57,18 @@ class StudySettings:
                    federated_evaluation=_flag(run_config.get("federated-evaluation", True)),
                    round_timeout=_seconds(run_config.get("round-timeout", 600.0)),
                    superlink_address=str(run_config.get("superlink-address", "") or ""),
-                   root_certificates=str(run_config.get("root-certificates", "") or ""))
+                   root_certificates=str(run_config.get("root-certificates", "") or ""),
+                   signing_key=_optional_path(run_config.get("signing-key", "")))
 
 
 def _flag(value: Any) -> bool:
     """A run-config boolean: TOML gives a bool, a command line may give text."""
     return value if isinstance(value, bool) else str(value).strip().lower() in ("1", "true", "yes")
+
+
+def _optional_path(value: Any) -> Path | None:
+    text = str(value or "").strip()
+    return Path(text).expanduser() if text else None
 
 
 def _seconds(value: Any) -> float:

@@ -23,6 +23,20 @@ if not os.environ.get("HYPOTHESIS_STORAGE_DIRECTORY"):
     set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "fedsynth-hypothesis")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _config_home(tmp_path_factory: pytest.TempPathFactory):
+    """XDG_CONFIG_HOME in a temporary folder, so that no test (nor any subprocess it
+    starts, which inherits the environment) writes a signing key into the real home.
+    Session-wide, so that module-scoped fixtures that start processes see it too."""
+    previous = os.environ.get("XDG_CONFIG_HOME")
+    os.environ["XDG_CONFIG_HOME"] = str(tmp_path_factory.mktemp("config-home"))
+    yield
+    if previous is None:
+        os.environ.pop("XDG_CONFIG_HOME", None)
+    else:
+        os.environ["XDG_CONFIG_HOME"] = previous
+
+
 @pytest.fixture(scope="session")
 def demo_registry() -> DemoRegistry:
     """The built-in simulated registry (schema YAML plus one frame per hospital)."""

@@ -115,6 +115,16 @@ def test_manifest_signing_key_pair_matches(kits):
                 == (kits / "coordinator/manifest-signing.pub").read_bytes())
 
 
+def test_provision_prints_the_signing_keys_fingerprint_to_publish(tmp_path, capsys):
+    from protocols.manifest_signing import key_fingerprint
+
+    assert coordinator_main(["provision", "--sites", "siteA", "--out", str(tmp_path)]) == 0
+    public = serialization.load_pem_public_key(
+        (tmp_path / "coordinator/manifest-signing.pub").read_bytes())
+    assert (f"Manifest-signing key fingerprint: {key_fingerprint(public)}"
+            in capsys.readouterr().out)
+
+
 def test_rerun_adds_a_site_reusing_the_consortium(kits, capsys):
     names = ("ca.pem", "ca.key", "superlink.pem", "superlink.key", "manifest-signing.key")
     before = {n: (kits / "coordinator" / n).read_bytes() for n in names}

@@ -7,8 +7,10 @@ exactly as a user would; Ray stays on loopback.
 import hashlib
 import json
 import math
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -94,6 +96,21 @@ def test_parquet_cohort_carries_a_synthetic_marker(private_study):
     out, _ = private_study
     metadata = pq.read_schema(out / "synthetic.parquet").metadata
     assert json.loads(metadata[b"fedsynth"])["synthetic"] is True
+
+
+def test_the_released_cohort_verifies_against_this_coordinators_own_key(private_study, capsys):
+    """Without --signing-key the study signs with the user's key, made once under
+    XDG_CONFIG_HOME (a temporary folder in tests); a site checks it with the public half."""
+    from node.cli import main as node_main
+
+    out, result = private_study
+    fingerprint = json.loads((out / "manifest.json").read_text())["signature"]["key_fingerprint"]
+    assert f"signed by key {fingerprint}" in result.stdout
+    public = Path(os.environ["XDG_CONFIG_HOME"]) / "fedsynth" / "manifest-signing.pub"
+    assert node_main(["verify", str(out), "--public-key", str(public)]) == 0
+    summary = capsys.readouterr().out
+    assert summary.startswith(f"verified: 2 files, signed by key {fingerprint} (trusted)")
+    assert "Not covered by the signature: report.html, report.json." in summary
 
 
 def test_every_round_is_checkpointed(private_study):
