@@ -74,6 +74,15 @@ def entry_line(entry: LedgerEntry) -> str:
 
 def parse_ledger(lines: Sequence[str], source: str) -> list[LedgerEntry]:
     """Check the chain line by line; raise `BudgetError` naming the first bad line."""
+    entries, problem = read_chain(lines, source)
+    if problem is not None:
+        raise problem
+    return entries
+
+
+def read_chain(lines: Sequence[str], source: str) -> tuple[list[LedgerEntry], BudgetError | None]:
+    """The entries up to the first line that breaks the chain, and the error naming that
+    line (None when the whole chain holds): what an operator needs to investigate."""
     entries: list[LedgerEntry] = []
     prev = GENESIS
     names = {f.name for f in fields(LedgerEntry)}
@@ -86,12 +95,12 @@ def parse_ledger(lines: Sequence[str], source: str) -> list[LedgerEntry]:
             entry = LedgerEntry(**{k: (_number(raw[k]) if k == "epsilon" else raw[k])
                                    for k in names})
         except (ValueError, KeyError, TypeError, AttributeError):
-            raise _broken(source, number, "is not a ledger entry") from None
+            return entries, _broken(source, number, "is not a ledger entry")
         if entry.prev != prev or _digest(_as_json(entry)) != stated:
-            raise _broken(source, number, "does not follow from the line before it")
+            return entries, _broken(source, number, "does not follow from the line before it")
         entries.append(entry)
         prev = stated
-    return entries
+    return entries, None
 
 
 def last_hash(entries: Sequence[LedgerEntry]) -> str:
