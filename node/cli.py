@@ -5,8 +5,11 @@ SuperNode that dials the consortium's SuperLink (outbound only). `check`
 validates a records file against the consortium's schema and prints a short
 report; it exits 0 only when every row is valid. `evaluate` scores a
 synthetic cohort against the site's own records and writes report.html (and
-report.json) at the hospital; nothing leaves. User errors end with
-one paragraph on stderr and a non-zero exit, never a traceback.
+report.json) at the hospital; nothing leaves. `verify DIR --kit KIT` checks a
+released cohort folder: the manifest's signature, against the consortium's key
+in the site kit, and the sha256 and size of every file it lists; it exits 0
+only when all match, 1 naming each file that does not. User errors end with
+one paragraph on stderr and exit 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ from node.supernode_launch import (exec_supernode, find_flower_supernode, shell_
                                    starting_line, supernode_argv)
 from protocols.cohort_evaluation import evaluate_files, score_lines
 from protocols.errors import FedsynthError
+from protocols.kit_layout import MANIFEST_SIGNING_PUB
 from protocols.records import check_file
+from protocols.release_verification import load_trusted_key, verify_release
 from protocols.schema import load_schema
 
 
@@ -36,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "start":
             return _start(args)
+        if args.command == "verify":
+            return _verify(args)
         return _check(args.schema, args.data)
     except FedsynthError as exc:
         print(f"fedsynth-node: error: {exc}", file=sys.stderr)
@@ -46,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedsynth-node", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _start_parser(sub)
+    _verify_parser(sub)
     check = sub.add_parser("check", help="validate a records file against the schema")
     check.add_argument("--schema", type=Path, required=True, help="the consortium schema (YAML)")
     check.add_argument("--data", type=Path, required=True, help="records, CSV or Parquet")
@@ -76,6 +84,29 @@ def _start_parser(sub: argparse._SubParsersAction) -> None:
                             "node on one machine its own)")
     start.add_argument("--dry-run", action="store_true",
                        help="check everything and print the flower-supernode command; run nothing")
+
+
+def _verify_parser(sub: argparse._SubParsersAction) -> None:
+    verify = sub.add_parser("verify", help="check a released cohort: the manifest's signature "
+                            "and the sha256 of every file it lists")
+    verify.add_argument("directory", type=Path, metavar="DIR",
+                        help="the folder holding the cohort and its manifest.json")
+    trusted = verify.add_mutually_exclusive_group()
+    trusted.add_argument("--kit", type=Path, help="this site's kit folder: the manifest must be "
+                         f"signed by the consortium key in its {MANIFEST_SIGNING_PUB}")
+    trusted.add_argument("--public-key", type=Path,
+                         help="the consortium's manifest-signing public key (PEM) to trust")
+
+
+def _verify(args: argparse.Namespace) -> int:
+    """Exit 0 when signature and files all match, 1 (one line per problem) otherwise."""
+    key_path = args.kit / MANIFEST_SIGNING_PUB if args.kit else args.public_key
+    check = verify_release(args.directory, load_trusted_key(key_path) if key_path else None)
+    if not check.ok:
+        print(f"fedsynth-node: {check.problem_report()}", file=sys.stderr)
+        return 1
+    print(check.summary())
+    return 0
 
 
 def _start(args: argparse.Namespace) -> int:
