@@ -34,7 +34,8 @@ def coordinator_readme(directory: Path, address: SuperLinkAddress, sites: Sequen
     schema_arg = str(schema.resolve()) if schema else "/path/to/consortium-schema.yaml"
     run_config = (f'engine="deployment" schema-path="{schema_arg}" '
                   f'out-dir="{d.parent / "study-out"}" '
-                  f'superlink-address="127.0.0.1:{local_port}" root-certificates="{d / "ca.pem"}"')
+                  f'superlink-address="127.0.0.1:{local_port}" root-certificates="{d / "ca.pem"}" '
+                  f'signing-key="{d / "manifest-signing.key"}"')
     return f"""\
 # Coordinator kit — stays with the consortium coordinator, never shipped
 
@@ -42,7 +43,7 @@ def coordinator_readme(directory: Path, address: SuperLinkAddress, sites: Sequen
 |---|---|
 | `ca.pem`, `ca.key` | the consortium CA; `ca.key` signs certificates: keep it offline if you can |
 | `superlink.pem`, `superlink.key` | the SuperLink's TLS certificate and key (valid for {names}) |
-| `manifest-signing.key`, `manifest-signing.pub` | Ed25519 key pair that signs released cohort manifests |
+| `manifest-signing.key`, `manifest-signing.pub` | Ed25519 key pair that signs released cohort manifests; the `.key` is **secret** (whoever holds it can sign cohorts in the consortium's name), every site kit holds the `.pub` |
 | `enrolled/<site>.pub` | each site's node-auth public key, to register with the SuperLink |
 | `consortium.toml` | SuperLink address ({address}), sites, creation date, expiry |
 
@@ -98,7 +99,18 @@ flwr run . {FEDERATION} --run-config {shlex.quote(run_config)}
 ```
 
 Add `secure-aggregation=true` to the run config to have the SuperLink see only the
-sum of the sites' updates. The cohort, its manifest and its report land in `out-dir`.
+sum of the sites' updates. The cohort, its manifest and its report land in `out-dir`;
+the manifest is signed with `manifest-signing.key` (run config `signing-key`).
+
+## 5. Verify a released cohort
+
+```
+fedsynth-coordinator verify {shlex.quote(str(d.parent / "study-out"))} --public-key {q(kit.MANIFEST_SIGNING_PUB)}
+```
+
+Exit 0 only when the manifest's signature is this consortium key's and every cohort file's
+sha256 and size match; otherwise one line per problem. The sites run the same check with
+`fedsynth-node verify DIR --kit KIT`.
 """
 
 
@@ -128,7 +140,7 @@ This folder is everything your node needs to join the consortium's studies.
 | `{kit.CA_CERT}` | the consortium CA: the node only talks to a SuperLink it certified |
 | `{kit.NODE_AUTH_KEY}` | **secret**: proves to the SuperLink that this node is site {site}. The coordinator generated it and should have deleted its copy after handing you the kit; keep it readable by the node's user alone (`chmod 600`), never copy or email it |
 | `{kit.NODE_AUTH_PUB}` | its public half (the coordinator already has it) |
-| `{kit.MANIFEST_SIGNING_PUB}` | the consortium's manifest-signing public key, for checking released cohorts once manifests are signed (not yet: planned) |
+| `{kit.MANIFEST_SIGNING_PUB}` | the consortium's manifest-signing public key: `fedsynth-node verify` checks a released cohort against it |
 | `{kit.SCHEMA_COPY}` | the consortium's data dictionary (if the coordinator included it) |
 
 ## Start the node
@@ -147,6 +159,17 @@ code the coordinator sends with each study (Flower installs it for the run). The
 ledger, the budget check and the reply whitelist are in that code: agree with the
 consortium on the fedsynth release, and run studies only from a coordinator you
 trust to ship it unchanged.
+
+## Check a released cohort
+
+```
+fedsynth-node verify /path/to/cohort-folder --kit .
+```
+
+It exits 0 only when the cohort's manifest is signed by the consortium's key in this kit
+and every file it lists (`synthetic.csv`, `synthetic.parquet`) has the sha256 and size the
+manifest states; otherwise it prints one line per file that differs. `report.html` is not
+covered by the signature.
 
 ## Network
 
