@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             release = simulate_study(args.schema, args.data, plan, args.out, _progress,
                                      federated_evaluation=not args.no_evaluation,
-                                     signing_key_path=args.signing_key)
+                                     signing_key_path=args.signing_key,
+                                     train_on_synthetic=args.train_on_synthetic)
     except FedsynthError as exc:
         print(f"fedsynth-coordinator: error: {exc}", file=sys.stderr)
         return 2
@@ -77,6 +78,9 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--out", type=Path, required=True)
     sim.add_argument("--no-evaluation", action="store_true",
                      help="skip federated evaluation (sites scoring the cohort) after release")
+    sim.add_argument("--train-on-synthetic", action="store_true",
+                     help="allow a fedsynth synthetic cohort among the site files (refused "
+                          "otherwise); the new manifest names the sites that trained on one")
     _evaluate_parser(sub)
     _provision_parser(sub)
     _verify_parser(sub)

@@ -8,7 +8,6 @@ leaves a partial or unsigned release.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -24,10 +23,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from protocols.encoding import build_encoding
 from protocols.generator import TabularVAE, build_generator, sample_encoded
-from protocols.manifest import (MANIFEST_NAME, PROVENANCE, SitePrivacySpent, build_manifest,
-                                write_manifest)
+from protocols.manifest import MANIFEST_NAME, SitePrivacySpent, build_manifest, write_manifest
 from protocols.manifest_signing import sign_manifest
 from protocols.plan import StudyPlan
+from protocols.provenance import marked_table
 from protocols.schema import Schema
 
 CSV_NAME = "synthetic.csv"
@@ -82,6 +81,4 @@ def release_cohort(cohort: pd.DataFrame, out_dir: Path, *, schema: Schema, plan:
 def _write_parquet(cohort: pd.DataFrame, path: Path, schema_sha256: str) -> None:
     """Parquet with a provenance marker in its metadata, so it is never taken for real data."""
     table = pa.Table.from_pandas(cohort, preserve_index=False)
-    marker = {"synthetic": True, "provenance": PROVENANCE, "schema_sha256": schema_sha256}
-    metadata = {**(table.schema.metadata or {}), b"fedsynth": json.dumps(marker).encode()}
-    pq.write_table(table.replace_schema_metadata(metadata), path)
+    pq.write_table(marked_table(table, schema_sha256), path)

@@ -16,6 +16,7 @@ import math
 from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
+from coordinator.strategy import flag_problem
 from protocols import messages as keys
 from protocols.manifest import SitePrivacySpent
 from protocols.plan import StudyPlan
@@ -64,4 +65,7 @@ def _read(reply: Message, plan: StudyPlan) -> tuple[str, SitePrivacySpent, str |
         return "", none, f"reported epsilon {epsilon} is outside [0, {plan.epsilon}]"
     if any(not 1 <= r <= plan.rounds for r in answered):
         return "", none, f"reported rounds {answered} are not rounds of the plan"
-    return str(site[keys.SITE_NAME]), SitePrivacySpent(epsilon, steps), None
+    synthetic = report[keys.SYNTHETIC_INPUT]
+    if flag_problem(synthetic):
+        return "", none, flag_problem(synthetic)
+    return str(site[keys.SITE_NAME]), SitePrivacySpent(epsilon, steps, synthetic == 1.0), None

@@ -28,9 +28,10 @@ from coordinator.cohort import CSV_NAME, PARQUET_NAME, Release
 from coordinator.server_app import ProgressFn, build_server_app
 from coordinator.signing_key import signing_key
 from protocols.accounting import check_site_size
-from protocols.errors import FedsynthError, PlanError
+from protocols.errors import FedsynthError, PlanError, RecordError
 from protocols.manifest import MANIFEST_NAME
 from protocols.plan import StudyPlan
+from protocols.provenance import synthetic_provenance, synthetic_refusal
 from protocols.records import check_file
 from protocols.schema import load_schema
 
@@ -40,10 +41,11 @@ NODE_STATE = ".simulated-nodes"
 
 def simulate_study(schema_path: Path, data_paths: Sequence[Path], plan: StudyPlan,
                    out_dir: Path, progress: ProgressFn, federated_evaluation: bool = True,
-                   signing_key_path: Path | None = None) -> Release:
+                   signing_key_path: Path | None = None,
+                   train_on_synthetic: bool = False) -> Release:
     """Check every input (the manifest-signing key too: `signing_key_path`, or this
     user's own key, made on first use), then run the whole study in the engine."""
-    check_inputs(schema_path, data_paths, plan)
+    check_inputs(schema_path, data_paths, plan, train_on_synthetic)
     _refuse_overwriting_inputs(data_paths, out_dir)
     signer = signing_key(signing_key_path)
     if signer.created:
@@ -55,6 +57,7 @@ def simulate_study(schema_path: Path, data_paths: Sequence[Path], plan: StudyPla
         "out-dir": str(out_dir.resolve()),
         "engine": "simulation",
         "federated-evaluation": federated_evaluation,
+        "train-on-synthetic": train_on_synthetic,
         "signing-key": str(signer.path.resolve()),
     }
     overrides["node-state-dir"] = str(_simulated_node_state(schema_path, plan, out_dir))
@@ -86,7 +89,8 @@ def _simulated_node_state(schema_path: Path, plan: StudyPlan, out_dir: Path) -> 
     return folder.resolve()
 
 
-def check_inputs(schema_path: Path, data_paths: Sequence[Path], plan: StudyPlan) -> None:
+def check_inputs(schema_path: Path, data_paths: Sequence[Path], plan: StudyPlan,
+                 train_on_synthetic: bool = False) -> None:
     """Refuse bad input before anything runs: one message naming file, row, column, rule."""
     schema = load_schema(schema_path)
     names = [p.stem for p in data_paths]
@@ -98,6 +102,9 @@ def check_inputs(schema_path: Path, data_paths: Sequence[Path], plan: StudyPlan)
         raise PlanError(f"The plan needs at least {plan.min_sites} sites (min-sites) but "
                         f"{len(data_paths)} data file(s) were given.")
     for path in data_paths:
+        provenance = synthetic_provenance(path)
+        if provenance and not train_on_synthetic:
+            raise RecordError(synthetic_refusal(path, provenance))
         validation = check_file(path, schema)
         validation.raise_if_invalid()
         check_site_size(plan, validation.n_rows, str(path))

@@ -82,7 +82,8 @@ class StudyStrategy(FedAvg):
             name = str(msg.content[keys.SITE][keys.SITE_NAME])
             metrics = msg.content[keys.METRICS]
             self.sites[name] = SitePrivacySpent(float(metrics[keys.EPSILON_SPENT]),
-                                                int(metrics[keys.STEPS_TOTAL]))
+                                                int(metrics[keys.STEPS_TOTAL]),
+                                                metrics[keys.SYNTHETIC_INPUT] == 1.0)
             accepted.append(msg)
             names.append(name)
         if len(accepted) < self.plan.min_sites:
@@ -113,13 +114,19 @@ class StudyStrategy(FedAvg):
         metrics = content[keys.METRICS]
         problem = (update_problem(self.plan, server_round, self._sent,
                                   {name: array.numpy() for name, array in arrays.items()})
-                   or _weight_problem(self.plan, float(metrics[keys.WEIGHT])))
+                   or _weight_problem(self.plan, float(metrics[keys.WEIGHT]))
+                   or flag_problem(metrics[keys.SYNTHETIC_INPUT]))
         if problem:
             return problem
         epsilon = float(content[keys.METRICS][keys.EPSILON_SPENT])
         if self.plan.private and not (math.isfinite(epsilon) and epsilon <= self.plan.epsilon):
             return f"reported epsilon {epsilon} exceeds the plan's {self.plan.epsilon}"
         return None
+
+
+def flag_problem(value: float) -> str | None:
+    """A reply's synthetic-input flag must be exactly 0 or 1."""
+    return None if value in (0.0, 1.0) else f"synthetic-input {value!r} is not 0 or 1"
 
 
 def _weight_problem(plan: StudyPlan, weight: float) -> str | None:

@@ -8,7 +8,9 @@ synthetic cohort against the site's own records and writes report.html (and
 report.json) at the hospital; nothing leaves. `verify DIR --kit KIT` checks a
 released cohort folder: the manifest's signature, against the consortium's key
 in the site kit, and the sha256 and size of every file it lists; it exits 0
-only when all match, 1 naming each file that does not. User errors end with
+only when all match, 1 naming each file that does not. `budget` shows what
+the site's privacy ledger has spent and committed, and what is left of its
+budget; it exits 2 when the ledger's hash chain is broken. User errors end with
 one paragraph on stderr and exit 2, never a traceback.
 """
 
@@ -16,16 +18,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 from pathlib import Path
 
+from node.budget_report import read_budget, report_text
 from node.kit import NodeKit, check_kit, prepare_state_dir, read_kit
-from node.provenance import synthetic_cohort_manifest
 from node.supernode_launch import (exec_supernode, find_flower_supernode, shell_command,
                                    starting_line, supernode_argv)
 from protocols.cohort_evaluation import evaluate_files, score_lines
 from protocols.errors import FedsynthError
 from protocols.kit_layout import MANIFEST_SIGNING_PUB
+from protocols.provenance import synthetic_provenance
 from protocols.records import check_file
 from protocols.release_verification import load_trusted_key, verify_release
 from protocols.schema import load_schema
@@ -43,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
             return _start(args)
         if args.command == "verify":
             return _verify(args)
+        if args.command == "budget":
+            return _budget(args)
         return _check(args.schema, args.data)
     except FedsynthError as exc:
         print(f"fedsynth-node: error: {exc}", file=sys.stderr)
@@ -54,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _start_parser(sub)
     _verify_parser(sub)
+    _budget_parser(sub)
     check = sub.add_parser("check", help="validate a records file against the schema")
     check.add_argument("--schema", type=Path, required=True, help="the consortium schema (YAML)")
     check.add_argument("--data", type=Path, required=True, help="records, CSV or Parquet")
@@ -82,6 +89,10 @@ def _start_parser(sub: argparse._SubParsersAction) -> None:
     start.add_argument("--runtime-port", type=int,
                        help="the node's local runtime port (overrides node.toml; give each "
                             "node on one machine its own)")
+    start.add_argument("--train-on-synthetic", action="store_true",
+                       help="allow training on a fedsynth synthetic cohort as if it were this "
+                            "site's records (refused otherwise); the cohort's manifest will "
+                            "record that this site did")
     start.add_argument("--dry-run", action="store_true",
                        help="check everything and print the flower-supernode command; run nothing")
 
@@ -109,6 +120,36 @@ def _verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _budget_parser(sub: argparse._SubParsersAction) -> None:
+    budget = sub.add_parser("budget", help="what the site's privacy ledger has spent and what "
+                            "is left of its budget")
+    budget.add_argument("--kit", type=Path, help="this site's kit folder (its node.toml names "
+                        "the state folder and the epsilon budget)")
+    budget.add_argument("--state-dir", type=Path, help="the node's state folder (overrides "
+                        "node.toml)")
+    budget.add_argument("--epsilon-budget", type=float,
+                        help="the site's total epsilon over all studies (overrides node.toml)")
+    budget.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def _budget(args: argparse.Namespace) -> int:
+    """Exit 0 with the report; 2 when the ledger's chain is broken (it is shown up to
+    the break, and the node refuses to train until an operator acts)."""
+    kit = read_kit(args.kit) if args.kit else None
+    state_dir = args.state_dir or (kit.state_dir if kit else None)
+    epsilon_budget = args.epsilon_budget if args.epsilon_budget is not None else (
+        kit.epsilon_budget if kit else None)
+    if state_dir is None or epsilon_budget is None:
+        raise FedsynthError("fedsynth-node budget needs --kit KIT, or both --state-dir and "
+                            "--epsilon-budget.")
+    report = read_budget(state_dir, epsilon_budget)
+    print(json.dumps(report.to_json(), indent=2) if args.json else report_text(report))
+    if not report.intact:
+        print(f"fedsynth-node: error: {report.problem}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _start(args: argparse.Namespace) -> int:
     kit = _with_overrides(read_kit(args.kit), args)
     n_records = check_kit(kit)
@@ -126,6 +167,8 @@ def _with_overrides(kit: NodeKit, args: argparse.Namespace) -> NodeKit:
     overrides = {name: path.expanduser().resolve() for name, path in
                  (("records", args.data), ("schema", args.schema), ("state_dir", args.state_dir))
                  if path is not None}
+    if args.train_on_synthetic:
+        overrides["train_on_synthetic"] = True
     if args.runtime_port is not None:
         if not 1 <= args.runtime_port <= 65535:
             raise FedsynthError(f"--runtime-port {args.runtime_port} is outside 1-65535.")
@@ -149,10 +192,10 @@ def _check(schema_path: Path, data_path: Path) -> int:
 
 def _synthetic_note(data_path: Path) -> str | None:
     """Say plainly when a file is a fedsynth cohort rather than real records."""
-    manifest = synthetic_cohort_manifest(data_path)
-    if manifest is None:
+    provenance = synthetic_provenance(data_path)
+    if provenance is None:
         return None
-    return (f"note: {data_path} is a SYNTHETIC fedsynth cohort (see {manifest}), "
+    return (f"note: {data_path} is a SYNTHETIC fedsynth cohort ({provenance}), "
             "not real patient records.")
 
 

@@ -192,7 +192,8 @@ def _privacy_report(msg: Message, context: Context, run_config: Mapping[str, Any
     if spend is None:
         raise PlanError(f"Site {site.name} has no record of this study in its ledger.")
     report = MetricRecord({keys.EPSILON_SPENT: spend.spent, keys.STEPS_TOTAL: spend.steps_total,
-                           keys.ROUNDS: study_rounds(entries, study)})
+                           keys.ROUNDS: study_rounds(entries, study),
+                           keys.SYNTHETIC_INPUT: float(site.synthetic)})
     return Message(content=RecordDict({keys.REPORT: report,
                                        keys.SITE: ConfigRecord({keys.SITE_NAME: site.name})}),
                    reply_to=msg)
@@ -218,6 +219,7 @@ def _reply_content(arrays: ArrayRecord, plan: StudyPlan, site: SiteData, steps: 
             keys.STEPS: steps,
             keys.STEPS_TOTAL: steps_total,
             keys.EPSILON_SPENT: epsilon,
+            keys.SYNTHETIC_INPUT: float(site.synthetic),
         }),
         keys.SITE: ConfigRecord({keys.SITE_NAME: site.name}),
     })

@@ -4,7 +4,8 @@
 the kit folder), naming the file and key of anything missing or malformed.
 `check_kit` then refuses, before any network traffic: a private key others can
 read, a CA or key that does not load, a records file that breaks the schema,
-and a fedsynth synthetic cohort passed off as records. A node that starts has
+and a fedsynth synthetic cohort passed off as records (unless the operator
+passes --train-on-synthetic). A node that starts has
 therefore already proved it can train on every row it holds.
 """
 
@@ -23,9 +24,9 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 
-from node.provenance import synthetic_cohort_manifest
 from protocols import kit_layout as layout
 from protocols.kit_layout import KitError, SuperLinkAddress, check_site_name, parse_address
+from protocols.provenance import synthetic_provenance, synthetic_refusal
 from protocols.records import check_file
 from protocols.schema import load_schema
 
@@ -47,6 +48,7 @@ class NodeKit:
     runtime_port: int
     federated_evaluation: bool
     epsilon_budget: float
+    train_on_synthetic: bool = False  # only ever from the operator's command line
 
 
 def read_kit(directory: Path) -> NodeKit:
@@ -83,10 +85,9 @@ def check_kit(kit: NodeKit) -> int:
     if str(kit.records) == layout.RECORDS_PLACEHOLDER:
         raise KitError(f"No records file given: pass --data /path/to/records.csv (node.toml in "
                        f"{kit.directory} only has the placeholder {layout.RECORDS_PLACEHOLDER}).")
-    manifest = synthetic_cohort_manifest(kit.records)
-    if manifest is not None:
-        raise KitError(f"{kit.records} is a SYNTHETIC fedsynth cohort (listed in {manifest}), not "
-                       "real patient records; a node trains only on its site's real records.")
+    provenance = synthetic_provenance(kit.records)
+    if provenance and not kit.train_on_synthetic:
+        raise KitError(synthetic_refusal(kit.records, provenance))
     validation = check_file(kit.records, load_schema(kit.schema))
     validation.raise_if_invalid()
     return validation.n_rows

@@ -39,6 +39,7 @@ class SiteSource:
     demo_sites: int = 0
     state_dir: str | None = None
     epsilon_budget: float = math.inf
+    train_on_synthetic: bool = False  # the operator's explicit choice (--train-on-synthetic)
 
     def load(self) -> tuple[Schema, SiteData]:
         """The validated, encoded site. A node process answers every round of a
@@ -62,7 +63,8 @@ def _load_cached(source: SiteSource, schema_stamp: object, data_stamp: object
     if source.demo_partition is not None:
         return _demo_site(source.demo_partition, source.demo_sites)
     schema = load_schema(source.schema_path)
-    return schema, load_site(source.data_path, schema, name=source.site_name)
+    return schema, load_site(source.data_path, schema, name=source.site_name,
+                             allow_synthetic=source.train_on_synthetic)
 
 
 def resolve_site(node_config: Mapping[str, Any], run_config: Mapping[str, Any]) -> SiteSource:
@@ -77,7 +79,8 @@ def resolve_site(node_config: Mapping[str, Any], run_config: Mapping[str, Any]) 
         return SiteSource(str(node_config.get("schema-path", "")), data,
                           str(node_config.get("site-name") or Path(data).stem),
                           state_dir=str(node_config["state-dir"]),
-                          epsilon_budget=_budget(node_config["epsilon-budget"]))
+                          epsilon_budget=_budget(node_config["epsilon-budget"]),
+                          train_on_synthetic=_flag(node_config, "train-on-synthetic"))
     if "partition-id" not in node_config:
         raise FedsynthError("This node has no 'data-path' in its node config: tell the "
                             "SuperNode where the site's records are (--node-config).")
@@ -93,7 +96,16 @@ def resolve_site(node_config: Mapping[str, Any], run_config: Mapping[str, Any]) 
         raise FedsynthError(f"Simulated node {partition} has no data file: the run lists "
                             f"{len(files)} site file(s).")
     return SiteSource(str(run_config["schema-path"]), files[partition],
-                      Path(files[partition]).stem, state_dir=state_dir)
+                      Path(files[partition]).stem, state_dir=state_dir,
+                      train_on_synthetic=_flag(run_config, "train-on-synthetic"))
+
+
+def _flag(config: Mapping[str, Any], key: str) -> bool:
+    value = config.get(key, False)
+    text = str(value).strip().lower()
+    if isinstance(value, bool) or text in ("true", "false", ""):
+        return value if isinstance(value, bool) else text == "true"
+    raise FedsynthError(f"The config's {key} = {value!r} is not true or false.")
 
 
 def _budget(value: Any) -> float:

@@ -1,9 +1,11 @@
 """Loading a site's records: read, drop identifiers, validate, encode.
 
-This is the only way records enter training. Identifier columns are removed
-first, every remaining cell is checked against the schema (a bad file is
-refused whole, never partly used), and the encoding comes from the schema
-alone.
+This is the only way records enter training. A fedsynth synthetic cohort is
+refused unless the site's operator explicitly allows training on one (the
+reply then says so, and the cohort's manifest records it). Identifier columns
+are removed first, every remaining cell is checked against the schema (a bad
+file is refused whole, never partly used), and the encoding comes from the
+schema alone.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import numpy as np
 import pandas as pd
 
 from protocols.encoding import TableEncoding, build_encoding
+from protocols.errors import RecordError
+from protocols.provenance import synthetic_provenance, synthetic_refusal
 from protocols.records import check_file
 from protocols.schema import Schema
 
@@ -27,19 +31,28 @@ class SiteData:
     encoding: TableEncoding
     encoded: np.ndarray
     parsed: pd.DataFrame  # the validated records, for evaluation at the node
+    synthetic: bool = False  # a fedsynth cohort the operator chose to train on
 
     @property
     def n_records(self) -> int:
         return int(self.encoded.shape[0])
 
 
-def load_site(path: str | Path, schema: Schema, name: str | None = None) -> SiteData:
-    """Read, validate and encode a site's file; raise `RecordError` if any row is bad."""
+def load_site(path: str | Path, schema: Schema, name: str | None = None,
+              allow_synthetic: bool = False) -> SiteData:
+    """Read, validate and encode a site's file; raise `RecordError` if any row is bad,
+    or if the file is a fedsynth cohort and `allow_synthetic` is not set."""
+    provenance = synthetic_provenance(Path(path))
+    if provenance and not allow_synthetic:
+        raise RecordError(synthetic_refusal(Path(path), provenance))
     validation = check_file(path, schema)
     validation.raise_if_invalid()
-    return encode_site(validation.parsed, schema, name or Path(path).stem)
+    return encode_site(validation.parsed, schema, name or Path(path).stem,
+                       synthetic=provenance is not None)
 
 
-def encode_site(parsed: pd.DataFrame, schema: Schema, name: str) -> SiteData:
+def encode_site(parsed: pd.DataFrame, schema: Schema, name: str,
+                synthetic: bool = False) -> SiteData:
     encoding = build_encoding(schema)
-    return SiteData(name=name, encoding=encoding, encoded=encoding.encode(parsed), parsed=parsed)
+    return SiteData(name=name, encoding=encoding, encoded=encoding.encode(parsed), parsed=parsed,
+                    synthetic=synthetic)

@@ -60,6 +60,9 @@ def node_config(kit: NodeKit) -> str:
               "federated-evaluation": "true" if kit.federated_evaluation else "false"}
     order = ("schema-path", "data-path", "site-name", "state-dir", "epsilon-budget",
              "federated-evaluation")
+    if kit.train_on_synthetic:
+        values["train-on-synthetic"] = "true"
+        order += ("train-on-synthetic",)
     return " ".join(f"{key}={values[key]}" for key in order)
 
 

@@ -34,6 +34,7 @@ class SitePrivacySpent:
 
     epsilon: float
     steps: int
+    synthetic_input: bool = False  # its operator let it train on a fedsynth cohort
 
 
 MECHANISMS = {
@@ -58,7 +59,9 @@ def build_manifest(*, schema_sha256: str, plan: StudyPlan, sites: Mapping[str, S
     `contributors` are exactly the sites whose updates went into the final
     model (at least one round), and `contributions` the rounds of each; `tls`
     says whether the sites' traffic went over TLS verified by the consortium CA
-    (a simulation has no network: false)."""
+    (a simulation has no network: false). `trained_on_synthetic` names the
+    sites whose operator explicitly let them train on a fedsynth cohort (model
+    collapse risk: such a cohort is partly generated from generated data)."""
     contributors = sorted(name for name, rounds in contributions.items() if rounds)
     return {
         "synthetic": True,
@@ -76,6 +79,8 @@ def build_manifest(*, schema_sha256: str, plan: StudyPlan, sites: Mapping[str, S
         "n_sites": len(sites),
         "contributors": contributors,
         "contributions": {name: sorted(contributions[name]) for name in contributors},
+        "trained_on_synthetic": sorted(name for name, spent in sites.items()
+                                       if spent.synthetic_input),
         "privacy": {
             "private": plan.private,
             "guarantee": (f"record-level (epsilon, delta)-DP per site over the whole study, "
@@ -88,7 +93,8 @@ def build_manifest(*, schema_sha256: str, plan: StudyPlan, sites: Mapping[str, S
             "delta_per_site": plan.delta if plan.private else None,
             "sites": {name: {"epsilon_spent": _finite_or_none(spent.epsilon),
                              "delta": plan.delta if plan.private else None,
-                             "steps": spent.steps}
+                             "steps": spent.steps,
+                             "synthetic_input": spent.synthetic_input}
                       for name, spent in sorted(sites.items())},
         },
         "plan": {k: _finite_or_none(v) for k, v in plan.to_config().items()},

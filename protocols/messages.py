@@ -21,7 +21,10 @@ WEIGHT = "weight"
 STEPS = "steps"
 STEPS_TOTAL = "steps-total"
 EPSILON_SPENT = "epsilon-spent"
-REPLY_METRICS = frozenset({WEIGHT, STEPS, STEPS_TOTAL, EPSILON_SPENT})
+# 1.0 when the site's operator chose to train on a fedsynth synthetic cohort
+# (fedsynth-node start --train-on-synthetic), else 0.0: the manifest records it.
+SYNTHETIC_INPUT = "synthetic-input"
+REPLY_METRICS = frozenset({WEIGHT, STEPS, STEPS_TOTAL, EPSILON_SPENT, SYNTHETIC_INPUT})
 
 SITE_NAME = "name"
 REPLY_SITE = frozenset({SITE_NAME})
@@ -40,7 +43,8 @@ REPLY_SCORES = ("column_shapes", "pairwise", "strong_associations_kept", "tstr_r
 # coordinator never sees a single site's reply): the coordinator sends the
 # `PLAN` record; a node replies with `SITE` and one MetricRecord `REPORT`
 # holding exactly `REPORT_METRICS`, read from its privacy ledger: the ε its
-# accountant reports for this study, the steps run and the rounds it answered.
+# accountant reports for this study, the steps run and the rounds it answered,
+# and whether it trained on a synthetic cohort.
 REPORT = "privacy-report"
 ROUNDS = "rounds"
-REPORT_METRICS = frozenset({EPSILON_SPENT, STEPS_TOTAL, ROUNDS})
+REPORT_METRICS = frozenset({EPSILON_SPENT, STEPS_TOTAL, ROUNDS, SYNTHETIC_INPUT})

@@ -80,6 +80,7 @@ def test_manifest_is_consistent_with_the_study(private_study, sites):
     assert manifest["contributions"] == {name: [1, 2] for name in SITES}
     assert (manifest["rows"], manifest["rounds"], manifest["seed"]) == (300, 2, 5)
     assert manifest["n_sites"] == 3 and manifest["contributors"] == list(SITES)
+    assert manifest["trained_on_synthetic"] == []
     privacy = manifest["privacy"]
     assert privacy["private"] is True and privacy["epsilon_target_per_site"] == 2.0
     assert privacy["site_sizes_disclosed"] == "no"
@@ -185,15 +186,34 @@ def test_a_marginals_study_releases_in_two_stages_and_says_which_mechanism_it_us
     assert check.returncode == 0, check.stderr
 
 
+def test_a_site_file_that_is_a_released_cohort_is_refused_before_anything_runs(
+        private_study, sites, tmp_path, capsys):
+    from coordinator.cli import main
+    schema, paths = sites
+    cohort = private_study[0] / "synthetic.csv"
+    code = main(["simulate", "--schema", str(schema), "--data", str(paths[0]), "--data",
+                 str(cohort), "--out", str(tmp_path / "out"), *SMALL_PLAN])
+    err = capsys.readouterr().err
+    assert code == 2 and "is a SYNTHETIC fedsynth cohort (listed in" in err
+    assert "--train-on-synthetic" in err and not (tmp_path / "out").exists()
+
+
 def test_a_secure_aggregation_study_records_it_and_each_site_reports_its_own_epsilon(
-        sites, tmp_path):
-    result = _simulate(sites, tmp_path, "--epsilon", "2", "--secure-aggregation",
-                       "--no-evaluation")
+        private_study, sites, tmp_path):
+    """Each site's report also says whether its operator let it train on a cohort: here
+    the third site is a released cohort (its Parquet), explicitly allowed."""
+    schema, paths = sites
+    cohort = private_study[0] / "synthetic.parquet"
+    result = _simulate((schema, [*paths[:2], cohort]), tmp_path, "--epsilon", "2",
+                       "--secure-aggregation", "--no-evaluation", "--train-on-synthetic")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "combined by SecAgg+" in result.stdout
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["secure_aggregation"] is True and manifest["plan"]["secure-aggregation"]
-    assert manifest["contributions"] == {name: [1, 2] for name in SITES}
-    for name in SITES:  # from each site's ledger, sent after training
+    names = [*SITES[:2], "synthetic"]
+    assert manifest["contributions"] == {name: [1, 2] for name in names}
+    assert manifest["trained_on_synthetic"] == ["synthetic"]
+    for name in names:  # from each site's ledger, sent after training
         site = manifest["privacy"]["sites"][name]
         assert 0 < site["epsilon_spent"] <= 2.0 and site["steps"] == 6
+        assert site["synthetic_input"] is (name == "synthetic")

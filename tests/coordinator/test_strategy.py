@@ -23,12 +23,13 @@ def _reference():
     return ArrayRecord({"w": Array(np.zeros((2, 3), np.float32))})
 
 
-def _update(site, value=0.1, epsilon=1.0, arrays=None, weight=1.0):
+def _update(site, value=0.1, epsilon=1.0, arrays=None, weight=1.0, synthetic=0.0):
     request = Message(content=RecordDict({}), dst_node_id=1, message_type="train")
     content = RecordDict({
         keys.ARRAYS: arrays or ArrayRecord({"w": Array(np.full((2, 3), value, np.float32))}),
         keys.METRICS: MetricRecord({keys.WEIGHT: weight, keys.STEPS: 5, keys.STEPS_TOTAL: 5,
-                                    keys.EPSILON_SPENT: epsilon}),
+                                    keys.EPSILON_SPENT: epsilon,
+                                    keys.SYNTHETIC_INPUT: synthetic}),
         keys.SITE: ConfigRecord({keys.SITE_NAME: site})})
     return Message(content=content, reply_to=request)
 
@@ -52,6 +53,7 @@ def test_each_site_is_recorded_in_exactly_the_rounds_its_update_was_averaged_int
     (lambda: _update("c", 5.0), "moved by 5, beyond the 0.4239"),
     (lambda: _update("c", -0.5), "moved by 0.5, beyond"),
     (lambda: _update("c", weight=40.0), "FedAvg weight 40 is not 1"),
+    (lambda: _update("c", synthetic=0.5), "synthetic-input 0.5 is not 0 or 1"),
 ])
 def test_a_bad_update_is_left_out_and_logged(bad, why, caplog):
     strategy = StudyStrategy(PLAN, _reference())
@@ -82,3 +84,10 @@ def test_a_site_weight_must_be_a_size_rounded_as_the_plan_allows(weight, accepte
     strategy = StudyStrategy(plan, _reference())
     strategy.aggregate_train(1, [_update("a", weight=20.0), _update("b", weight=weight)])
     assert ("b" in strategy.contributions) == accepted
+
+
+def test_a_site_that_trained_on_a_synthetic_cohort_is_recorded_as_such():
+    strategy = StudyStrategy(PLAN, _reference())
+    strategy.aggregate_train(1, [_update("a"), _update("b", synthetic=1.0)])
+    assert (strategy.sites["a"].synthetic_input, strategy.sites["b"].synthetic_input) == (
+        False, True)

@@ -65,6 +65,7 @@ def test_reply_holds_only_weights_of_the_global_shapes_and_whitelisted_scalars(
     metrics = reply.content[keys.METRICS]
     assert set(metrics.keys()) == keys.REPLY_METRICS
     assert metrics[keys.WEIGHT] == 1.0  # no row count leaves the node
+    assert metrics[keys.SYNTHETIC_INPUT] == 0.0  # real records
     assert 0 < metrics[keys.EPSILON_SPENT] <= PLAN.epsilon
     assert dict(reply.content[keys.SITE]) == {keys.SITE_NAME: "hospital-03"}
 
@@ -294,3 +295,17 @@ def test_a_plan_too_noisy_for_the_site_names_the_smallest_site_it_accepts(site_f
     _refused(lambda: build_client_app()(_message(demo_schema, noisy)[0],
                                         _context(*site_files)),
              caplog, r"needs noise 2.66 times the clipping norm.* at least 276 records")
+
+
+def test_a_cohort_is_refused_as_records_unless_the_operator_allows_it_and_then_said(
+        site_files, demo_schema, caplog):
+    schema_path, data_path = site_files
+    (data_path.parent / "manifest.json").write_text(
+        json.dumps({"synthetic": True, "files": {data_path.name: {}}}))
+    _refused(lambda: build_client_app()(_message(demo_schema)[0],
+                                        _context(schema_path, data_path)),
+             caplog, "SYNTHETIC fedsynth cohort .*--train-on-synthetic")
+    assert not (data_path.parent / "node-state" / "privacy-ledger.jsonl").exists()
+    allowed = _context(schema_path, data_path, **{"train-on-synthetic": "true"})
+    reply = build_client_app()(_message(demo_schema)[0], allowed)
+    assert reply.content[keys.METRICS][keys.SYNTHETIC_INPUT] == 1.0

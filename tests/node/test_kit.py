@@ -117,9 +117,37 @@ def test_a_synthetic_cohort_is_refused_as_records(kit, tmp_path, registry, capsy
     registry.sites["hospital-02"].to_csv(cohort, index=False)
     (release / "manifest.json").write_text(json.dumps({"files": {"synthetic.csv": {}}}))
     err = _refused(capsys, "--kit", str(kit), "--data", str(cohort), "--dry-run")
-    assert "SYNTHETIC" in err and "manifest.json" in err
+    assert "SYNTHETIC" in err and "manifest.json" in err and "--train-on-synthetic" in err
+    code, out, _ = _start(capsys, "--kit", str(kit), "--data", str(cohort), "--dry-run",
+                          "--train-on-synthetic")
+    assert code == 0 and 'train-on-synthetic=true' in out  # the node will say so in replies
+
+
+def test_a_cohort_parquet_copied_away_from_its_manifest_is_still_recognised(
+        kit, tmp_path, registry, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from protocols.provenance import marked_table
+
+    cohort = tmp_path / "looks-like-an-extract.parquet"
+    table = pa.Table.from_pandas(registry.sites["hospital-02"], preserve_index=False)
+    pq.write_table(marked_table(table, "0" * 64), cohort)
+    err = _refused(capsys, "--kit", str(kit), "--data", str(cohort), "--dry-run")
+    assert "SYNTHETIC" in err and "Parquet metadata" in err
+    schema = kit / "schema.yaml"
+    assert node_main(["check", "--schema", str(schema), "--data", str(cohort)]) == 0
+    assert "SYNTHETIC fedsynth cohort (marked as one in its Parquet metadata)" in (
+        capsys.readouterr().out)
 
 
 def test_start_without_records_names_the_missing_option(kit, capsys):
     err = _refused(capsys, "--kit", str(kit), "--dry-run")
     assert "--data" in err
+
+
+def test_budget_reads_the_state_folder_and_budget_from_the_kit(kit: Path, capsys) -> None:
+    assert node_main(["budget", "--kit", str(kit)]) == 0
+    out = capsys.readouterr().out
+    assert f"Privacy ledger {kit.resolve()}" in out or f"Privacy ledger {kit}" in out
+    assert "No study has run at this site yet" in out and "left" in out
