@@ -1,0 +1,389 @@
+"""Everything a node sends during a study holds only what the contract whitelists.
+
+Three small studies run in Flower's real simulation engine through
+`coordinator.simulation.simulate_study`, each over two demo hospitals' CSV
+files in tmp_path: a VAE study with plain FedAvg, size-weighted FedAvg and
+federated evaluation; a marginals study; a VAE study under SecAgg+ with the
+privacy reports that follow it. The nodes run the real `node.client_app`
+handlers inside a ClientApp whose Flower mod (`message_recorder`) writes down
+every reply: each record's type and keys, each array's name, shape, dtype and
+values, each scalar's key, type and value. The tests then check each reply
+against the contract (`protocols.messages`, `protocols.plan`) and against the
+site's own records: only the global model's arrays and the whitelisted
+scalars leave; no count of rows more precise than the plan allows, no cell of
+a record, no column statistic.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from flwr.common import bytes_to_ndarray
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
+
+from coordinator import simulation
+from coordinator.checkpoints import load_checkpoint
+from protocols import messages as keys
+from protocols import secure_aggregation as contract
+from protocols.encoding import build_encoding
+from protocols.generator import build_generator
+from protocols.marginals import build_layout, noise_scales, release_noise_multiplier
+from protocols.plan import StudyPlan
+from protocols.schema import Schema, load_schema
+
+# Helpers beside this file (tests/node/ is on sys.path, as pytest puts it for rootless tests).
+from message_recorder import (FACTORY, LOG_ENV, read_log, record_values, typed_scalars,
+                              value_kinds)
+from site_secrets import SiteTruth, normal_text, site_truth, statistic_in
+
+pytestmark = pytest.mark.integration
+
+SITES = ("hospital-01", "hospital-02")  # 40 and 63 records
+GRANULARITY = 30  # neither size is a multiple: the sites may disclose 30 and 60, never 40 or 63
+SMALL_VAE = StudyPlan(epsilon=2.0, rounds=2, local_steps=2, batch_size=16, hidden=8, latent=2,
+                      rows=50, seed=3)
+PLANS = {
+    "vae": SMALL_VAE.with_overrides(size_granularity=GRANULARITY),
+    "marginals": StudyPlan(epsilon=2.0, rounds=2, generator="marginals", rows=50, seed=3),
+    "secure": SMALL_VAE.with_overrides(secure_aggregation=True),
+}
+METRIC_TYPES = {keys.WEIGHT: "float", keys.STEPS: "int", keys.STEPS_TOTAL: "int",
+                keys.EPSILON_SPENT: "float"}  # any other whitelisted metric: one finite number
+EVALUATED = {"vae"}  # studies run with federated evaluation
+SECURE_STAGES = (Stage.SETUP, Stage.SHARE_KEYS, Stage.COLLECT_MASKED_VECTORS, Stage.UNMASK)
+# What each SecAgg+ stage of Flower's secaggplus_mod sends (flwr/client/mod/secure_aggregation/
+# secaggplus_mod.py): key -> type of the value (of each element, for a list).
+SECURE_KEYS = {
+    Stage.SETUP: {Key.PUBLIC_KEY_1: "bytes", Key.PUBLIC_KEY_2: "bytes"},
+    Stage.SHARE_KEYS: {Key.DESTINATION_LIST: "int", Key.CIPHERTEXT_LIST: "bytes"},
+    Stage.COLLECT_MASKED_VECTORS: {Key.MASKED_PARAMETERS: "bytes"},
+    Stage.UNMASK: {Key.NODE_ID_LIST: "int", Key.SHARE_LIST: "bytes"},
+}
+
+
+# ---------------------------------------------------------------- the sites
+
+@pytest.fixture(scope="module")
+def site_files(tmp_path_factory, demo_registry) -> tuple[Path, list[Path]]:
+    folder = tmp_path_factory.mktemp("sites")
+    schema_path = folder / "schema.yaml"
+    schema_path.write_text(demo_registry.schema_yaml)
+    paths = []
+    for name in SITES:
+        paths.append(folder / f"{name}.csv")
+        demo_registry.sites[name].to_csv(paths[-1], index=False)
+    return schema_path, paths
+
+
+@pytest.fixture(scope="module")
+def schema(site_files) -> Schema:
+    return load_schema(site_files[0])
+
+
+@pytest.fixture(scope="module")
+def truths(site_files, schema) -> dict[str, SiteTruth]:
+    return {path.stem: site_truth(path, schema) for path in site_files[1]}
+
+
+# ---------------------------------------------------------------- the studies, recorded
+
+@dataclass(frozen=True)
+class RecordedStudy:
+    plan: StudyPlan
+    out: Path
+    messages: list[dict[str, Any]]  # in the order the nodes received them
+
+    def of(self, message_type: str) -> list[dict[str, Any]]:
+        return [m for m in self.messages if m["message_type"] == message_type]
+
+
+def _run(name: str, site_files, tmp_path_factory) -> RecordedStudy:
+    """One study in the simulation engine, with the node's ClientApp wrapped by the recorder."""
+    schema_path, paths = site_files
+    log_dir, out = tmp_path_factory.mktemp(f"{name}-log"), tmp_path_factory.mktemp(name)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(simulation, "CLIENT_APP_FACTORY", FACTORY)
+        patch.setenv(LOG_ENV, str(log_dir))
+        simulation.simulate_study(schema_path, paths, PLANS[name], out, lambda line: None,
+                                  federated_evaluation=name in EVALUATED)
+    messages = read_log(log_dir)
+    for message in messages:
+        message["site"] = SITES[int(message["partition"])]
+    return RecordedStudy(PLANS[name], out, messages)
+
+
+@pytest.fixture(scope="module")
+def vae_study(site_files, tmp_path_factory) -> RecordedStudy:
+    return _run("vae", site_files, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def marginals_study(site_files, tmp_path_factory) -> RecordedStudy:
+    return _run("marginals", site_files, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def secure_study(site_files, tmp_path_factory) -> RecordedStudy:
+    return _run("secure", site_files, tmp_path_factory)
+
+
+ALL_STUDIES = ("vae_study", "marginals_study", "secure_study")
+PLAIN_STUDIES = ("vae_study", "marginals_study")
+
+
+def _expected_arrays(schema: Schema, plan: StudyPlan) -> dict[str, tuple[tuple[int, ...], str]]:
+    """name -> (shape, dtype) of the global model, from the contract, not from a message."""
+    if plan.generator == "marginals":
+        return {name: (shape, "float64")
+                for name, shape in build_layout(schema).table_shapes().items()}
+    model = build_generator(build_encoding(schema), plan.hidden, plan.latent, plan.seed)
+    return {name: (tuple(t.shape), str(t.detach().numpy().dtype))
+            for name, t in model.state_dict().items()}
+
+
+def _secure_stage(message: dict[str, Any]) -> str:
+    return record_values(message, RECORD_KEY_CONFIGS, side="received")[Key.STAGE]
+
+
+# ---------------------------------------------------------------- the recorder works
+
+@pytest.mark.parametrize("study", ALL_STUDIES)
+def test_the_recorder_saw_every_message_each_node_answered(study, request):
+    recorded: RecordedStudy = request.getfixturevalue(study)
+    plan = recorded.plan
+    expected = {"train": plan.rounds * (4 if plan.secure_aggregation else 1)}
+    if study == "vae_study":
+        expected["evaluate"] = 1
+    if plan.secure_aggregation:
+        expected["query"] = 1  # the privacy report, which SecAgg+ makes necessary
+    for site in SITES:
+        seen = [m["message_type"] for m in recorded.messages if m["site"] == site]
+        assert {t: seen.count(t) for t in set(seen)} == expected, site
+    assert len(recorded.messages) == len(SITES) * sum(expected.values())
+    for message in recorded.messages:
+        assert "raised" not in message and message["error"] is None, message
+    print(f"{study}: {len(recorded.messages)} messages recorded "
+          f"({', '.join(f'{n} {t}' for t, n in expected.items())} per site)")
+
+
+# ---------------------------------------------------------------- training replies in the clear
+
+@pytest.mark.parametrize("study", PLAIN_STUDIES)
+def test_training_replies_hold_the_global_models_arrays_and_the_whitelisted_scalars_only(
+        study, request, schema):
+    recorded: RecordedStudy = request.getfixturevalue(study)
+    expected = _expected_arrays(schema, recorded.plan)
+    for message in recorded.of("train"):
+        sent = message["sent"]
+        assert set(sent) == {keys.ARRAYS, keys.METRICS, keys.SITE}
+        assert [r["type"] for r in (sent[keys.ARRAYS], sent[keys.METRICS], sent[keys.SITE])] \
+            == ["ArrayRecord", "MetricRecord", "ConfigRecord"]
+        layout = {k: (tuple(a["shape"]), a["dtype"])
+                  for k, a in sent[keys.ARRAYS]["arrays"].items()}
+        assert layout == expected
+        received = message["received"][keys.ARRAYS]["arrays"]
+        assert {k: (tuple(a["shape"]), a["dtype"]) for k, a in received.items()} == expected
+        assert set(message["arrays"]) == {f"{keys.ARRAYS}/{k}" for k in expected}
+        assert all(np.isfinite(a).all() for a in message["arrays"].values())
+        metrics = sent[keys.METRICS]["values"]
+        assert set(metrics) == keys.REPLY_METRICS
+        for key, (kind, value) in metrics.items():
+            assert kind == METRIC_TYPES.get(key, kind) and kind in ("int", "float"), key
+            assert math.isfinite(value), key
+        assert record_values(message, keys.SITE) == {keys.SITE_NAME: message["site"]}
+
+
+@pytest.mark.parametrize("study", PLAIN_STUDIES)
+def test_the_whitelisted_scalars_say_only_what_the_plan_and_the_ledger_know(study, request):
+    recorded: RecordedStudy = request.getfixturevalue(study)
+    plan = recorded.plan
+    for site in SITES:
+        replies = [record_values(m, keys.METRICS) for m in recorded.of("train")
+                   if m["site"] == site]
+        assert len(replies) == plan.rounds
+        steps = 1 if plan.generator == "marginals" else plan.local_steps
+        assert [r[keys.STEPS] for r in replies] == [steps] * plan.rounds
+        assert [r[keys.STEPS_TOTAL] for r in replies] == [steps * (i + 1)
+                                                          for i in range(plan.rounds)]
+        spent = [r[keys.EPSILON_SPENT] for r in replies]
+        assert 0 < spent[0] < spent[-1] <= plan.epsilon
+
+
+def test_without_size_granularity_every_site_weighs_one(marginals_study, secure_study):
+    for message in marginals_study.of("train"):
+        assert record_values(message, keys.METRICS)[keys.WEIGHT] == 1.0
+    collected = [m for m in secure_study.of("train")
+                 if _secure_stage(m) == Stage.COLLECT_MASKED_VECTORS]
+    assert collected
+    for message in collected:
+        assert record_values(message, "fitres.num_examples") == {"num_examples": 1}
+
+
+def test_with_size_granularity_a_site_discloses_its_size_rounded_never_exact(
+        vae_study, truths):
+    for message in vae_study.of("train"):
+        weight, n = record_values(message, keys.METRICS)[keys.WEIGHT], truths[message["site"]].n
+        assert n % GRANULARITY != 0  # so an exact count could not hide behind the rounding
+        assert weight % GRANULARITY == 0 and weight >= GRANULARITY
+        assert abs(weight - n) <= GRANULARITY / 2 and weight != n
+
+
+# ---------------------------------------------------------------- after training
+
+def test_evaluation_replies_hold_the_whitelisted_scores_only(vae_study):
+    replies = vae_study.of("evaluate")
+    assert sorted(m["site"] for m in replies) == sorted(SITES)
+    for message in replies:
+        assert set(message["sent"]) == {keys.SCORES, keys.SITE} and not message["arrays"]
+        assert message["sent"][keys.SCORES]["type"] == "MetricRecord"
+        scores = message["sent"][keys.SCORES]["values"]
+        assert set(scores) == set(keys.REPLY_SCORES)
+        for key, (kind, value) in scores.items():
+            assert kind == "float" and (math.isfinite(value) or math.isnan(value)), key
+        assert record_values(message, keys.SITE) == {keys.SITE_NAME: message["site"]}
+
+
+def test_privacy_reports_hold_the_whitelisted_metrics_only(secure_study):
+    plan = secure_study.plan
+    replies = secure_study.of("query")
+    assert sorted(m["site"] for m in replies) == sorted(SITES)
+    for message in replies:
+        assert set(message["sent"]) == {keys.REPORT, keys.SITE} and not message["arrays"]
+        assert message["sent"][keys.REPORT]["type"] == "MetricRecord"
+        report = record_values(message, keys.REPORT)
+        assert set(report) == keys.REPORT_METRICS
+        assert 0 < report[keys.EPSILON_SPENT] <= plan.epsilon
+        assert report[keys.STEPS_TOTAL] == plan.total_steps
+        assert report[keys.ROUNDS] == list(range(1, plan.rounds + 1))
+        assert record_values(message, keys.SITE) == {keys.SITE_NAME: message["site"]}
+
+
+# ---------------------------------------------------------------- SecAgg+
+
+def test_secure_aggregation_sends_only_protocol_keys_and_masked_vectors(secure_study, schema):
+    plan, model = secure_study.plan, _expected_arrays(schema, secure_study.plan)
+    node_ids = {m["node_id"] for m in secure_study.messages}
+    for site in SITES:
+        stages = [_secure_stage(m) for m in secure_study.of("train") if m["site"] == site]
+        assert stages == list(SECURE_STAGES) * plan.rounds
+    for message in secure_study.of("train"):
+        stage, sent = _secure_stage(message), message["sent"]
+        assert not message["arrays"]  # no array record with any content
+        configs = record_values(message, RECORD_KEY_CONFIGS)
+        assert set(configs) == set(SECURE_KEYS[stage])
+        assert {k: value_kinds(v) for k, v in sent[RECORD_KEY_CONFIGS]["values"].items()} \
+            == {k: {kind} for k, kind in SECURE_KEYS[stage].items()}
+        if stage != Stage.COLLECT_MASKED_VECTORS:
+            assert set(sent) == {RECORD_KEY_CONFIGS}
+        for key in (Key.DESTINATION_LIST, Key.NODE_ID_LIST):
+            assert set(configs.get(key, [])) <= node_ids
+        if stage == Stage.SETUP:
+            assert all(configs[k].startswith(b"-----BEGIN PUBLIC KEY-----")
+                       for k in (Key.PUBLIC_KEY_1, Key.PUBLIC_KEY_2))
+        if stage == Stage.COLLECT_MASKED_VECTORS:
+            _assert_masked(message, configs[Key.MASKED_PARAMETERS], model)
+
+
+def _assert_masked(message: dict[str, Any], masked: list[bytes], model: dict) -> None:
+    """The masked-vector stage: Flower's legacy FitRes (no array, no metric, the FedAvg
+    weight) and the masked vectors, which look nothing like a plaintext update."""
+    sent = message["sent"]
+    assert set(sent) == {RECORD_KEY_CONFIGS, "fitres.metrics", "fitres.num_examples",
+                         "fitres.parameters", "fitres.status"}
+    assert sent["fitres.parameters"] == {"type": "ArrayRecord", "arrays": {}}
+    assert sent["fitres.metrics"] == {"type": "ConfigRecord", "values": {}}
+    assert record_values(message, "fitres.status") == {"code": 0, "message": ""}
+    vectors = [bytes_to_ndarray(b) for b in masked]
+    # The weight factor first, then one vector per layer of the global model.
+    assert [v.shape for v in vectors] == [(1,)] + [shape for shape, _ in model.values()]
+    assert all(np.issubdtype(v.dtype, np.integer) for v in vectors)
+    values = np.concatenate([v.ravel() for v in vectors]).astype(np.int64)
+    assert values.min() >= 0 and values.max() < contract.MODULUS_RANGE
+    # A quantised plaintext lies in [0, T]; masked values are uniform modulo M = 64 T.
+    above = float(np.mean(values > contract.QUANTIZATION_RANGE))
+    assert above > 0.9, f"only {above:.0%} of the masked values lie beyond the quantised range"
+
+
+# ---------------------------------------------------------------- nothing of the records
+
+@pytest.mark.parametrize("study", ALL_STUDIES)
+def test_no_message_holds_the_sites_exact_record_count(study, request, truths):
+    recorded: RecordedStudy = request.getfixturevalue(study)
+    checked = 0
+    for message in recorded.messages:
+        n = truths[message["site"]].n
+        numbers = [(key, value) for key, kind, value in typed_scalars(message)
+                   if kind in ("int", "float")]
+        checked += len(numbers)
+        assert [key for key, value in numbers if value == n] == []
+    assert checked >= len(recorded.messages)  # SecAgg+ key exchanges hold no number
+
+
+@pytest.mark.parametrize("study", ALL_STUDIES)
+def test_no_text_a_node_sends_is_a_cell_of_its_records(study, request, truths):
+    recorded: RecordedStudy = request.getfixturevalue(study)
+    for message in recorded.messages:
+        truth = truths[message["site"]]
+        texts = [value for _, kind, value in typed_scalars(message) if kind == "str"]
+        blobs = [value.decode("latin-1") for _, kind, value in typed_scalars(message)
+                 if kind == "bytes"]
+        assert [t for t in texts if normal_text(t) in truth.cells] == []
+        assert [d for d in truth.distinctive if any(d in t for t in [*texts, *blobs])] == []
+
+
+@pytest.mark.parametrize("study", PLAIN_STUDIES)
+def test_no_array_holds_a_column_statistic_of_the_site(study, request, truths):
+    """No array, nor any run of values along any of its axes, equals a statistic of
+    the site's columns (to 1e-6): DP-SGD weights and noisy tables only."""
+    recorded: RecordedStudy = request.getfixturevalue(study)
+    for message in recorded.of("train"):
+        statistics = truths[message["site"]].statistics
+        for name, array in message["arrays"].items():
+            assert statistic_in(array, statistics) is None, f"{message['site']} sent {name}"
+
+
+def test_the_statistic_check_finds_a_statistic_hidden_in_an_array(truths):
+    statistics = truths[SITES[0]].statistics
+    rng = np.random.default_rng(0)
+    for stat, vector in list(statistics.items())[::5]:
+        weights = rng.normal(size=(3, len(vector) + 4)).astype(np.float32)
+        weights[1, 2:2 + len(vector)] = vector
+        assert statistic_in(weights, statistics) is not None, stat
+        assert statistic_in(weights.T.copy(), statistics) is not None, stat
+    assert statistic_in(rng.normal(size=(8, 130)), statistics) is None
+
+
+def test_marginal_tables_are_the_exact_counts_plus_noise_of_the_plans_scale(
+        marginals_study, truths, schema):
+    """Round 1: noisy column tables, pair tables all zero. Round 2: the column tables
+    the node received (the sites' average, echoed), and noisy pair tables on the coarse
+    bins cut from that average. The noise is the plan's: the residual's spread is σ."""
+    plan, layout = marginals_study.plan, build_layout(schema)
+    sigma_one, sigma_two = noise_scales(layout, release_noise_multiplier(plan.epsilon,
+                                                                         plan.delta))
+    average = {k: a.numpy() for k, a in load_checkpoint(marginals_study.out, 1).arrays.items()}
+    staged = layout.with_groups({k: v for k, v in average.items() if k.startswith("1|")})
+    for site in SITES:
+        first, second = [{k.split("/", 1)[1]: a for k, a in m["arrays"].items()}
+                         for m in marginals_study.of("train") if m["site"] == site]
+        parsed = truths[site].site.parsed
+        exact_one = layout.column_counts(parsed)
+        _assert_noise(first, exact_one, sigma_one)
+        assert all(not t.any() for k, t in first.items() if k.startswith("2|"))
+        assert all(np.array_equal(second[k], average[k]) for k in exact_one)
+        assert not any(np.array_equal(second[k], first[k]) for k in exact_one)
+        _assert_noise(second, staged.pair_counts(parsed), sigma_two)
+
+
+def _assert_noise(sent: dict[str, np.ndarray], exact: dict[str, np.ndarray],
+                  sigma: float) -> None:
+    residual = np.concatenate([(sent[k] - t).ravel() for k, t in exact.items()])
+    assert not np.isclose(residual, 0.0, atol=1e-9).any()
+    spread = float(residual.std())
+    assert 0.7 * sigma < spread < 1.3 * sigma, (spread, sigma)
+    assert abs(float(residual.mean())) < 4 * sigma / math.sqrt(residual.size)
