@@ -94,8 +94,9 @@ _REFUSALS = {
 def _without_details(handler: Callable[[Message, Context], Message]
                      ) -> Callable[[Message, Context], Message]:
     """Flower sends an exception's text back to the coordinator; a refusal's own text
-    may name a record's value, the site's size or its budget. It stays in the node's
-    log, and the coordinator gets only the kind of refusal."""
+    may name a record's value, the site's size or its budget, and a bug's (pandas,
+    torch, Opacus) may quote data too. It stays in the node's log with the traceback,
+    and the coordinator gets only the kind of refusal."""
     @functools.wraps(handler)
     def guarded(msg: Message, context: Context) -> Message:
         try:
@@ -105,6 +106,10 @@ def _without_details(handler: Callable[[Message, Context], Message]
             kind = next((text for cls, text in _REFUSALS.items() if isinstance(exc, cls)),
                         "the site's node is misconfigured")
             raise SiteRefusal(f"{kind}; the site's node log says why.") from None
+        except Exception:  # noqa: BLE001 - a bug's text may quote a record: it stays here
+            log.exception("fedsynth-node failed")
+            raise SiteRefusal("the site's node failed unexpectedly; the site's node log "
+                              "says why.") from None
     return guarded
 
 

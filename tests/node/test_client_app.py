@@ -309,3 +309,12 @@ def test_a_cohort_is_refused_as_records_unless_the_operator_allows_it_and_then_s
     allowed = _context(schema_path, data_path, **{"train-on-synthetic": "true"})
     reply = build_client_app()(_message(demo_schema)[0], allowed)
     assert reply.content[keys.METRICS][keys.SYNTHETIC_INPUT] == 1.0
+
+
+def test_an_unexpected_failure_reaches_the_coordinator_without_its_text(site_files, caplog):
+    """A bug's message (here a KeyError naming what is missing) stays in the node's log."""
+    msg = Message(content=RecordDict({keys.ARRAYS: ArrayRecord()}), dst_node_id=1,
+                  message_type="train")
+    sent = _refused(lambda: build_client_app()(msg, _context(*site_files)), caplog,
+                    r"fedsynth-node failed(.|\n)*Traceback(.|\n)*KeyError")
+    assert sent == "the site's node failed unexpectedly; the site's node log says why."
