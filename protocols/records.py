@@ -7,13 +7,16 @@ columns are dropped before any value is looked at. Values outside the declared
 domain are problems, never clipped: a silent clip would hide a data error and a
 bound read from the data would leak it.
 
-Cells are read as text so that nothing is converted behind the user's back;
-surrounding spaces are ignored and an empty cell means "missing".
+Cells are read as text (see `protocols.record_files`) so that nothing is
+converted behind the user's back; surrounding spaces are ignored and an empty
+cell means "missing". A value that looks like a direct identifier (an e-mail
+address, a social security or phone number) is never repeated in a message,
+only its masked shape.
 """
 
 from __future__ import annotations
 
-import csv
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +24,13 @@ import numpy as np
 import pandas as pd
 
 from protocols.errors import RecordError
+from protocols.identifier_columns import (first_identifier_value, identifier_kind_of_header,
+                                          identifier_kind_of_value, identifier_rule, mask)
+from protocols.record_files import MAX_RECORDS_BYTES, quoted, read_table
 from protocols.schema import Column, Schema, days_to_iso
+
+__all__ = ["MAX_LISTED_PROBLEMS", "MAX_RECORDS_BYTES", "Problem", "Validation", "check_file",
+           "drop_identifiers", "read_table", "validate_records"]
 
 MAX_LISTED_PROBLEMS = 10
 _TRUE = {"true", "1", "yes", "t", "y"}
@@ -34,12 +43,17 @@ class Problem:
 
     row: int | None  # 1-based data row; None for a header problem
     column: str
-    value: str
+    value: str  # as written, or its masked shape when `masked`
     rule: str
+    masked: bool = False  # the value looked like a direct identifier and is shown masked
 
     def describe(self, source: str) -> str:
-        where = f"row {self.row}, " if self.row is not None else "header, "
-        return f"{source}: {where}column '{self.column}', value {self.value!r}: {self.rule}"
+        where = f"row {self.row}" if self.row is not None else "header"
+        shown = "" if self.row is None and not self.value else f", value {self.value!r}"
+        # A header problem with a masked value already says why in its rule.
+        note = "" if not self.masked else " (masked)" if self.row is None else (
+            " (masked: it looks like a direct identifier)")
+        return f"{source}: {where}, column {quoted(self.column)}{shown}{note}: {self.rule}"
 
 
 @dataclass
@@ -70,64 +84,6 @@ class Validation:
             raise RecordError(self.summary())
 
 
-def read_table(path: str | Path) -> pd.DataFrame:
-    """Read a CSV (UTF-8, BOM and CRLF accepted) or Parquet file as text cells."""
-    path = Path(path)
-    if not path.is_file():
-        raise RecordError(f"Records file {path} does not exist or is not a file.")
-    if path.suffix.lower() in (".parquet", ".pq"):
-        return _read_parquet(path)
-    return _read_csv(path)
-
-
-def _read_csv(path: Path) -> pd.DataFrame:
-    """Parse with the csv module so every row's field count can be checked:
-    a short row is an error, never silently padded with empty cells."""
-    try:
-        with path.open(encoding="utf-8-sig", newline="") as handle:
-            rows = [row for row in csv.reader(handle, strict=True) if row]
-    except UnicodeDecodeError:
-        raise RecordError(f"{path} is not UTF-8 text (is it a CSV file?).") from None
-    except csv.Error as exc:
-        raise RecordError(f"{path} cannot be parsed as comma-separated values: {exc}.") from None
-    if not rows or all(not h.strip() for h in rows[0]):
-        raise RecordError(f"{path} is empty: expected a header line and at least one record.")
-    header = [h.strip() for h in rows[0]]
-    _check_header(path, header)
-    for number, row in enumerate(rows[1:], start=1):
-        if len(row) != len(header):
-            raise RecordError(f"{path}: row {number} has {len(row)} field(s) but the header has "
-                              f"{len(header)}; every row must have one value per column.")
-    if len(rows) == 1:
-        raise RecordError(f"{path} has a header but no records.")
-    return pd.DataFrame(rows[1:], columns=header, dtype=object)
-
-
-def _check_header(path: Path, names: list[str]) -> None:
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise RecordError(f"{path}: header, column '{dupes[0]}' appears more than once; "
-                          "each column must appear exactly once.")
-
-
-def _read_parquet(path: Path) -> pd.DataFrame:
-    try:
-        frame = pd.read_parquet(path)
-    except Exception as exc:  # pyarrow raises many types for a damaged file
-        raise RecordError(f"{path} cannot be read as Parquet: {exc}.") from None
-    if frame.empty:
-        raise RecordError(f"{path} has no records.")
-    return frame.apply(_parquet_column_as_text)
-
-
-def _parquet_column_as_text(series: pd.Series) -> pd.Series:
-    if pd.api.types.is_datetime64_any_dtype(series):
-        text = series.dt.strftime("%Y-%m-%d")
-    else:
-        text = series.astype(object).map(str)
-    return text.where(series.notna(), "")
-
-
 def drop_identifiers(frame: pd.DataFrame, schema: Schema) -> pd.DataFrame:
     """Remove declared direct identifiers before any value is examined."""
     present = [c.name for c in schema.identifiers if c.name in frame.columns]
@@ -145,15 +101,10 @@ def validate_records(frame: pd.DataFrame, schema: Schema, source: str) -> Valida
 
     Identifier columns are dropped first. Missing columns and undeclared
     columns are header problems (an undeclared column might carry identifying
-    data nobody agreed to share).
+    data nobody agreed to share), and no cell is checked until the header is right.
     """
-    declared = {c.name for c in schema.columns}
-    problems = [Problem(None, c.name, "", "declared in the schema but missing from the file")
-                for c in schema.features if c.name not in frame.columns]
-    problems += [Problem(None, name, "", "not declared in the schema; remove it or declare it")
-                 for name in frame.columns if name not in declared]
+    problems = _header_problems(frame, schema)
     if problems:
-        problems[0:0] = _delimiter_hint(frame)
         return Validation(source, len(frame), pd.DataFrame(), problems)
     parsed: dict[str, pd.Series] = {}
     for col in schema.features:
@@ -164,13 +115,66 @@ def validate_records(frame: pd.DataFrame, schema: Schema, source: str) -> Valida
     return Validation(source, len(frame), pd.DataFrame(parsed), problems)
 
 
-def _delimiter_hint(frame: pd.DataFrame) -> list[Problem]:
-    if len(frame.columns) == 1:
-        only = str(frame.columns[0])
+def _header_problems(frame: pd.DataFrame, schema: Schema) -> list[Problem]:
+    """Undeclared columns (those that look like identifiers first), then missing ones.
+
+    An undeclared column that is a declared one misspelled gets one problem saying
+    "did you mean", and the declared column it stands for is not reported again.
+    """
+    declared = [c.name for c in schema.columns]
+    extra = [str(name) for name in frame.columns if name not in declared]
+    hint = _delimiter_hint(extra, len(frame.columns))
+    if hint:
+        return hint
+    missing = [c.name for c in schema.features if c.name not in frame.columns]
+    problems: list[Problem] = []
+    for name in extra:
+        problem = _identifier_problem(name, frame[name])
+        meant = None if problem else _meant(name, declared, missing)
+        if meant is not None:
+            problem = Problem(None, name, "", f"not declared in the schema; did you mean "
+                              f"{quoted(meant)}? rename the column to match the schema (names are "
+                              "case-sensitive)")
+            missing = [m for m in missing if m != meant]
+        problems.append(problem or Problem(None, name, "", "not declared in the schema; "
+                                           "remove it from the extract or declare it"))
+    problems.sort(key=lambda p: not p.masked)
+    return problems + [Problem(None, name, "", "declared in the schema but missing from "
+                               "the file") for name in missing]
+
+
+def _identifier_problem(name: str, values: pd.Series) -> Problem | None:
+    """An undeclared column whose name or values look like a direct identifier."""
+    cells = values.astype(str)
+    by_value = first_identifier_value(cells)
+    kind = identifier_kind_of_header(name)
+    if kind is not None:
+        shown = by_value[1] if by_value else mask(next((c for c in cells if c.strip()), ""))
+        return Problem(None, name, shown, identifier_rule(kind, "its name"), masked=bool(shown))
+    if by_value is not None:
+        return Problem(None, name, by_value[1], identifier_rule(by_value[0], "its values"),
+                       masked=True)
+    return None
+
+
+def _meant(name: str, declared: list[str], missing: list[str]) -> str | None:
+    """The declared column an undeclared one stands for: 'diagnosis_date' for
+    'Diagnosis_Date', or a missing 'age' for 'agee'; None when nothing is close."""
+    same_but_case = [d for d in declared if d.lower() == name.lower()]
+    if same_but_case:
+        return same_but_case[0]
+    lowered = {m.lower(): m for m in missing}
+    close = difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=0.75)
+    return lowered[close[0]] if close else None
+
+
+def _delimiter_hint(extra: list[str], n_columns: int) -> list[Problem]:
+    if n_columns == 1 and extra:
         for sep, name in ((";", "semicolons"), ("\t", "tabs"), ("|", "pipes")):
-            if sep in only:
-                return [Problem(None, only, "", f"the header looks separated by {name}; "
-                                "fedsynth expects comma-separated values")]
+            if sep in extra[0]:
+                return [Problem(None, extra[0], "", f"the header looks separated by {name}; "
+                                "a node reads comma-separated values: export the file with "
+                                "commas between the values")]
     return []
 
 
@@ -189,9 +193,16 @@ def _parse_column(raw: pd.Series, col: Column) -> tuple[pd.Series, list[Problem]
                            f"not one of the declared categories {list(col.categories)}")
     if not col.nullable:
         bad = bad.mask(missing, "empty, but the column is not nullable")
-    problems = [Problem(int(i) + 1, col.name, str(raw.iloc[i]), str(rule))
+    problems = [_cell_problem(int(i) + 1, col.name, str(raw.iloc[i]), str(rule))
                 for i, rule in enumerate(bad.to_numpy()) if rule is not None]
     return values.reset_index(drop=True), problems
+
+
+def _cell_problem(row: int, column: str, value: str, rule: str) -> Problem:
+    """A bad cell; a value shaped like an identifier is shown masked, never verbatim."""
+    if identifier_kind_of_value(value) is not None:
+        return Problem(row, column, mask(value), rule, masked=True)
+    return Problem(row, column, value, rule)
 
 
 def _rule_series(text: pd.Series, flag: pd.Series, rule: str) -> pd.Series:

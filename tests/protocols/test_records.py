@@ -6,26 +6,29 @@ Every file is real: written in tmp_path as CSV (or Parquet) and read back by
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from protocols.demo_registry import DemoRegistry
 from protocols.errors import RecordError
+from protocols.identifier_columns import mask
 from protocols.records import (
     MAX_LISTED_PROBLEMS,
+    MAX_RECORDS_BYTES,
     Problem,
     Validation,
     check_file,
     read_table,
     validate_records,
 )
-from protocols.schema import Schema
+from protocols.schema import Schema, load_schema
 
 WriteCsv = Callable[..., Path]
 
@@ -158,7 +161,8 @@ def test_undeclared_extra_column_is_a_header_problem(demo_schema: Schema,
     frame = _rows(2).assign(notes="called on Monday")
     validation = check_file(write_csv(frame), demo_schema)
     assert validation.problems == [
-        Problem(None, "notes", "", "not declared in the schema; remove it or declare it")]
+        Problem(None, "notes", "", "not declared in the schema; remove it from the extract "
+                "or declare it")]
 
 
 def test_missing_identifier_column_is_not_a_problem(demo_schema: Schema,
@@ -223,13 +227,14 @@ def test_missing_file_raises_record_error(tmp_path: Path) -> None:
 
 def test_non_utf8_file_raises_record_error(tmp_path: Path) -> None:
     path = _write_text(tmp_path / "latin.csv", "sex\nm\xe4nnlich\n", encoding="latin-1")
-    with pytest.raises(RecordError, match="latin.csv is not UTF-8"):
+    with pytest.raises(RecordError, match=r"latin.csv, line \d+: byte 0x[0-9a-f]{2} is not UTF-8"):
         read_table(path)
 
 
 def test_row_with_too_many_fields_raises_record_error(tmp_path: Path) -> None:
     path = _write_text(tmp_path / "ragged.csv", "a,b\n1,2\n3,4,5\n")
-    with pytest.raises(RecordError, match=r"ragged.csv: row 2 has 3 field\(s\) but the header has 2"):
+    with pytest.raises(RecordError,
+                       match=r"ragged.csv: row 2 \(line 3\) has 3 field\(s\) but the header has 2"):
         read_table(path)
 
 
@@ -312,7 +317,7 @@ def test_summary_of_few_problems_has_no_tail() -> None:
     summary = validation.summary()
     assert summary == ("f.csv does not conform to the schema (2 problem(s) in 4 rows): "
                        "f.csv: row 2, column 'a', value 'x': rule one; "
-                       "f.csv: header, column 'b', value '': rule two.")
+                       "f.csv: header, column 'b': rule two.")
 
 
 # --- property: the validator never crashes on arbitrary text -------------------------------
@@ -342,7 +347,8 @@ def _assert_sound(validation: Validation, frame: pd.DataFrame, schema: Schema) -
     for problem in validation.problems:
         assert problem.row is not None and 1 <= problem.row <= len(frame)
         assert problem.column in {c.name for c in schema.features}
-        assert problem.value == str(frame[problem.column].iloc[problem.row - 1])
+        cell = str(frame[problem.column].iloc[problem.row - 1])
+        assert problem.value == (mask(cell) if problem.masked else cell)
     assert list(validation.parsed.columns) == [c.name for c in schema.features]
     assert len(validation.parsed) == len(frame)
     flagged = {(p.row - 1, p.column) for p in validation.problems}
@@ -376,6 +382,10 @@ def test_validator_never_crashes_on_arbitrary_text_in_a_real_csv_file(
     path = tmp_path_factory.mktemp("cells") / "records.csv"
     # CRLF terminators make the writer quote any cell holding a CR or LF, as Excel does.
     frame.to_csv(path, index=False, lineterminator="\r\n")
+    if frame.map(lambda cell: "\x00" in cell).to_numpy().any():
+        with pytest.raises(RecordError, match=r"line \d+: contains a NUL byte"):
+            check_file(path, demo_schema)
+        return
     validation = check_file(path, demo_schema)
     _assert_sound(validation, frame, demo_schema)
 
@@ -383,5 +393,129 @@ def test_validator_never_crashes_on_arbitrary_text_in_a_real_csv_file(
 def test_short_row_is_refused_not_padded(tmp_path):
     path = tmp_path / "short.csv"
     path.write_text("a,b,c\n1,2,3\n4,5\n")
-    with pytest.raises(RecordError, match=r"row 2 has 2 field\(s\) but the header has 3"):
+    with pytest.raises(RecordError,
+                       match=r"row 2 \(line 3\) has 2 field\(s\) but the header has 3"):
         read_table(path)
+
+
+# --- files that are not what they claim, and files too large to check --------------------
+
+def test_a_file_larger_than_the_limit_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "extract.csv"
+    with path.open("wb") as handle:
+        handle.truncate(MAX_RECORDS_BYTES + 1)  # sparse: costs no disk
+    with pytest.raises(RecordError, match=r"extract.csv is 256 MiB but a node reads records "
+                       r"files of at most 256 MiB .*export only the columns"):
+        read_table(path)
+
+
+def test_parquet_whose_uncompressed_size_exceeds_the_limit_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "site.parquet"
+    pd.DataFrame({"sex": ["female"] * 20_000}).to_parquet(path, use_dictionary=False,
+                                                           compression="gzip")
+    assert path.stat().st_size < 8 * 2**10  # small on disk, 195 KiB once read
+    with pytest.raises(RecordError, match=r"site.parquet is 195.4 KiB uncompressed but a "
+                       r"node reads records files of at most 8 KiB"):
+        read_table(path, max_bytes=8 * 2**10)
+
+
+@pytest.mark.parametrize(
+    ("start", "what"),
+    [(b"PK\x03\x04", "Excel workbook (.xlsx)"), (b"\xd0\xcf\x11\xe0", "(.xls)"),
+     (b"PAR1", "Parquet file"), (b"\xff\xfe", "UTF-16 text")],
+)
+def test_a_spreadsheet_or_other_format_saved_as_csv_is_named(tmp_path: Path, start: bytes,
+                                                             what: str) -> None:
+    path = tmp_path / "extract.csv"
+    path.write_bytes(start + b"rest of the file")
+    with pytest.raises(RecordError, match=rf"extract.csv, line 1: the file is .*{re.escape(what)}"):
+        read_table(path)
+
+
+def test_a_nul_byte_is_refused_naming_its_line(tmp_path: Path) -> None:
+    path = _write_text(tmp_path / "nul.csv", "sex\nmale\nfe\x00male\n")
+    with pytest.raises(RecordError, match=r"nul.csv, line 3: contains a NUL byte"):
+        read_table(path)
+
+
+def test_a_misspelt_column_gets_one_problem_that_names_the_declared_one(
+        demo_schema: Schema, write_csv: WriteCsv) -> None:
+    frame = _rows(2).rename(columns={"bmi": "BMI", "ecog": "ecgo"})
+    validation = check_file(write_csv(frame), demo_schema)
+    assert [(p.column, p.rule.split(";")[1]) for p in validation.problems] == [
+        ("BMI", " did you mean 'bmi'? rename the column to match the schema (names are "
+                "case-sensitive)"),
+        ("ecgo", " did you mean 'ecog'? rename the column to match the schema (names are "
+                 "case-sensitive)")]
+
+
+def test_an_undeclared_identifier_column_comes_first_and_its_values_are_masked(
+        demo_schema: Schema, write_csv: WriteCsv) -> None:
+    frame = _rows(2).assign(ward="A", contact=["", "ann.roe@example.org"])
+    validation = check_file(write_csv(frame), demo_schema)
+    first = validation.problems[0]
+    assert (first.column, first.value, first.masked) == ("contact", "xxx.xxx@xxxxxxx.xxx", True)
+    assert first.rule.startswith("looks like a direct identifier (an e-mail address, judging "
+                                 "by its values)")
+    assert [p.column for p in validation.problems] == ["contact", "ward"]
+    assert "ann.roe" not in validation.summary()
+
+
+def test_a_bad_cell_that_looks_like_an_identifier_is_shown_masked(
+        demo_schema: Schema, write_csv: WriteCsv) -> None:
+    validation = check_file(write_csv(_rows(2, sex="123-45-6789")), demo_schema)
+    assert validation.problems == [
+        Problem(2, "sex", "999-99-9999", "not one of the declared categories "
+                "['female', 'male']", masked=True)]
+    assert "value '999-99-9999' (masked: it looks like a direct identifier)" in (
+        validation.summary())
+
+
+# --- property: any bytes at all, as a real file -------------------------------------------
+
+CORPUS_SCHEMA = load_schema(Path(__file__).parents[1] / "corpus" / "schema.yaml")
+_HEADER = b"patient_id,age,weight_kg,sex,subtype,treated,diagnosis_date\n"
+_PIECES = st.sampled_from([
+    b",", b'"', b"\n", b"\r\n", b"\r", b" ", b";", b"\t", b"\x00", b"\xef\xbb\xbf", b"\xff\xfe",
+    b"\xe9", b"\xc3", b"PK\x03\x04", b"female", b"male", b"classic", b"yes", b"maybe", b"34",
+    b"-1", b"61.5", b"1e400", b"nan", b"inf", b"71,5", b"2012-03-04", b"2021-02-30",
+    b"jane@example.org", b"123-45-6789", b"+44 20 7946 0958", b"age", b"agee", b"ssn",
+    b"patient_id", "\u00e9\u4e2d\U0001f600".encode(),
+])
+_CELL_BYTES = st.one_of(  # mostly well-formed text, so that many files reach the cells
+    st.sampled_from([b"", b" ", b"female", b"male", b"classic", b"juvenile", b"true", b"no",
+                     b"34", b"120", b"121", b"0.5", b"300", b"2000-01-01", b"2025-12-31",
+                     b"1999-12-31", b"P001", b"x@y.org", b"123-45-6789", b"-0", b"1e2"]),
+    st.text(max_size=6).map(str.encode),
+    _PIECES,
+)
+_ROWS = st.lists(st.lists(_CELL_BYTES, min_size=7, max_size=7).map(b",".join),
+                 min_size=1, max_size=5)
+_FILE_BYTES = st.one_of(
+    st.binary(max_size=200),
+    st.lists(st.one_of(_PIECES, st.binary(max_size=3)), max_size=40).map(b"".join),
+    st.tuples(st.sampled_from([_HEADER, b"\xef\xbb\xbf" + _HEADER]),
+              st.sampled_from([b"\n", b"\r\n"]), _ROWS)
+    .map(lambda parts: parts[0] + parts[1].join(parts[2]) + parts[1]),
+)
+
+
+@given(data=_FILE_BYTES)
+def test_check_file_on_any_bytes_returns_a_validation_or_refuses_in_one_line(
+        tmp_path_factory: pytest.TempPathFactory, data: bytes) -> None:
+    path = tmp_path_factory.mktemp("bytes") / "records.csv"
+    path.write_bytes(data)
+    try:
+        validation = check_file(path, CORPUS_SCHEMA)
+    except RecordError as exc:
+        assert str(path) in str(exc) and "\n" not in str(exc) and "\r" not in str(exc)
+        event("refused")
+        return
+    event("valid" if validation.ok else "rows checked")
+    assert isinstance(validation, Validation)
+    assert validation.ok == (not validation.problems)
+    assert validation.n_rows >= 1
+    summary = validation.summary()
+    assert "\n" not in summary and "\r" not in summary
+    if validation.ok:
+        assert list(validation.parsed.columns) == [c.name for c in CORPUS_SCHEMA.features]
