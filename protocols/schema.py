@@ -13,10 +13,8 @@ that of its own schema.
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,52 +22,14 @@ from typing import Any
 import yaml
 
 from protocols.errors import SchemaError
+from protocols.schema_columns import (BOUNDED_TYPES, COLUMN_TYPES, MAX_BOUND, Column, EntryLines,
+                                      days_to_iso, parse_column, parse_date_days)
 from protocols.schema_roles import EvaluationRoles, parse_roles
 
-COLUMN_TYPES = ("numeric", "integer", "categorical", "boolean", "date", "identifier")
-BOUNDED_TYPES = ("numeric", "integer", "date")
-MAX_BOUND = 1e15  # float32 encoding and float64 spans stay meaningful below this
-_CONTROL_CHARACTERS = {chr(c) for c in range(32)} | {chr(127)}
-_COLUMN_KEYS = {"name", "type", "min", "max", "categories", "nullable", "description"}
+__all__ = ["BOUNDED_TYPES", "COLUMN_TYPES", "MAX_BOUND", "Column", "Schema", "days_to_iso",
+           "load_schema", "parse_date_days", "parse_schema"]
+
 _SCHEMA_KEYS = {"name", "description", "columns", "evaluation"}
-
-
-@dataclass(frozen=True)
-class Column:
-    """One column of the data dictionary.
-
-    `low`/`high` are the declared bounds as numbers: floats for numeric, ints
-    for integer, and days since 1970-01-01 for dates. `categories` holds the
-    declared labels in declared order (booleans use "false", "true").
-    """
-
-    name: str
-    type: str
-    low: float | None = None
-    high: float | None = None
-    categories: tuple[str, ...] = ()
-    nullable: bool = False
-    description: str = ""
-
-    @property
-    def is_identifier(self) -> bool:
-        return self.type == "identifier"
-
-    @property
-    def is_discrete(self) -> bool:
-        return self.type in ("categorical", "boolean")
-
-    def to_canonical(self) -> dict[str, Any]:
-        """The column's contract as plain JSON values (descriptions excluded)."""
-        out: dict[str, Any] = {"name": self.name, "type": self.type}
-        if self.type in BOUNDED_TYPES:
-            out["min"] = _bound_to_canonical(self.type, self.low)
-            out["max"] = _bound_to_canonical(self.type, self.high)
-        if self.type == "categorical":
-            out["categories"] = list(self.categories)
-        if not self.is_identifier:
-            out["nullable"] = self.nullable
-        return out
 
 
 @dataclass(frozen=True)
@@ -138,22 +98,24 @@ _SchemaLoader.add_constructor("tag:yaml.org,2002:timestamp", _construct_timestam
 
 
 def parse_schema(text: str, source: str = "<schema>") -> Schema:
-    """Parse schema YAML text into a `Schema`, refusing any contradiction."""
-    try:
-        doc = yaml.load(text, Loader=_SchemaLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        raise SchemaError(f"Schema {source} is not valid YAML: {exc}".rstrip(".") + ".") from None
+    """Parse schema YAML text into a `Schema`, refusing any contradiction.
+
+    Every refusal names the file, the line, the column, the value and the rule:
+    the YAML is composed first so each column entry keeps its line numbers.
+    """
+    doc, root = _load_yaml(text, source)
     if not isinstance(doc, dict) or not isinstance(doc.get("columns"), list):
         raise SchemaError(
-            f"Schema {source} must be a mapping with a 'columns' list "
-            "(one entry per column with 'name' and 'type')."
-        )
-    unknown = sorted(set(doc) - _SCHEMA_KEYS)
+            f"Schema {source} must be a mapping with a 'columns' list (one entry per column "
+            f"with 'name' and 'type'), but {_what_it_is(doc)}.")
+    unknown = sorted(map(str, set(doc) - _SCHEMA_KEYS))
     if unknown:
         raise SchemaError(f"Schema {source} has unknown top-level keys {unknown}; "
                           f"allowed: {sorted(_SCHEMA_KEYS)}.")
-    columns = tuple(_parse_column(entry, i, source) for i, entry in enumerate(doc["columns"]))
-    _check_columns(columns, source)
+    lines = _column_lines(root, len(doc["columns"]))
+    columns = tuple(parse_column(entry, i, source, lines[i])
+                    for i, entry in enumerate(doc["columns"]))
+    _check_columns(columns, source, lines)
     return Schema(
         # No fallback to the file name: the name is part of the hash, and the same
         # contract saved under two file names must keep one hash.
@@ -164,137 +126,92 @@ def parse_schema(text: str, source: str = "<schema>") -> Schema:
     )
 
 
-def _check_columns(columns: tuple[Column, ...], source: str) -> None:
-    seen: set[str] = set()
-    for col in columns:
-        if col.name in seen:
-            raise SchemaError(f"Schema {source}, column '{col.name}': the name is declared twice; "
-                              "column names must be unique.")
-        seen.add(col.name)
+def _load_yaml(text: str, source: str) -> tuple[Any, yaml.Node | None]:
+    """The document and its node tree (which knows the lines), as `yaml.load` builds them."""
+    loader = _SchemaLoader(text)
+    try:
+        root = loader.get_single_node()
+        _refuse_duplicate_keys(root, source)
+        return (loader.construct_document(root) if root is not None else None), root
+    except yaml.YAMLError as exc:
+        raise SchemaError(_yaml_error(exc, text, source)) from None
+    finally:
+        loader.dispose()
+
+
+def _yaml_error(exc: yaml.YAMLError, text: str, source: str) -> str:
+    """One line: where the YAML breaks, why, and what the line says."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    if mark is None:
+        return f"Schema {source} is not valid YAML: {problem}."
+    context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    during = f" ({context} at line {context_mark.line + 1})" if context and context_mark else ""
+    lines = text.splitlines()
+    line = lines[mark.line] if mark.line < len(lines) else ""
+    tabs = "; YAML indents with spaces, never tabs" if "\t" in line else ""
+    return (f"Schema {source}, line {mark.line + 1}, character {mark.column + 1}: not valid "
+            f"YAML: {problem}{during}; the line reads {line.strip()!r}{tabs}.")
+
+
+def _refuse_duplicate_keys(node: yaml.Node | None, source: str) -> None:
+    """PyYAML keeps the last of two equal keys silently; a contract must not."""
+    children: list[yaml.Node] = []
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key, value in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.value in seen:
+                raise SchemaError(
+                    f"Schema {source}, line {key.start_mark.line + 1}: key {key.value!r} "
+                    f"appears twice in one mapping (first at line {seen[key.value]}); "
+                    "YAML would silently keep only the last value.")
+            seen[str(key.value)] = key.start_mark.line + 1
+            children.append(value)
+    elif isinstance(node, yaml.SequenceNode):
+        children = node.value
+    for child in children:
+        _refuse_duplicate_keys(child, source)
+
+
+def _column_lines(root: yaml.Node | None, n_columns: int) -> list[EntryLines]:
+    """The lines of each `columns:` entry and of its keys and list items."""
+    entries: list[yaml.Node] = []
+    if isinstance(root, yaml.MappingNode):
+        entries = next((v.value for k, v in root.value if k.value == "columns"
+                        and isinstance(v, yaml.SequenceNode)), [])
+    lines = [_entry_lines(entry) for entry in entries]
+    return lines + [EntryLines()] * (n_columns - len(lines))
+
+
+def _entry_lines(entry: yaml.Node) -> EntryLines:
+    keys: dict[str, int] = {}
+    items: dict[str, tuple[int, ...]] = {}
+    if isinstance(entry, yaml.MappingNode):
+        for key, value in entry.value:
+            keys[str(key.value)] = value.start_mark.line + 1
+            if isinstance(value, yaml.SequenceNode):
+                items[str(key.value)] = tuple(v.start_mark.line + 1 for v in value.value)
+    return EntryLines(entry.start_mark.line + 1, keys, items)
+
+
+def _what_it_is(doc: Any) -> str:
+    if doc is None:
+        return "it is empty"
+    if isinstance(doc, dict):
+        return ("it has no 'columns' key" if "columns" not in doc
+                else f"'columns' is {type(doc['columns']).__name__} {doc['columns']!r}"[:120])
+    return f"it is a {'list' if isinstance(doc, list) else type(doc).__name__}"
+
+
+def _check_columns(columns: tuple[Column, ...], source: str, lines: list[EntryLines]) -> None:
+    first: dict[str, int | None] = {}
+    for col, where in zip(columns, lines):
+        if col.name in first:
+            at = f", line {where.line}" if where.line else ""
+            earlier = f" (first at line {first[col.name]})" if first[col.name] else ""
+            raise SchemaError(f"Schema {source}{at}, column '{col.name}': the name is declared "
+                              f"twice{earlier}; column names must be unique.")
+        first[col.name] = where.line
     if not any(not c.is_identifier for c in columns):
         raise SchemaError(f"Schema {source} declares no column to model "
                           "(every column is an identifier or the list is empty).")
-
-
-def _parse_column(entry: Any, index: int, source: str) -> Column:
-    if not isinstance(entry, dict) or "name" not in entry:
-        raise SchemaError(f"Schema {source}, column entry #{index + 1}: each column must be a "
-                          "mapping with at least 'name' and 'type'.")
-    name = str(entry["name"]).strip()
-    where = f"Schema {source}, column '{name}'"
-    if not name:
-        raise SchemaError(f"Schema {source}, column entry #{index + 1}: the name is empty.")
-    unknown = sorted(set(entry) - _COLUMN_KEYS)
-    if unknown:
-        raise SchemaError(f"{where}: unknown keys {unknown}; allowed: {sorted(_COLUMN_KEYS)}.")
-    ctype = entry.get("type")
-    if ctype not in COLUMN_TYPES:
-        raise SchemaError(f"{where}: type {ctype!r} is not one of {', '.join(COLUMN_TYPES)}.")
-    nullable = entry.get("nullable", False)
-    if not isinstance(nullable, bool):
-        raise SchemaError(f"{where}: 'nullable' must be true or false, not {nullable!r}.")
-    _check_keys_fit_type(entry, ctype, where)
-    low = high = None
-    if ctype in BOUNDED_TYPES:
-        low, high = _parse_bounds(entry, ctype, where)
-    categories: tuple[str, ...] = ()
-    if ctype == "categorical":
-        categories = _parse_categories(entry.get("categories"), where)
-    elif ctype == "boolean":
-        categories = ("false", "true")
-    return Column(name=name, type=ctype, low=low, high=high, categories=categories,
-                  nullable=nullable and ctype != "identifier",
-                  description=str(entry.get("description") or ""))
-
-
-def _check_keys_fit_type(entry: dict[str, Any], ctype: str, where: str) -> None:
-    if ctype not in BOUNDED_TYPES and ({"min", "max"} & set(entry)):
-        raise SchemaError(f"{where}: 'min'/'max' only apply to numeric, integer and date "
-                          f"columns, not to a {ctype} column.")
-    if ctype != "categorical" and "categories" in entry:
-        raise SchemaError(f"{where}: 'categories' only applies to categorical columns, "
-                          f"not to a {ctype} column.")
-
-
-def _parse_bounds(entry: dict[str, Any], ctype: str, where: str) -> tuple[float, float]:
-    if "min" not in entry or "max" not in entry:
-        raise SchemaError(f"{where}: a {ctype} column needs both 'min' and 'max' (its public "
-                          "domain); bounds are never read from the records.")
-    low = _parse_bound(entry["min"], ctype, f"{where}, min")
-    high = _parse_bound(entry["max"], ctype, f"{where}, max")
-    if low > high:
-        raise SchemaError(f"{where}: min {entry['min']} is greater than max {entry['max']}.")
-    if max(abs(low), abs(high)) > MAX_BOUND:
-        raise SchemaError(f"{where}: bounds [{entry['min']}, {entry['max']}] are too large; "
-                          f"use bounds within ±{MAX_BOUND:g} (rescale the unit if needed).")
-    return low, high
-
-
-def _number_from_text(text: str) -> Any:
-    try:
-        return float(text)
-    except ValueError:
-        return text
-
-
-def _parse_bound(value: Any, ctype: str, where: str) -> float:
-    if ctype == "date":
-        return float(parse_date_days(value, where))
-    if isinstance(value, str):
-        value = _number_from_text(value)  # YAML 1.1 reads 1e5 (no dot) as text
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise SchemaError(f"{where}: {value!r} is not a number.")
-    if not math.isfinite(value):
-        raise SchemaError(f"{where}: {value!r} is not a finite number.")
-    if ctype == "integer":
-        if float(value) != int(value):
-            raise SchemaError(f"{where}: {value!r} is not a whole number (integer column).")
-        return int(value)
-    return float(value)
-
-
-def _parse_categories(raw: Any, where: str) -> tuple[str, ...]:
-    if not isinstance(raw, list) or not raw:
-        raise SchemaError(f"{where}: a categorical column needs a non-empty 'categories' list.")
-    labels: list[str] = []
-    for item in raw:
-        if isinstance(item, bool) or not isinstance(item, (str, int)):
-            raise SchemaError(f"{where}: category {item!r} must be written as text; quote it "
-                              "(YAML reads yes/no/true/false and decimals as other types).")
-        label = str(item)
-        if label.strip() != label or not label:
-            raise SchemaError(f"{where}: category {label!r} is empty or has surrounding spaces.")
-        if any(ch in label for ch in _CONTROL_CHARACTERS):
-            raise SchemaError(f"{where}: category {label!r} contains a line break or control "
-                              "character, which cannot be written safely to CSV.")
-        if label in labels:
-            raise SchemaError(f"{where}: category {label!r} is listed twice.")
-        labels.append(label)
-    return tuple(labels)
-
-
-_EPOCH = dt.date(1970, 1, 1)
-
-
-def parse_date_days(value: Any, where: str) -> int:
-    """Days since 1970-01-01 for an ISO date (a YAML date or 'YYYY-MM-DD' text)."""
-    if isinstance(value, dt.datetime):
-        value = value.date()
-    if not isinstance(value, dt.date):
-        try:
-            value = dt.date.fromisoformat(str(value).strip())
-        except ValueError:
-            raise SchemaError(f"{where}: {value!r} is not a date in YYYY-MM-DD form.") from None
-    return (value - _EPOCH).days
-
-
-def days_to_iso(days: int) -> str:
-    return (_EPOCH + dt.timedelta(days=int(days))).isoformat()
-
-
-def _bound_to_canonical(ctype: str, value: float | None) -> Any:
-    if ctype == "date":
-        return days_to_iso(int(value))
-    if ctype == "integer":
-        return int(value)
-    return float(value)

@@ -90,8 +90,8 @@ def test_schema_canonical_yaml_parses_back_to_the_same_contract() -> None:
     [
         ("{name: weight, type: numeric, min: 10, max: 5}", "weight", "greater than max"),
         ("{name: born, type: date, min: 2020-01-01, max: 2019-12-31}", "born", "greater than max"),
-        ("{name: colour, type: categorical, categories: []}", "colour", "non-empty 'categories'"),
-        ("{name: colour, type: categorical}", "colour", "non-empty 'categories'"),
+        ("{name: colour, type: categorical, categories: []}", "colour", "needs a non-empty list"),
+        ("{name: colour, type: categorical}", "colour", "needs a non-empty list"),
         ("{name: colour, type: categorical, categories: [red, red]}", "colour", "listed twice"),
         ("{name: colour, type: categorical, categories: [' red']}", "colour", "surrounding spaces"),
         ("{name: colour, type: categorical, categories: [1.5]}", "colour", "quote it"),
@@ -119,9 +119,8 @@ def test_schema_refuses_a_contradiction_naming_the_column(entry: str, column: st
     with pytest.raises(SchemaError) as info:
         parse_schema(_with_column(entry), source="study.yaml")
     message = str(info.value)
-    assert f"column '{column}'" in message
+    assert f"Schema study.yaml, line 5, column '{column}'" in message
     assert fragment in message
-    assert "study.yaml" in message
 
 
 def test_schema_refuses_min_greater_than_max_naming_the_column() -> None:
@@ -147,14 +146,18 @@ def test_schema_accepts_whole_number_categories_as_text() -> None:
 def test_schema_refuses_an_impossible_unquoted_date_as_a_schema_error(bad: str) -> None:
     # PyYAML turns unquoted dates into date objects and raised a bare ValueError here.
     text = _with_column(f"{{name: born, type: date, min: {bad}, max: 2030-01-01}}")
-    expected = rf"(?s)study.yaml is not valid YAML: '{bad}' is not a real date .*line 5"
+    expected = rf"study.yaml, line 5, character 35: not valid YAML: '{bad}' is not a real date"
     with pytest.raises(SchemaError, match=expected):
         parse_schema(text, source="study.yaml")
 
 
-def test_schema_refuses_invalid_yaml_naming_the_source() -> None:
-    with pytest.raises(SchemaError, match=r"Schema study.yaml is not valid YAML"):
-        parse_schema("columns: [ {name: a, type: numeric", source="study.yaml")
+def test_schema_refuses_invalid_yaml_naming_the_source_line_and_text() -> None:
+    with pytest.raises(SchemaError) as info:
+        parse_schema("name: x\ncolumns: [ {name: a, type: numeric", source="study.yaml")
+    message = str(info.value)
+    assert message.startswith("Schema study.yaml, line 2, character 35: not valid YAML: ")
+    assert "the line reads 'columns: [ {name: a, type: numeric'" in message
+    assert "\n" not in message
 
 
 @pytest.mark.parametrize(
@@ -264,7 +267,7 @@ def test_load_schema_refuses_a_file_that_is_not_utf8(tmp_path: Path) -> None:
 def test_load_schema_names_the_file_in_contradictions(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(_with_column("{name: weight, type: numeric, min: 10, max: 5}"))
-    with pytest.raises(SchemaError, match=r"bad.yaml, column 'weight'"):
+    with pytest.raises(SchemaError, match=r"bad.yaml, line 5, column 'weight'"):
         load_schema(path)
 
 
@@ -288,3 +291,38 @@ def test_schema_refuses_bounds_too_large_to_encode_naming_the_column():
 def test_schema_reads_exponent_bounds_that_yaml_leaves_as_text():
     schema = parse_schema("columns:\n  - {name: x, type: numeric, min: 0, max: 1e5}\n")
     assert schema.column("x").high == 100000.0
+
+
+def test_schema_errors_point_at_the_line_of_the_offending_key() -> None:
+    text = VALID.replace("    max: 250\n", "    max: heavy\n")
+    line = VALID.splitlines().index("    max: 250") + 1
+    with pytest.raises(SchemaError, match=rf"Schema s.yaml, line {line}, column 'weight', max: "
+                                          r"'heavy' is not a number"):
+        parse_schema(text, source="s.yaml")
+
+
+def test_schema_names_both_lines_of_a_duplicated_column() -> None:
+    text = VALID + "  - name: age\n    type: boolean\n"
+    second = len(VALID.splitlines()) + 1
+    with pytest.raises(SchemaError, match=rf"line {second}, column 'age': the name is declared "
+                                          r"twice \(first at line 7\)"):
+        parse_schema(text, source="s.yaml")
+
+
+def test_schema_refuses_a_key_given_twice_in_one_entry() -> None:
+    with pytest.raises(SchemaError, match=r"line 2: key 'max' appears twice in one mapping"):
+        parse_schema("columns:\n  - {name: a, type: integer, min: 0, max: 9, max: 90}\n")
+
+
+@pytest.mark.parametrize(("written", "meant"), [("int", "integer"), ("Float", "numeric"),
+                                                ("bool", "boolean"), ("string", "categorical"),
+                                                ("Date", "date")])
+def test_schema_suggests_the_type_a_common_spelling_means(written: str, meant: str) -> None:
+    with pytest.raises(SchemaError, match=rf"type '{written}' .*\(did you mean '{meant}'\?\)"):
+        parse_schema(_with_column(f"{{name: x, type: {written}}}"))
+
+
+def test_schema_says_yaml_indents_with_spaces_when_a_tab_breaks_it() -> None:
+    with pytest.raises(SchemaError, match=r"line 3, character 1: not valid YAML: .*the line "
+                                          r"reads 'type: boolean'; YAML indents with spaces"):
+        parse_schema("columns:\n  - name: a\n\ttype: boolean\n")
