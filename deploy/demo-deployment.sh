@@ -224,6 +224,7 @@ echo "${#SITES[@]} nodes online: ${SITES[*]}"
 # --- 6. the study ---------------------------------------------------------------------
 run_config="engine=\"deployment\" schema-path=\"$schema\" out-dir=\"$study\""
 run_config+=" superlink-address=\"$address\" root-certificates=\"$ca\""
+run_config+=" signing-key=\"$kits/coordinator/manifest-signing.key\""
 run_config+=" rounds=$rounds local-steps=5 rows=500 round-timeout=120.0"
 [[ $secure == true ]] && run_config+=" secure-aggregation=true"
 echo "running the study (rounds=$rounds, secure aggregation: $secure); log: $logs/study.log"
@@ -239,6 +240,9 @@ if [[ ! -f $study/manifest.json ]]; then
 fi
 
 # --- 7. the outputs, and what they say ------------------------------------------------
+# A hospital checks the release against the consortium key in its own kit.
+fedsynth-node verify "$study" --kit "$kits/${SITES[0]}" ||
+  fail "the released cohort does not verify against the consortium's signing key."
 for file in synthetic.csv synthetic.parquet manifest.json report.html report.json; do
   [[ -f $study/$file ]] && cp "$study/$file" "$outdir/"
 done

@@ -94,7 +94,9 @@ class Federation:
         """`flwr run` of this repository's app on the federation, streaming its log."""
         config = {"engine": "deployment", "schema-path": str(self.schema),
                   "out-dir": str(out_dir), "superlink-address": self.address,
-                  "root-certificates": str(self.ca), **run_config}
+                  "root-certificates": str(self.ca),
+                  "signing-key": str(self.kits / "coordinator" / "manifest-signing.key"),
+                  **run_config}
         text = " ".join(f"{k}={json.dumps(v)}" for k, v in config.items())
         return subprocess.Popen([tool("flwr"), "run", str(REPO), CONNECTION, "--stream",
                                  "--run-config", text], stdout=subprocess.PIPE,

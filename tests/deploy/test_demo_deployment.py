@@ -85,6 +85,7 @@ def test_demo_releases_a_tls_deployment_cohort_and_stops_every_process(tmp_path:
     assert set(spent) == set(SITES)
     assert all(0 < epsilon <= 3.0 for epsilon in spent.values()), spent
     assert "sites that contributed: siteA, siteB, siteC" in result.stdout
+    assert "verified: 2 files, signed by key" in result.stdout and "(trusted)" in result.stdout
     assert (out / "work" / "logs" / "superlink.log").is_file()
     assert leftovers(marker, str(tmp_path)) == []
 

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from node.cli import main as node_main
+
 from federation import Federation, free_port, tool
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -76,6 +78,8 @@ def test_a_tls_federation_with_secure_aggregation_produces_a_cohort(federation):
     assert manifest["contributors"] == SITES
     assert manifest["contributions"] == {site: [1] for site in SITES}
     assert sum(1 for _ in (out / "synthetic.csv").open()) == 101
+    # signed with the provisioned key: a hospital verifies it against its own kit
+    assert node_main(["verify", str(out), "--kit", str(federation.kits / SITES[0])]) == 0
     for site in SITES:  # each node charged its own ledger, once per round, and said so
         assert _round_entries(federation, site) == [1]
         spent = manifest["privacy"]["sites"][site]["epsilon_spent"]
