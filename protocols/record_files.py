@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import codecs
 import csv
-import io
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -24,11 +24,12 @@ from protocols.errors import RecordError
 
 # The largest records file a node reads (on disk, and for Parquet also uncompressed). The
 # whole file is held in memory while every cell is checked, at about 18 bytes of memory per
-# byte of CSV (measured: a 128 MiB, 1.8-million-row CSV of the demo registry's 12 columns
-# peaks at 2.4 GiB resident, +2.3 GiB over the interpreter, in 96 s; 32 MiB: +0.56 GiB,
-# 17 s), so a file at the limit needs about 4.6 GiB, which a hospital server can hold. A
-# rare-disease registry extract never comes near it: 256 MiB is about 3.5 million rows of
-# those 12 columns, more patients than any rare-disease registry has.
+# byte of CSV. Measured with check_file: a 128 MiB, 1.8-million-row CSV of the demo
+# registry's 12 columns peaks 2.3 GiB above the interpreter and takes 35 s; 32 MiB of it,
+# 0.56 GiB; 32 MiB of 20 one-digit integer columns, 0.5 GiB. A file at the limit thus needs
+# about 4.6 GiB, which a hospital server can hold, and a rare-disease registry extract
+# never comes near it: 256 MiB is about 3.5 million rows of those 12 columns, more patients
+# than any rare-disease registry has.
 MAX_RECORDS_BYTES = 256 * 2**20
 
 _PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -79,8 +80,22 @@ def _size(n: int) -> str:
 def _read_csv(path: Path) -> pd.DataFrame:
     """Parse with the csv module so every row's field count can be checked:
     a short row is an error, never silently padded with empty cells."""
-    text = _decoded_text(path)
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    _check_text(path)
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as handle:
+            header, rows = _parse_rows(path, csv.reader(handle, strict=True))
+    except (OSError, UnicodeDecodeError) as exc:  # e.g. the file changed while it was read
+        raise RecordError(f"Records file {path} cannot be read: {exc}.") from None
+    if header is None or all(not h for h in header):
+        raise RecordError(f"{path} is empty: expected a header line and at least one record.")
+    _check_header(path, header)
+    if not rows:
+        raise RecordError(f"{path} has a header but no records.")
+    return pd.DataFrame(rows, columns=header, dtype=object)
+
+
+def _parse_rows(path: Path, reader: Any) -> tuple[list[str] | None, list[list[str]]]:
+    """The header (stripped) and the non-blank rows, each with as many fields as the header."""
     header: list[str] | None = None
     rows: list[list[str]] = []
     try:
@@ -99,38 +114,37 @@ def _read_csv(path: Path) -> pd.DataFrame:
     except csv.Error as exc:
         raise RecordError(f"{path}, line {reader.line_num}: cannot be parsed as "
                           f"comma-separated values ({exc}); check the quoting there.") from None
-    if header is None or all(not h for h in header):
-        raise RecordError(f"{path} is empty: expected a header line and at least one record.")
-    _check_header(path, header)
-    if not rows:
-        raise RecordError(f"{path} has a header but no records.")
-    return pd.DataFrame(rows, columns=header, dtype=object)
+    return header, rows
 
 
-def _decoded_text(path: Path) -> str:
-    """The file as text, or a `RecordError` saying what the file is and where it breaks."""
+def _check_text(path: Path) -> None:
+    """Refuse, naming the line, a file that is not UTF-8 text: another format saved as .csv,
+    undecodable bytes, NUL bytes. Streams one line at a time, so it costs no memory."""
     try:
-        data = path.read_bytes()
+        with path.open("rb") as handle:
+            start = handle.read(16)
+            for signature, what in _OTHER_FORMATS:
+                if start.startswith(signature):
+                    raise RecordError(f"{path}, line 1: the file is {what}, not CSV text; "
+                                      f"{_EXPORT_HINT}.")
+            handle.seek(0)
+            for number, line in enumerate(handle, start=1):
+                _check_line(path, number, line)
     except OSError as exc:
         raise RecordError(f"Records file {path} cannot be read: {exc.strerror}.") from None
-    for signature, what in _OTHER_FORMATS:
-        if data.startswith(signature):
-            raise RecordError(f"{path}, line 1: the file is {what}, not CSV text; "
-                              f"{_EXPORT_HINT}.")
+
+
+def _check_line(path: Path, number: int, line: bytes) -> None:
     try:
-        text = data.decode("utf-8")
+        line.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
         raise RecordError(
-            f"{path}, line {line}: byte 0x{data[exc.start]:02x} is not UTF-8 text (binary "
+            f"{path}, line {number}: byte 0x{line[exc.start]:02x} is not UTF-8 text (binary "
             f"data, or text saved in another encoding such as Windows-1252); "
             f"{_EXPORT_HINT}.") from None
-    nul = text.find("\x00")
-    if nul >= 0:
-        line = text.count("\n", 0, nul) + 1
-        raise RecordError(f"{path}, line {line}: contains a NUL byte, which CSV text never "
+    if b"\x00" in line:
+        raise RecordError(f"{path}, line {number}: contains a NUL byte, which CSV text never "
                           f"does (binary data, or UTF-16 text); {_EXPORT_HINT}.")
-    return text.removeprefix("\ufeff")
 
 
 def _check_header(path: Path, names: list[str]) -> None:
