@@ -13,6 +13,7 @@ that of its own schema.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 from dataclasses import dataclass
@@ -104,14 +105,12 @@ def parse_schema(text: str, source: str = "<schema>") -> Schema:
     the YAML is composed first so each column entry keeps its line numbers.
     """
     doc, root = _load_yaml(text, source)
+    if isinstance(doc, dict):
+        _refuse_unknown_top_level_keys(doc, root, source)
     if not isinstance(doc, dict) or not isinstance(doc.get("columns"), list):
         raise SchemaError(
             f"Schema {source} must be a mapping with a 'columns' list (one entry per column "
             f"with 'name' and 'type'), but {_what_it_is(doc)}.")
-    unknown = sorted(map(str, set(doc) - _SCHEMA_KEYS))
-    if unknown:
-        raise SchemaError(f"Schema {source} has unknown top-level keys {unknown}; "
-                          f"allowed: {sorted(_SCHEMA_KEYS)}.")
     lines = _column_lines(root, len(doc["columns"]))
     columns = tuple(parse_column(entry, i, source, lines[i])
                     for i, entry in enumerate(doc["columns"]))
@@ -124,6 +123,17 @@ def parse_schema(text: str, source: str = "<schema>") -> Schema:
         description=str(doc.get("description") or ""),
         roles=parse_roles(doc.get("evaluation"), columns, source),
     )
+
+
+def _refuse_unknown_top_level_keys(doc: dict, root: yaml.Node | None, source: str) -> None:
+    unknown = sorted(map(str, set(doc) - _SCHEMA_KEYS))
+    if unknown:
+        line = _entry_lines(root).keys.get(unknown[0]) if root is not None else None
+        close = difflib.get_close_matches(unknown[0], sorted(_SCHEMA_KEYS), n=1, cutoff=0.7)
+        raise SchemaError(
+            f"Schema {source}{f', line {line}' if line else ''}: unknown top-level key "
+            f"{unknown[0]!r}{f' (did you mean {close[0]!r}?)' if close else ''}; allowed: "
+            f"{', '.join(sorted(_SCHEMA_KEYS))}.")
 
 
 def _load_yaml(text: str, source: str) -> tuple[Any, yaml.Node | None]:
@@ -188,7 +198,7 @@ def _entry_lines(entry: yaml.Node) -> EntryLines:
     items: dict[str, tuple[int, ...]] = {}
     if isinstance(entry, yaml.MappingNode):
         for key, value in entry.value:
-            keys[str(key.value)] = value.start_mark.line + 1
+            keys[str(key.value)] = key.start_mark.line + 1
             if isinstance(value, yaml.SequenceNode):
                 items[str(key.value)] = tuple(v.start_mark.line + 1 for v in value.value)
     return EntryLines(entry.start_mark.line + 1, keys, items)

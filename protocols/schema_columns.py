@@ -76,7 +76,7 @@ class EntryLines:
     """Where one column entry sits in the schema file (1-based lines), for messages."""
 
     line: int | None = None
-    keys: Mapping[str, int] = field(default_factory=dict)  # key -> line of its value
+    keys: Mapping[str, int] = field(default_factory=dict)  # key -> its line
     items: Mapping[str, tuple[int, ...]] = field(default_factory=dict)  # list key -> lines
 
 
