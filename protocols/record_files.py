@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from protocols.errors import RecordError
+from protocols.identifier_columns import identifier_kind_of_value, mask
 
 # The largest records file a node reads (on disk, and for Parquet also uncompressed). The
 # whole file is held in memory while every cell is checked, at about 18 bytes of memory per
@@ -155,7 +157,11 @@ def _check_header(path: Path, names: list[str]) -> None:
 
 
 def quoted(name: str) -> str:
-    """A column name for a one-line message: 'age', or escaped if it holds a line break."""
+    """A column name for a one-line message: 'age'; escaped if it holds a line break;
+    masked if it, or a part of it between separators, looks like a direct identifier
+    (a file exported without its header line has a patient's values as column names)."""
+    if any(identifier_kind_of_value(part) for part in re.split(r"[,;\t|]", name)):
+        return f"{mask(name)!r} (masked: it looks like a direct identifier)"
     return f"'{name}'" if name.isprintable() else repr(name)
 
 

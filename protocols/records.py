@@ -17,6 +17,7 @@ only its masked shape.
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -123,7 +124,7 @@ def _header_problems(frame: pd.DataFrame, schema: Schema) -> list[Problem]:
     """
     declared = [c.name for c in schema.columns]
     extra = [str(name) for name in frame.columns if name not in declared]
-    hint = _delimiter_hint(extra, len(frame.columns))
+    hint = _delimiter_hint(extra, len(frame.columns)) or _headerless(extra, len(frame.columns))
     if hint:
         return hint
     missing = [c.name for c in schema.features if c.name not in frame.columns]
@@ -166,6 +167,20 @@ def _meant(name: str, declared: list[str], missing: list[str]) -> str | None:
     lowered = {m.lower(): m for m in missing}
     close = difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=0.75)
     return lowered[close[0]] if close else None
+
+
+_VALUE = re.compile(r"[+-]?[0-9]+([.,][0-9]+)?|[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+def _headerless(extra: list[str], n_columns: int) -> list[Problem]:
+    """A first line with no declared column name but numbers, dates or identifiers in it
+    is a record, not a header: one problem, the line shown only masked."""
+    if len(extra) < n_columns or not any(_VALUE.fullmatch(name.strip()) or
+                                         identifier_kind_of_value(name) for name in extra):
+        return []
+    return [Problem(None, mask(",".join(extra)), "", "the first line looks like a record, "
+                    "not a header (no column of the schema is named, and it holds numbers, "
+                    "dates or identifiers; shown masked): export the file with its header line")]
 
 
 def _delimiter_hint(extra: list[str], n_columns: int) -> list[Problem]:
