@@ -16,7 +16,7 @@ import math
 from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
-from coordinator.strategy import flag_problem
+from coordinator.strategy import flag_problem, record_problem, scalar_problem
 from protocols import messages as keys
 from protocols.manifest import SitePrivacySpent
 from protocols.plan import StudyPlan
@@ -52,13 +52,17 @@ def _read(reply: Message, plan: StudyPlan) -> tuple[str, SitePrivacySpent, str |
     if reply.has_error():
         return "", none, f"the node answered with an error: {reply.error.reason}"
     content = reply.content
-    if set(content.keys()) != {keys.REPORT, keys.SITE}:
-        return "", none, f"unexpected records {sorted(content.keys())}"
+    problem = record_problem(content, {keys.REPORT: MetricRecord, keys.SITE: ConfigRecord})
+    if problem:
+        return "", none, problem
     report, site = content[keys.REPORT], content[keys.SITE]
-    if not isinstance(report, MetricRecord) or set(report.keys()) != keys.REPORT_METRICS:
+    if set(report.keys()) != keys.REPORT_METRICS:
         return "", none, "the report is not exactly the whitelisted keys"
-    if not isinstance(site, ConfigRecord) or set(site.keys()) != keys.REPLY_SITE:
+    if set(site.keys()) != keys.REPLY_SITE:
         return "", none, "the site record holds more than the site's name"
+    problem = scalar_problem(report, site, lists=frozenset({keys.ROUNDS}))
+    if problem:
+        return "", none, problem
     epsilon, steps = float(report[keys.EPSILON_SPENT]), int(report[keys.STEPS_TOTAL])
     answered = [int(r) for r in report[keys.ROUNDS]]  # checked only (see above)
     if plan.private and not (0 <= epsilon <= plan.epsilon):

@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterable, Mapping
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
@@ -81,9 +81,11 @@ class StudyStrategy(FedAvg):
                 continue
             name = str(msg.content[keys.SITE][keys.SITE_NAME])
             metrics = msg.content[keys.METRICS]
+            # Once a site trained on a synthetic cohort, the study did: the flag only sticks.
+            earlier = name in self.sites and self.sites[name].synthetic_input
             self.sites[name] = SitePrivacySpent(float(metrics[keys.EPSILON_SPENT]),
                                                 int(metrics[keys.STEPS_TOTAL]),
-                                                metrics[keys.SYNTHETIC_INPUT] == 1.0)
+                                                earlier or metrics[keys.SYNTHETIC_INPUT] == 1.0)
             accepted.append(msg)
             names.append(name)
         if len(accepted) < self.plan.min_sites:
@@ -96,12 +98,17 @@ class StudyStrategy(FedAvg):
 
     def _reply_problem(self, msg: Message, server_round: int) -> str | None:
         content = msg.content
-        if set(content.keys()) != {keys.ARRAYS, keys.METRICS, keys.SITE}:
-            return f"unexpected records {sorted(content.keys())}"
+        problem = record_problem(content, {keys.ARRAYS: ArrayRecord, keys.METRICS: MetricRecord,
+                                           keys.SITE: ConfigRecord})
+        if problem:
+            return problem
         if set(content[keys.METRICS].keys()) != keys.REPLY_METRICS:
             return f"metrics {sorted(content[keys.METRICS].keys())} are not the whitelisted ones"
         if set(content[keys.SITE].keys()) != keys.REPLY_SITE:
             return f"site fields {sorted(content[keys.SITE].keys())} are not the whitelisted ones"
+        problem = scalar_problem(content[keys.METRICS], content[keys.SITE])
+        if problem:
+            return problem
         arrays = content[keys.ARRAYS]
         if set(arrays.keys()) != set(self._shapes):
             return "weights do not match the global model's layers"
@@ -122,6 +129,31 @@ class StudyStrategy(FedAvg):
         if self.plan.private and not (math.isfinite(epsilon) and epsilon <= self.plan.epsilon):
             return f"reported epsilon {epsilon} exceeds the plan's {self.plan.epsilon}"
         return None
+
+
+def record_problem(content: RecordDict, expected: Mapping[str, type]) -> str | None:
+    """The reply must hold exactly these records, each of its expected kind."""
+    if set(content.keys()) != set(expected):
+        return f"unexpected records {sorted(content.keys())}"
+    for name, kind in expected.items():
+        if not isinstance(content[name], kind):
+            return f"record {name} is a {type(content[name]).__name__}, not a {kind.__name__}"
+    return None
+
+
+def scalar_problem(metrics: MetricRecord, site: ConfigRecord,
+                   lists: frozenset[str] = frozenset()) -> str | None:
+    """Every metric a single number (those in `lists` a list of whole numbers) and the
+    site's name a string: a value of another type is a bad reply, never a crash."""
+    for key, value in metrics.items():
+        if key in lists:
+            if not (isinstance(value, list) and all(isinstance(v, int) for v in value)):
+                return f"{key} is not a list of whole numbers"
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"{key} is not a single number"
+    if not isinstance(site[keys.SITE_NAME], str):
+        return "the site's name is not text"
+    return None
 
 
 def flag_problem(value: float) -> str | None:

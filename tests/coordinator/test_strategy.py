@@ -54,6 +54,8 @@ def test_each_site_is_recorded_in_exactly_the_rounds_its_update_was_averaged_int
     (lambda: _update("c", -0.5), "moved by 0.5, beyond"),
     (lambda: _update("c", weight=40.0), "FedAvg weight 40 is not 1"),
     (lambda: _update("c", synthetic=0.5), "synthetic-input 0.5 is not 0 or 1"),
+    (lambda: _update("c", weight=[1.0]), "weight is not a single number"),
+    (lambda: _update("c", arrays=MetricRecord({"w": 1.0})), "record arrays is a MetricRecord"),
 ])
 def test_a_bad_update_is_left_out_and_logged(bad, why, caplog):
     strategy = StudyStrategy(PLAN, _reference())
@@ -91,3 +93,10 @@ def test_a_site_that_trained_on_a_synthetic_cohort_is_recorded_as_such():
     strategy.aggregate_train(1, [_update("a"), _update("b", synthetic=1.0)])
     assert (strategy.sites["a"].synthetic_input, strategy.sites["b"].synthetic_input) == (
         False, True)
+
+
+def test_a_site_once_trained_on_a_synthetic_cohort_stays_recorded_as_such():
+    strategy = StudyStrategy(PLAN, _reference())
+    strategy.aggregate_train(1, [_update("a", synthetic=1.0), _update("b")])
+    strategy.aggregate_train(2, [_update("a"), _update("b")])  # a's node switched files
+    assert strategy.sites["a"].synthetic_input and not strategy.sites["b"].synthetic_input
