@@ -6,7 +6,8 @@ key, generated once at $XDG_CONFIG_HOME/fedsynth/manifest-signing.key (default
 ~/.config/fedsynth/); the summary prints the key's fingerprint. `verify DIR
 [--public-key PUB]` checks a released cohort folder: the manifest's signature
 (against PUB when given) and the sha256 and size of every file it lists; it
-exits 0 only when all match, 1 naming each file that does not.
+exits 0 only when all match, 1 naming each file that does not, 3 when no
+trusted key was given (the signer is then not pinned).
 
 User errors (bad schema, bad records, bad plan, bad key) end with one paragraph
 on stderr and exit status 2, never a traceback.
@@ -30,6 +31,7 @@ from protocols.plan import GENERATORS, StudyPlan
 from protocols.release_verification import load_trusted_key, verify_release
 
 DEFAULT_PLAN = StudyPlan()
+
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,14 +174,15 @@ def _verify_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    """Exit 0 when signature and files all match, 1 (one line per problem) otherwise."""
+    """Exit 0 when signature and files all match a trusted key, 1 (one line per problem)
+    otherwise, 3 when they match a key nobody said to trust (`ReleaseCheck.exit_status`)."""
     trusted = load_trusted_key(args.public_key) if args.public_key else None
     check = verify_release(args.directory, trusted)
     if not check.ok:
         print(f"fedsynth-coordinator: {check.problem_report()}", file=sys.stderr)
         return 1
     print(check.summary())
-    return 0
+    return check.exit_status
 
 
 def _report_provisioned(done: Provisioned) -> None:

@@ -8,7 +8,8 @@ synthetic cohort against the site's own records and writes report.html (and
 report.json) at the hospital; nothing leaves. `verify DIR --kit KIT` checks a
 released cohort folder: the manifest's signature, against the consortium's key
 in the site kit, and the sha256 and size of every file it lists; it exits 0
-only when all match, 1 naming each file that does not. `budget` shows what
+only when all match, 1 naming each file that does not, 3 when no trusted key
+was given (the signer is then not pinned). `budget` shows what
 the site's privacy ledger has spent and committed, and what is left of its
 budget; it exits 2 when the ledger's hash chain is broken. User errors end with
 one paragraph on stderr and exit 2, never a traceback.
@@ -33,6 +34,7 @@ from protocols.provenance import synthetic_provenance
 from protocols.records import check_file
 from protocols.release_verification import load_trusted_key, verify_release
 from protocols.schema import load_schema
+
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,14 +112,15 @@ def _verify_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    """Exit 0 when signature and files all match, 1 (one line per problem) otherwise."""
+    """Exit 0 when signature and files all match a trusted key, 1 (one line per problem)
+    otherwise, 3 when they match a key nobody said to trust (`ReleaseCheck.exit_status`)."""
     key_path = args.kit / MANIFEST_SIGNING_PUB if args.kit else args.public_key
     check = verify_release(args.directory, load_trusted_key(key_path) if key_path else None)
     if not check.ok:
         print(f"fedsynth-node: {check.problem_report()}", file=sys.stderr)
         return 1
     print(check.summary())
-    return 0
+    return check.exit_status
 
 
 def _budget_parser(sub: argparse._SubParsersAction) -> None:

@@ -56,6 +56,9 @@ def public_key_pem(public_key: Ed25519PublicKey) -> str:
                                    serialization.PublicFormat.SubjectPublicKeyInfo).decode()
 
 
+_BLOCK_KEYS = frozenset({"algorithm", "public_key", "key_fingerprint", "value"})
+
+
 def sign_manifest(manifest: Mapping[str, Any], key: Ed25519PrivateKey) -> dict[str, Any]:
     """`manifest` with a signature block over everything else in it."""
     public = key.public_key()
@@ -85,9 +88,11 @@ def check_signature(manifest: Mapping[str, Any]) -> Ed25519PublicKey:
     if block is None:
         raise SignatureError("not signed (no signature block): nothing shows these files "
                              "are the ones the coordinator released")
-    if not isinstance(block, Mapping) or block.get("algorithm") != ALGORITHM:
-        raise SignatureError(f"the signature block is malformed (expected algorithm "
-                             f"{ALGORITHM!r})")
+    if (not isinstance(block, Mapping) or set(block) != _BLOCK_KEYS
+            or block.get("algorithm") != ALGORITHM):
+        raise SignatureError(f"the signature block is malformed (expected exactly "
+                             f"{', '.join(sorted(_BLOCK_KEYS))}, algorithm {ALGORITHM!r}); "
+                             "anything else in it would not be covered by the signature")
     key = parse_public_key(str(block.get("public_key", "")).encode(), "the signature block's "
                            "public_key")
     if block.get("key_fingerprint") != key_fingerprint(key):

@@ -52,6 +52,13 @@ class ReleaseCheck:
     def ok(self) -> bool:
         return not self.problems
 
+    @property
+    def exit_status(self) -> int:
+        """0: everything matches a trusted key; 1: something does not match; 3: everything
+        matches, but the signer was not pinned, so a release re-signed by anyone would pass
+        too (a script that reads only the exit status must not take that for 0)."""
+        return 1 if self.problems else 0 if self.pinned else 3
+
     def summary(self) -> str:
         """What a successful check prints: the count, the key, and what it proves."""
         trust = "trusted" if self.pinned else "not pinned"

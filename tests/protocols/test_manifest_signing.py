@@ -157,6 +157,14 @@ def test_a_swapped_public_key_in_the_signature_block_is_refused(release):
     assert "the manifest was edited after it was signed" in _problems(release)[0]
 
 
+def test_an_extra_field_in_the_signature_block_is_refused(release):
+    """The block itself is not signed: an 'approved_by' slipped into it must not pass."""
+    manifest = _manifest(release)
+    manifest[SIGNATURE]["approved_by"] = "the ethics board"
+    with pytest.raises(SignatureError, match="signature block is malformed"):
+        check_signature(manifest)
+
+
 def test_a_fingerprint_that_is_not_the_embedded_keys_is_refused(release):
     manifest = _manifest(release)
     manifest[SIGNATURE]["key_fingerprint"] = "00" * 32
