@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from node.privacy_ledger import LEDGER_NAME
+from protocols.errors import FedsynthError
 from protocols.ledger import RESERVE, LedgerEntry, last_hash, read_chain, study_spend
 
 
@@ -54,10 +55,10 @@ class BudgetReport:
 
     @property
     def left(self) -> float:
-        return self.budget - self.committed
+        return math.inf if math.isinf(self.budget) else self.budget - self.committed
 
     def to_json(self) -> dict[str, Any]:
-        """Plain JSON values (an infinite ε or budget is the string "inf")."""
+        """Plain JSON values (an infinite ε or budget is the string "inf", NaN null)."""
         return _finite({**asdict(self), "committed": self.committed, "spent": self.spent,
                         "left": self.left, "studies": [asdict(s) for s in self.studies]})
 
@@ -65,8 +66,11 @@ class BudgetReport:
 def read_budget(state_dir: Path, budget: float) -> BudgetReport:
     """The site's ledger in `state_dir`, summarised against its `budget`."""
     path = Path(state_dir) / LEDGER_NAME
-    lines = ([line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-             if path.exists() else [])
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
+    except OSError as exc:
+        raise FedsynthError(f"Cannot read the privacy ledger {path}: {exc.strerror}.") from None
+    lines = [line for line in text.splitlines() if line.strip()]
     entries, problem = read_chain(lines, str(path))
     return BudgetReport(ledger=str(path), entries=len(entries), intact=problem is None,
                         problem=str(problem) if problem else None,
@@ -114,8 +118,8 @@ def _num(value: float) -> str:
 
 
 def _finite(value: Any) -> Any:
-    if isinstance(value, float) and math.isinf(value):
-        return "inf" if value > 0 else "-inf"
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else "inf" if value > 0 else "-inf"
     if isinstance(value, dict):
         return {k: _finite(v) for k, v in value.items()}
     if isinstance(value, list):

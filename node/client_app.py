@@ -140,6 +140,11 @@ def train_reply(content: RecordDict, context: Context, run_config: Mapping[str, 
         # The marginals generator adds its noise in one release (node.marginal_release).
         if plan.generator != "vae":
             check_site_size(plan, site.n_records, f"Site {site.name}")
+            if request.round > 1:
+                raise PlanError(f"Site {site.name} refuses to join the marginals study in "
+                                f"round {request.round}: its release comes in two stages "
+                                "from round 1, and a late one would spend budget on tables "
+                                "the coordinator cannot use.")
             return SitePrivacy(1.0, 0.0)
         return SitePrivacy.for_site(plan, site.n_records, site.name)
 

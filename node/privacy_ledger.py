@@ -44,7 +44,9 @@ class PrivacyLedger:
     def entries(self) -> list[LedgerEntry]:
         if not self.path.exists():
             return []
-        lines = self.path.read_text(encoding="utf-8").splitlines()
+        # A damaged byte becomes U+FFFD, which breaks that line's hash: the chain check
+        # names the line instead of the reader failing on it.
+        lines = self.path.read_text(encoding="utf-8", errors="replace").splitlines()
         return parse_ledger([line for line in lines if line.strip()], str(self.path))
 
     def append(self, entry: LedgerEntry) -> LedgerEntry:

@@ -106,11 +106,17 @@ def check_site_size(plan: StudyPlan, n_records: int, source: str) -> None:
     if problem is None:
         return
     smallest = minimum_site_records(plan)
-    need = (f"This plan needs at least {smallest} records per site" if smallest else
-            "No site size makes this plan meaningful")
+    remedy = "a larger epsilon, or fewer rounds or local steps, lower the minimum"
+    if smallest is None:
+        need = "No site size makes this plan meaningful"
+    elif plan.delta >= 1.0 / smallest:
+        need = (f"No site size suits this plan: its noise needs at least {smallest} records "
+                f"per site, and its delta {plan.delta:g} allows fewer than {1 / plan.delta:g}")
+        remedy = "lower delta, or " + remedy
+    else:
+        need = f"This plan needs at least {smallest} records per site"
     raise PlanError(f"{source}: too small for a meaningful differentially private study: "
-                    f"{problem}. {need}; a larger epsilon, or fewer rounds or local steps, "
-                    "lower the minimum.")
+                    f"{problem}. {need}; {remedy}.")
 
 
 def noise_multiplier_for(plan: StudyPlan, sample_rate: float) -> float:

@@ -68,3 +68,22 @@ def test_budget_of_a_site_that_never_ran_a_study(tmp_path, capsys):
 def test_budget_without_a_kit_or_a_state_folder_says_what_it_needs(capsys):
     assert main(["budget"]) == 2
     assert "needs --kit KIT, or both --state-dir and --epsilon-budget" in capsys.readouterr().err
+
+
+def test_a_damaged_byte_in_the_ledger_is_a_broken_chain_not_a_crash(state_dir, capsys):
+    path = state_dir / "privacy-ledger.jsonl"
+    data = bytearray(path.read_bytes())
+    data[data.index(b'"delta"', len(data) // 2)] = 0xFF
+    path.write_bytes(bytes(data))
+    assert main(["budget", "--state-dir", str(state_dir), "--epsilon-budget", "10"]) == 2
+    captured = capsys.readouterr()
+    assert "hash chain BROKEN" in captured.out and "Traceback" not in captured.err
+
+
+def test_an_unlimited_budget_is_left_unlimited_even_after_a_non_private_study(tmp_path,
+                                                                              capsys):
+    PrivacyLedger(tmp_path).append(_entry(RESERVE, "3" * 64, epsilon=float("inf")))
+    assert main(["budget", "--state-dir", str(tmp_path), "--epsilon-budget", "inf",
+                 "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["committed"], report["left"]) == ("inf", "inf")

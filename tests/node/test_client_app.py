@@ -318,3 +318,16 @@ def test_an_unexpected_failure_reaches_the_coordinator_without_its_text(site_fil
     sent = _refused(lambda: build_client_app()(msg, _context(*site_files)), caplog,
                     r"fedsynth-node failed(.|\n)*Traceback(.|\n)*KeyError")
     assert sent == "the site's node failed unexpectedly; the site's node log says why."
+
+
+def test_a_site_that_missed_the_first_marginals_stage_does_not_release_the_second(
+        site_files, demo_schema, caplog):
+    from coordinator.generator_family import initial_arrays
+
+    config = ConfigRecord({**MARGINALS.to_config(), keys.SCHEMA_SHA256: demo_schema.sha256,
+                           keys.SERVER_ROUND: 2})
+    msg = Message(content=RecordDict({keys.ARRAYS: initial_arrays(demo_schema, MARGINALS),
+                                      keys.PLAN: config}), dst_node_id=1, message_type="train")
+    _refused(lambda: build_client_app()(msg, _context(*site_files)), caplog,
+             "refuses to join the marginals study in round 2")
+    assert not (Path(site_files[1]).parent / "node-state" / "privacy-ledger.jsonl").exists()

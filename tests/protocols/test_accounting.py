@@ -125,3 +125,9 @@ def test_a_site_too_large_for_delta_is_refused() -> None:
 def test_no_size_rule_beyond_the_floor_for_references_and_marginals(plan: StudyPlan,
                                                                     n: int) -> None:
     check_site_size(plan, n, "hospital-07.csv")
+
+
+def test_a_minimum_beyond_what_delta_allows_is_called_a_contradiction() -> None:
+    with pytest.raises(PlanError, match="No site size suits this plan: its noise needs at "
+                                        r"least \d+ records per site, and its delta 0.01"):
+        check_site_size(StudyPlan(epsilon=0.2, delta=1e-2), 30, "hospital-07.csv")
