@@ -36,7 +36,7 @@ from protocols.plan import StudyPlan
 
 ADAM_BETAS = (0.9, 0.999)
 NOISE_SIGMAS = 10.0
-_ROUNDING = 1.001  # float32 arithmetic at the node; no honest reply comes near the bound
+_ROUNDING = 1.001  # float32 arithmetic in Adam's moments (the weights' own rounding is added)
 
 
 def adam_step_bound(step: int, betas: tuple[float, float] = ADAM_BETAS) -> float:
@@ -59,9 +59,13 @@ def update_problem(plan: StudyPlan, server_round: int, sent: Mapping[str, np.nda
     honest answer to `sent` in `server_round` under `plan`, or None if it can be."""
     if plan.generator == "marginals":
         return _tables_problem(plan, server_round, sent, reply)
-    limit = largest_weight_change(plan) * _ROUNDING
+    bound = largest_weight_change(plan)
     for name, weights in reply.items():
-        change = float(np.max(np.abs(weights.astype(np.float64) - sent[name]), initial=0.0))
+        start = np.asarray(sent[name], dtype=np.float64)
+        change = float(np.max(np.abs(weights.astype(np.float64) - start), initial=0.0))
+        # Each float32 step may round the weight by half an ulp of its size, whatever lr is.
+        largest = float(np.max(np.abs(start), initial=0.0)) + bound
+        limit = bound * _ROUNDING + plan.local_steps * float(np.spacing(np.float32(largest)))
         if change > limit:
             return (f"layer {name} moved by {change:.4g}, beyond the {limit:.4g} that "
                     f"{plan.local_steps} Adam steps at learning rate {plan.learning_rate:g} "

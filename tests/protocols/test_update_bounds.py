@@ -94,3 +94,17 @@ def test_a_tampered_marginal_release_is_recognised(honest_stages, stage, change,
     initial, first, second = honest_stages
     sent, reply = (initial, first) if stage == 1 else (first, second)
     assert why in update_problem(MARGINALS, stage, sent, change(reply))
+
+
+@given(st.floats(-50, 50), st.floats(1e-6, 1e-1),
+       st.lists(st.floats(-1e3, 1e3, allow_subnormal=False), min_size=1, max_size=30))
+def test_float32_rounding_of_large_weights_never_makes_an_honest_step_look_too_long(
+        start, learning_rate, gradients):
+    weights = torch.full((1,), start, dtype=torch.float32, requires_grad=True)
+    sent = {"w": weights.detach().numpy().copy()}
+    optimizer = torch.optim.Adam([weights], lr=learning_rate, betas=ADAM_BETAS)
+    for gradient in gradients:
+        weights.grad = torch.tensor([gradient], dtype=torch.float32)
+        optimizer.step()
+    plan = StudyPlan(learning_rate=learning_rate, local_steps=len(gradients))
+    assert update_problem(plan, 1, sent, {"w": weights.detach().numpy()}) is None
