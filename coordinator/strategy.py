@@ -162,8 +162,12 @@ def flag_problem(value: float) -> str | None:
 
 
 def _weight_problem(plan: StudyPlan, weight: float) -> str | None:
-    """The FedAvg weight must be 1, or a site size rounded as the plan allows."""
+    """The FedAvg weight must be 1, or a site size rounded as the plan allows: a multiple
+    of k, and (a node refuses a site of 1/δ records or more) below 1/δ + k."""
     k = plan.size_granularity
+    if k and plan.private and weight >= 1.0 / plan.delta + k:
+        return (f"FedAvg weight {weight:g} is the size of a site larger than the "
+                f"{1 / plan.delta:g} records delta {plan.delta:g} allows")
     if (weight == 1.0) if k == 0 else (weight >= k and weight % k == 0):
         return None
     allowed = "1" if k == 0 else f"a positive multiple of {k}"

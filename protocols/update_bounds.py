@@ -19,9 +19,11 @@ On the demo sites, one honest round of the default plan moved its largest
 weight by 0.73–0.97 of this bound (private and non-private alike).
 
 Marginals (Gaussian mechanism on counts). A table entry is a count (≥ 0) plus
-Gaussian noise of the stage's σ; an entry below −`NOISE_SIGMAS`·σ has
-probability below 1e-23 for an honest node. Stage 1 sends its pair tables
-as exact zeros, stage 2 echoes the global column tables unchanged.
+Gaussian noise of the stage's σ; a deviation beyond `NOISE_SIGMAS`·σ has
+probability below 1e-23 for an honest node. Every table a site releases counts
+the same n records, so their totals agree up to the noise, and n < 1/δ (the
+node refuses a larger site). Stage 1 sends its pair tables as exact zeros,
+stage 2 echoes the global column tables unchanged.
 """
 
 from __future__ import annotations
@@ -78,15 +80,41 @@ def _tables_problem(plan: StudyPlan, server_round: int, sent: Mapping[str, np.nd
     n_one = sum(name.startswith("1|") for name in sent)
     sigmas = table_noise_scales(n_one, len(sent) - n_one,
                                 release_noise_multiplier(plan.epsilon, plan.delta))
+    released: dict[str, np.ndarray] = {}
     for name, table in reply.items():
         column = name.startswith("1|")
         if column if server_round >= 2 else not column:
             if not np.array_equal(table, sent[name]):
                 expected = "the global table echoed" if column else "zeros (released in stage 2)"
                 return f"table {name} is not {expected}"
-            continue
-        floor = -NOISE_SIGMAS * sigmas[0 if column else 1] - 1e-9
-        if table.size and float(table.min()) < floor:
-            return (f"table {name} holds a count of {float(table.min()):.4g}, below the "
-                    f"{floor:.4g} that Gaussian noise on counts allows")
+        else:
+            released[name] = table
+    sigma = sigmas[0] if server_round < 2 else sigmas[1]
+    return _counts_problem(plan, released, sigma)
+
+
+def _counts_problem(plan: StudyPlan, tables: Mapping[str, np.ndarray],
+                    sigma: float) -> str | None:
+    """Released tables are counts of the same n records plus noise σ per cell: no cell far
+    below zero or above its table's total, every table's total the same n up to the noise,
+    and n below 1/δ (a larger site is refused by its node)."""
+    totals = {name: float(table.sum()) for name, table in tables.items()}
+    if not totals:
+        return None
+    n = float(np.median(list(totals.values())))
+    widest = max(math.sqrt(table.size) for table in tables.values())
+    rounding = 1e-9 * max(1.0, abs(n))
+    for name, table in tables.items():
+        spread = NOISE_SIGMAS * sigma * math.sqrt(table.size)
+        if table.size and float(table.min()) < -NOISE_SIGMAS * sigma - rounding:
+            return (f"table {name} holds a count of {float(table.min()):.4g}, below what "
+                    f"Gaussian noise of {sigma:.3g} on counts allows")
+        if table.size and float(table.max()) > totals[name] + NOISE_SIGMAS * sigma + spread:
+            return f"table {name} holds a cell of {float(table.max()):.4g}, above its total"
+        if abs(totals[name] - n) > spread + NOISE_SIGMAS * sigma * widest + rounding:
+            return (f"table {name} counts {totals[name]:.6g} records, but the site's other "
+                    f"tables count about {n:.6g}: one record set cannot give both")
+    if plan.private and n > 1.0 / plan.delta + NOISE_SIGMAS * sigma * widest:
+        return (f"the tables count about {n:.6g} records, more than the {1 / plan.delta:g} "
+                f"a site may hold under delta {plan.delta:g}")
     return None

@@ -80,7 +80,8 @@ def test_updates_are_bounded_against_the_global_model_of_their_own_round():
 
 
 @pytest.mark.parametrize("weight, accepted", [(20.0, True), (60.0, True), (10.0, False),
-                                              (25.0, False), (1.0, False)])
+                                              (25.0, False), (1.0, False), (100_000.0, True),
+                                              (100_020.0, False)])
 def test_a_site_weight_must_be_a_size_rounded_as_the_plan_allows(weight, accepted):
     plan = StudyPlan(epsilon=2.0, rounds=3, min_sites=1, size_granularity=20)
     strategy = StudyStrategy(plan, _reference())

@@ -86,7 +86,14 @@ def test_honest_marginal_releases_pass(honest_stages):
 
 
 @pytest.mark.parametrize("stage, change, why", [
-    (1, lambda t: {**t, "1|sex": t["1|sex"] - 1e4}, "below the"),
+    (1, lambda t: {**t, "1|sex": t["1|sex"] - 1e4}, "below what Gaussian noise"),
+    (1, lambda t: {**t, "1|sex": t["1|sex"] + np.eye(1, t["1|sex"].size)[0] * 1e12},
+     "one record set cannot give both"),
+    # a million more records in every table, consistently: a site larger than 1/delta
+    (1, lambda t: {k: (v + 1e6 / v.size if k.startswith("1|") else v) for k, v in t.items()},
+     "more than the 100000 a site may hold"),
+    (2, lambda t: {k: (v + 1e6 / v.size if k.startswith("2|") else v) for k, v in t.items()},
+     "more than the 100000"),
     (1, lambda t: {k: (v + 1 if k.startswith("2|") else v) for k, v in t.items()}, "zeros"),
     (2, lambda t: {k: (v + 1 if k.startswith("1|") else v) for k, v in t.items()}, "echoed"),
 ])
