@@ -33,6 +33,7 @@ from protocols import messages as keys
 from protocols import secure_aggregation as contract
 from protocols.errors import FedsynthError
 from protocols.plan import StudyPlan
+from protocols.update_bounds import update_problem
 
 log = logging.getLogger(__name__)
 AfterRound = Callable[[int, ArrayRecord, list[int]], None]
@@ -56,6 +57,7 @@ class SecureFedAvg(FedAvg):
         self._offset = first_round - 1
         self._min_sites = min_sites
         self._bound = clipping_range
+        self._plan = StudyPlan.from_config(dict(plan_record))
         self.latest = reference
         self.aggregated_round = 0
         self.round_nodes: dict[int, list[int]] = {}  # study round -> nodes in its sum
@@ -110,7 +112,22 @@ class SecureFedAvg(FedAvg):
                 raise FedsynthError(f"Round {study_round}: layer {name} of the secure "
                                     f"average has shape {value.shape}, not {shape}.")
             out.append(np.asarray(value, dtype=dtype))
+        if self._plan.generator == "vae":
+            self._check_bound(study_round, out)
         return out
+
+    def _check_bound(self, study_round: int, average: NDArrays) -> None:
+        """An average of honest updates moves no weight further than one honest round
+        can (`protocols.update_bounds`, plus two quantisation steps): beyond that, a site
+        sent a hostile update, which SecAgg+ hides, so the study stops."""
+        sent = {name: array.numpy() for name, array in self.latest.items()}
+        step = 2 * self._bound / contract.QUANTIZATION_RANGE
+        problem = update_problem(self._plan, study_round, sent,
+                                 dict(zip(self._names, average, strict=True)), slack=2 * step)
+        if problem:
+            raise FedsynthError(f"Round {study_round}: the secure average is refused: "
+                                f"{problem}; one of the summed updates cannot be honest, and "
+                                "secure aggregation does not say whose. The study stops here.")
 
 
 def secure_rounds(grid: Grid, context: Context, *, plan_record: ConfigRecord,

@@ -56,9 +56,12 @@ def largest_weight_change(plan: StudyPlan) -> float:
 
 
 def update_problem(plan: StudyPlan, server_round: int, sent: Mapping[str, np.ndarray],
-                   reply: Mapping[str, np.ndarray]) -> str | None:
+                   reply: Mapping[str, np.ndarray], slack: float = 0.0) -> str | None:
     """Why `reply` (same names, shapes and dtypes as `sent`, all finite) cannot be an
-    honest answer to `sent` in `server_round` under `plan`, or None if it can be."""
+    honest answer to `sent` in `server_round` under `plan`, or None if it can be.
+
+    The VAE bound holds for any weighted average of honest replies too (SecAgg+'s
+    sum); `slack` adds the error of its quantisation."""
     if plan.generator == "marginals":
         return _tables_problem(plan, server_round, sent, reply)
     bound = largest_weight_change(plan)
@@ -67,7 +70,8 @@ def update_problem(plan: StudyPlan, server_round: int, sent: Mapping[str, np.nda
         change = float(np.max(np.abs(weights.astype(np.float64) - start), initial=0.0))
         # Each float32 step may round the weight by half an ulp of its size, whatever lr is.
         largest = float(np.max(np.abs(start), initial=0.0)) + bound
-        limit = bound * _ROUNDING + plan.local_steps * float(np.spacing(np.float32(largest)))
+        limit = (bound * _ROUNDING + plan.local_steps * float(np.spacing(np.float32(largest)))
+                 + slack)
         if change > limit:
             return (f"layer {name} moved by {change:.4g}, beyond the {limit:.4g} that "
                     f"{plan.local_steps} Adam steps at learning rate {plan.learning_rate:g} "

@@ -218,7 +218,7 @@ def _combined(arrays: list[np.ndarray], sites: int = 2) -> list:
 
 def test_the_strategy_restores_names_and_dtypes_of_the_secure_average():
     strategy = _strategy()
-    strategy.aggregate_fit(1, _combined([np.ones((2, 3)), np.full(3, 0.5)]), [])
+    strategy.aggregate_fit(1, _combined([np.full((2, 3), 0.01), np.full(3, 0.005)]), [])
     assert list(strategy.latest.keys()) == ["w", "b"]
     assert strategy.latest["w"].numpy().dtype == np.float32
     assert strategy.aggregated_round == 1 and strategy.study_round(1) == 4
@@ -228,6 +228,8 @@ def test_the_strategy_restores_names_and_dtypes_of_the_secure_average():
     ([np.ones((2, 3)), np.full(3, np.nan)], "NaN"),
     ([np.ones((2, 3)), np.full(3, 65.0)], "beyond the secure-aggregation range"),
     ([np.ones((3, 2)), np.ones(3)], "shape"),
+    # no average of honest rounds moves a weight by more than the plan's Adam steps allow
+    ([np.zeros((2, 3)), np.full(3, 5.0)], "moved by 5, beyond .* cannot be honest"),
     ([np.ones((2, 3))], "layers"),
 ])
 def test_the_strategy_refuses_an_average_it_cannot_trust(arrays, why):
