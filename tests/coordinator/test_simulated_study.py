@@ -171,21 +171,6 @@ def test_a_study_without_federated_evaluation_leaves_no_report(sites, tmp_path):
     assert not (tmp_path / "report.html").exists()
 
 
-def test_a_marginals_study_releases_in_two_stages_and_says_which_mechanism_it_used(
-        sites, tmp_path):
-    result = _simulate(sites, tmp_path, "--generator", "marginals", "--rounds", "2",
-                       "--epsilon", "2", "--no-evaluation")
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "round 2/2" in result.stdout
-    manifest = json.loads((tmp_path / "manifest.json").read_text())
-    assert manifest["generator"] == "marginals" and manifest["rounds"] == 2
-    assert "Gaussian mechanism" in manifest["privacy"]["guarantee"]
-    for site in manifest["privacy"]["sites"].values():
-        assert 1.9 < site["epsilon_spent"] <= 2.0 and site["steps"] == 2
-    check = _cli("node", "check", "--schema", sites[0], "--data", tmp_path / "synthetic.csv")
-    assert check.returncode == 0, check.stderr
-
-
 def test_a_site_file_that_is_a_released_cohort_is_refused_before_anything_runs(
         private_study, sites, tmp_path, capsys):
     from coordinator.cli import main

@@ -16,6 +16,7 @@ a record, no column statistic.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +54,7 @@ PLANS = {
     "secure": SMALL_VAE.with_overrides(secure_aggregation=True),
 }
 METRIC_TYPES = {keys.WEIGHT: "float", keys.STEPS: "int", keys.STEPS_TOTAL: "int",
-                keys.EPSILON_SPENT: "float"}  # any other whitelisted metric: one finite number
+                keys.EPSILON_SPENT: "float", keys.SYNTHETIC_INPUT: "float"}
 EVALUATED = {"vae"}  # studies run with federated evaluation
 SECURE_STAGES = (Stage.SETUP, Stage.SHARE_KEYS, Stage.COLLECT_MASKED_VECTORS, Stage.UNMASK)
 # What each SecAgg+ stage of Flower's secaggplus_mod sends (flwr/client/mod/secure_aggregation/
@@ -169,6 +170,21 @@ def test_the_recorder_saw_every_message_each_node_answered(study, request):
         assert "raised" not in message and message["error"] is None, message
     print(f"{study}: {len(recorded.messages)} messages recorded "
           f"({', '.join(f'{n} {t}' for t, n in expected.items())} per site)")
+
+
+def test_the_marginals_study_releases_in_two_stages_and_says_which_mechanism_it_used(
+        marginals_study, site_files, capsys):
+    """(Its release, checked here so that the suite runs this study once.)"""
+    from node.cli import main as node_main
+
+    manifest = json.loads((marginals_study.out / "manifest.json").read_text())
+    assert manifest["generator"] == "marginals" and manifest["rounds"] == 2
+    assert "Gaussian mechanism" in manifest["privacy"]["guarantee"]
+    for site in manifest["privacy"]["sites"].values():
+        assert 1.9 < site["epsilon_spent"] <= 2.0 and site["steps"] == 2
+    assert node_main(["check", "--schema", str(site_files[0]), "--data",
+                      str(marginals_study.out / "synthetic.csv")]) == 0
+    assert "SYNTHETIC" in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------- training replies in the clear
