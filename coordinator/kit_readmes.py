@@ -160,6 +160,17 @@ ledger, the budget check and the reply whitelist are in that code: agree with th
 consortium on the fedsynth release, and run studies only from a coordinator you
 trust to ship it unchanged.
 
+## See the privacy budget
+
+```
+fedsynth-node budget --kit .
+```
+
+It lists every study on this node's privacy ledger (`state/privacy-ledger.jsonl`) and
+what is committed, spent and left of `epsilon-budget`. A study that would overspend is
+refused before any step. If the ledger's hash chain is broken (exit status 2), the node
+refuses every study until you restore the ledger from your backup.
+
 ## Check a released cohort
 
 ```
