@@ -164,13 +164,6 @@ def test_every_site_scores_the_cohort_and_the_study_report_holds_only_their_scal
     assert "federated evaluation: 3 sites" in result.stdout
 
 
-def test_a_study_without_federated_evaluation_leaves_no_report(sites, tmp_path):
-    (tmp_path / "report.html").write_text("an earlier study's report")
-    result = _simulate(sites, tmp_path, "--epsilon", "2", "--no-evaluation")
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert not (tmp_path / "report.html").exists()
-
-
 def test_a_site_file_that_is_a_released_cohort_is_refused_before_anything_runs(
         private_study, sites, tmp_path, capsys):
     from coordinator.cli import main
@@ -186,13 +179,16 @@ def test_a_site_file_that_is_a_released_cohort_is_refused_before_anything_runs(
 def test_a_secure_aggregation_study_records_it_and_each_site_reports_its_own_epsilon(
         private_study, sites, tmp_path):
     """Each site's report also says whether its operator let it train on a cohort: here
-    the third site is a released cohort (its Parquet), explicitly allowed."""
+    the third site is a released cohort (its Parquet), explicitly allowed. Without
+    federated evaluation, an earlier study's report in the folder does not survive."""
     schema, paths = sites
     cohort = private_study[0] / "synthetic.parquet"
+    (tmp_path / "report.html").write_text("an earlier study's report")
     result = _simulate((schema, [*paths[:2], cohort]), tmp_path, "--epsilon", "2",
                        "--secure-aggregation", "--no-evaluation", "--train-on-synthetic")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "combined by SecAgg+" in result.stdout
+    assert not (tmp_path / "report.html").exists()
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["secure_aggregation"] is True and manifest["plan"]["secure-aggregation"]
     names = [*SITES[:2], "synthetic"]
