@@ -16,9 +16,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from node.privacy_ledger import LEDGER_NAME
+from node.privacy_ledger import PrivacyLedger
 from protocols.errors import FedsynthError
-from protocols.ledger import RESERVE, LedgerEntry, last_hash, read_chain, study_spend
+from protocols.ledger import RESERVE, LedgerEntry, last_hash, study_spend
 
 
 @dataclass(frozen=True)
@@ -65,14 +65,13 @@ class BudgetReport:
 
 def read_budget(state_dir: Path, budget: float) -> BudgetReport:
     """The site's ledger in `state_dir`, summarised against its `budget`."""
-    path = Path(state_dir) / LEDGER_NAME
+    ledger = PrivacyLedger(state_dir)
     try:
-        text = path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
+        entries, problem = ledger.chain()
     except OSError as exc:
-        raise FedsynthError(f"Cannot read the privacy ledger {path}: {exc.strerror}.") from None
-    lines = [line for line in text.splitlines() if line.strip()]
-    entries, problem = read_chain(lines, str(path))
-    return BudgetReport(ledger=str(path), entries=len(entries), intact=problem is None,
+        raise FedsynthError(f"Cannot read the privacy ledger {ledger.path}: "
+                            f"{exc.strerror}.") from None
+    return BudgetReport(ledger=str(ledger.path), entries=len(entries), intact=problem is None,
                         problem=str(problem) if problem else None,
                         last_hash=last_hash(entries), budget=budget,
                         studies=tuple(_studies(entries)))

@@ -16,7 +16,8 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
-from protocols.ledger import LedgerEntry, entry_line, last_hash, parse_ledger
+from protocols.errors import BudgetError
+from protocols.ledger import LedgerEntry, entry_line, last_hash, parse_ledger, read_chain
 
 LEDGER_NAME = "privacy-ledger.jsonl"
 LOCK_NAME = "privacy-ledger.lock"
@@ -42,12 +43,21 @@ class PrivacyLedger:
         self.path = Path(state_dir) / LEDGER_NAME
 
     def entries(self) -> list[LedgerEntry]:
+        """Every entry; `BudgetError` naming the first line that breaks the chain."""
+        return parse_ledger(self._lines(), str(self.path))
+
+    def chain(self) -> tuple[list[LedgerEntry], BudgetError | None]:
+        """The entries up to the first line that breaks the chain, and the error naming
+        that line (None when the whole chain holds): what `fedsynth-node budget` shows."""
+        return read_chain(self._lines(), str(self.path))
+
+    def _lines(self) -> list[str]:
         if not self.path.exists():
             return []
         # A damaged byte becomes U+FFFD, which breaks that line's hash: the chain check
         # names the line instead of the reader failing on it.
         lines = self.path.read_text(encoding="utf-8", errors="replace").splitlines()
-        return parse_ledger([line for line in lines if line.strip()], str(self.path))
+        return [line for line in lines if line.strip()]
 
     def append(self, entry: LedgerEntry) -> LedgerEntry:
         """Chain `entry` to the last line and write it durably; returns it as written."""
