@@ -28,10 +28,10 @@ from coordinator.cohort import CSV_NAME, PARQUET_NAME, Release
 from coordinator.server_app import ProgressFn, build_server_app
 from coordinator.signing_key import signing_key
 from protocols.accounting import check_site_size
-from protocols.errors import FedsynthError, PlanError, RecordError
+from protocols.errors import FedsynthError, PlanError
 from protocols.manifest import MANIFEST_NAME
 from protocols.plan import StudyPlan
-from protocols.provenance import synthetic_provenance, synthetic_refusal
+from protocols.provenance import refuse_synthetic_records
 from protocols.records import check_file
 from protocols.schema import load_schema
 
@@ -102,9 +102,7 @@ def check_inputs(schema_path: Path, data_paths: Sequence[Path], plan: StudyPlan,
         raise PlanError(f"The plan needs at least {plan.min_sites} sites (min-sites) but "
                         f"{len(data_paths)} data file(s) were given.")
     for path in data_paths:
-        provenance = synthetic_provenance(path)
-        if provenance and not train_on_synthetic:
-            raise RecordError(synthetic_refusal(path, provenance))
+        refuse_synthetic_records(path, train_on_synthetic)
         validation = check_file(path, schema)
         validation.raise_if_invalid()
         check_site_size(plan, validation.n_rows, str(path))

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 
 from protocols import kit_layout as layout
 from protocols.kit_layout import KitError, SuperLinkAddress, check_site_name, parse_address
-from protocols.provenance import synthetic_provenance, synthetic_refusal
+from protocols.provenance import refuse_synthetic_records
 from protocols.records import check_file
 from protocols.schema import load_schema
 
@@ -85,9 +85,7 @@ def check_kit(kit: NodeKit) -> int:
     if str(kit.records) == layout.RECORDS_PLACEHOLDER:
         raise KitError(f"No records file given: pass --data /path/to/records.csv (node.toml in "
                        f"{kit.directory} only has the placeholder {layout.RECORDS_PLACEHOLDER}).")
-    provenance = synthetic_provenance(kit.records)
-    if provenance and not kit.train_on_synthetic:
-        raise KitError(synthetic_refusal(kit.records, provenance))
+    refuse_synthetic_records(kit.records, kit.train_on_synthetic)
     validation = check_file(kit.records, load_schema(kit.schema))
     validation.raise_if_invalid()
     return validation.n_rows

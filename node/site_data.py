@@ -17,8 +17,7 @@ import numpy as np
 import pandas as pd
 
 from protocols.encoding import TableEncoding, build_encoding
-from protocols.errors import RecordError
-from protocols.provenance import synthetic_provenance, synthetic_refusal
+from protocols.provenance import refuse_synthetic_records
 from protocols.records import check_file
 from protocols.schema import Schema
 
@@ -42,13 +41,10 @@ def load_site(path: str | Path, schema: Schema, name: str | None = None,
               allow_synthetic: bool = False) -> SiteData:
     """Read, validate and encode a site's file; raise `RecordError` if any row is bad,
     or if the file is a fedsynth cohort and `allow_synthetic` is not set."""
-    provenance = synthetic_provenance(Path(path))
-    if provenance and not allow_synthetic:
-        raise RecordError(synthetic_refusal(Path(path), provenance))
+    synthetic = refuse_synthetic_records(Path(path), allow_synthetic)
     validation = check_file(path, schema)
     validation.raise_if_invalid()
-    return encode_site(validation.parsed, schema, name or Path(path).stem,
-                       synthetic=provenance is not None)
+    return encode_site(validation.parsed, schema, name or Path(path).stem, synthetic=synthetic)
 
 
 def encode_site(parsed: pd.DataFrame, schema: Schema, name: str,

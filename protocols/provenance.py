@@ -16,6 +16,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from protocols.errors import RecordError
 from protocols.manifest import MANIFEST_NAME, PROVENANCE
 
 PARQUET_MARKER_KEY = b"fedsynth"
@@ -40,12 +41,17 @@ def synthetic_provenance(data_path: Path) -> str | None:
     return None
 
 
-def synthetic_refusal(path: Path, provenance: str) -> str:
-    """Why a cohort is not taken as a site's records, and the explicit way round it."""
-    return (f"{path} is a SYNTHETIC fedsynth cohort ({provenance}), not real patient records: "
+def refuse_synthetic_records(path: Path, allowed: bool) -> bool:
+    """Whether `path` is a fedsynth cohort; `RecordError` if it is and the operator did not
+    allow training on one (--train-on-synthetic), saying why and the way round it."""
+    provenance = synthetic_provenance(path)
+    if provenance and not allowed:
+        raise RecordError(
+            f"{path} is a SYNTHETIC fedsynth cohort ({provenance}), not real patient records: "
             "training on it would pass synthetic rows off as patients and feed the generator "
             "its own output. Only if that is really intended, pass --train-on-synthetic; the "
             "released manifest then records which sites trained on a cohort.")
+    return provenance is not None
 
 
 def _listed_files(manifest: Path) -> dict:
