@@ -36,7 +36,6 @@ from node.marginal_release import release_marginals
 from node.site_evaluation import score_cohort
 from node.training import SitePrivacy, train_round
 from protocols import messages as keys
-from protocols.accounting import check_site_size
 from protocols.errors import BudgetError, FedsynthError, PlanError, RecordError
 from protocols.generator import build_generator
 from protocols.ledger import study_rounds, study_spend
@@ -137,16 +136,13 @@ def train_reply(content: RecordDict, context: Context, run_config: Mapping[str, 
                            model_sha256=model_sha256(received))
 
     def new_study_privacy() -> SitePrivacy:
-        # The marginals generator adds its noise in one release (node.marginal_release).
-        if plan.generator != "vae":
-            check_site_size(plan, site.n_records, f"Site {site.name}")
-            if request.round > 1:
-                raise PlanError(f"Site {site.name} refuses to join the marginals study in "
-                                f"round {request.round}: its release comes in two stages "
-                                "from round 1, and a late one would spend budget on tables "
-                                "the coordinator cannot use.")
-            return SitePrivacy(1.0, 0.0)
-        return SitePrivacy.for_site(plan, site.n_records, site.name)
+        privacy = SitePrivacy.for_site(plan, site.n_records, site.name)
+        if plan.generator == "marginals" and request.round > 1:
+            raise PlanError(f"Site {site.name} refuses to join the marginals study in "
+                            f"round {request.round}: its release comes in two stages "
+                            "from round 1, and a late one would spend budget on tables "
+                            "the coordinator cannot use.")
+        return privacy
 
     def train(privacy: SitePrivacy, steps_before: int) -> StoredAnswer:
         if plan.generator == "marginals":

@@ -50,7 +50,11 @@ class SitePrivacy:
 
     @classmethod
     def for_site(cls, plan: StudyPlan, n_records: int, site: str) -> SitePrivacy:
+        """Refuses a site too small for `plan` before anything is fixed or spent."""
         check_site_size(plan, n_records, f"Site {site}")
+        if plan.generator != "vae":
+            # The marginals generator adds its noise in one release (node.marginal_release).
+            return cls(sample_rate=1.0, noise_multiplier=0.0)
         rate = sample_rate_for(n_records, plan.batch_size)
         return cls(sample_rate=rate, noise_multiplier=noise_multiplier_for(plan, rate))
 
