@@ -23,8 +23,9 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from coordinator.certificates import manifest_signing_key_pair
 from protocols.errors import FedsynthError
-from protocols.manifest_signing import key_fingerprint, public_key_pem
+from protocols.manifest_signing import key_fingerprint
 
 KEY_NAME = "manifest-signing.key"
 PUBLIC_NAME = "manifest-signing.pub"
@@ -92,21 +93,18 @@ def _create_once(path: Path) -> bool:
         return False
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        key = Ed25519PrivateKey.generate()
-        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
+        pair = manifest_signing_key_pair()
         temporary = path.with_name(f".{path.name}.{os.getpid()}")
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             with os.fdopen(fd, "wb") as handle:
-                handle.write(pem)
+                handle.write(pair.private)
             os.link(temporary, path)
         except FileExistsError:
             return False
         finally:
             temporary.unlink(missing_ok=True)
-        (path.with_name(PUBLIC_NAME)).write_text(public_key_pem(key.public_key()),
-                                                 encoding="ascii")
+        path.with_name(PUBLIC_NAME).write_bytes(pair.public)
     except OSError as exc:
         raise FedsynthError(f"Cannot create this coordinator's manifest-signing key at {path}: "
                             f"{exc.strerror}. Name an existing key (--signing-key, or `signing-key` "
