@@ -13,7 +13,6 @@ that of its own schema.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ import yaml
 
 from protocols.errors import SchemaError
 from protocols.schema_columns import (BOUNDED_TYPES, COLUMN_TYPES, MAX_BOUND, Column, EntryLines,
-                                      days_to_iso, parse_column, parse_date_days)
+                                      days_to_iso, did_you_mean, parse_column, parse_date_days)
 from protocols.schema_roles import EvaluationRoles, parse_roles
 
 __all__ = ["BOUNDED_TYPES", "COLUMN_TYPES", "MAX_BOUND", "Column", "Schema", "days_to_iso",
@@ -129,10 +128,9 @@ def _refuse_unknown_top_level_keys(doc: dict, root: yaml.Node | None, source: st
     unknown = sorted(map(str, set(doc) - _SCHEMA_KEYS))
     if unknown:
         line = _entry_lines(root).keys.get(unknown[0]) if root is not None else None
-        close = difflib.get_close_matches(unknown[0], sorted(_SCHEMA_KEYS), n=1, cutoff=0.7)
         raise SchemaError(
             f"Schema {source}{f', line {line}' if line else ''}: unknown top-level key "
-            f"{unknown[0]!r}{f' (did you mean {close[0]!r}?)' if close else ''}; allowed: "
+            f"{unknown[0]!r}{did_you_mean(unknown[0], tuple(sorted(_SCHEMA_KEYS)))}; allowed: "
             f"{', '.join(sorted(_SCHEMA_KEYS))}.")
 
 

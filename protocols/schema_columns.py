@@ -112,7 +112,7 @@ def parse_column(entry: Any, index: int, source: str, lines: EntryLines) -> Colu
     if unknown:
         key = unknown[0]
         raise SchemaError(f"{place.at(key)}: unknown key {key!r}"
-                          f"{_did_you_mean(key, COLUMN_KEYS)}; allowed: {', '.join(COLUMN_KEYS)}.")
+                          f"{did_you_mean(key, COLUMN_KEYS)}; allowed: {', '.join(COLUMN_KEYS)}.")
     ctype = entry.get("type")
     if ctype not in COLUMN_TYPES:
         raise SchemaError(f"{place.at('type')}: type {ctype!r} is not one of "
@@ -141,7 +141,8 @@ def _shown(entry: Any) -> str:
     return "this entry is empty" if entry is None else f"this entry is the text {entry!r}"
 
 
-def _did_you_mean(word: str, choices: tuple[str, ...]) -> str:
+def did_you_mean(word: str, choices: tuple[str, ...]) -> str:
+    """' (did you mean 'x'?)' for the closest of `choices`, or '' when none is close."""
     close = difflib.get_close_matches(str(word).lower(), choices, n=1, cutoff=0.7)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
