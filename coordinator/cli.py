@@ -31,6 +31,8 @@ from protocols.plan import GENERATORS, StudyPlan
 from protocols.release_verification import load_trusted_key, verify_release
 
 DEFAULT_PLAN = StudyPlan()
+# The demo shows a federated evaluation: it spends this much of the study's epsilon.
+DEMO_EVALUATION_EPSILON = 0.5
 
 
 
@@ -47,15 +49,14 @@ def main(argv: list[str] | None = None) -> int:
         plan = DEFAULT_PLAN.with_overrides(epsilon=args.epsilon, delta=args.delta,
                                         rounds=_rounds(args), rows=args.rows, seed=args.seed,
                                         local_steps=args.local_steps,
-                                        batch_size=args.batch_size, min_sites=args.min_sites,
-                                        size_granularity=args.size_granularity,
+                                        sample_rate=args.sample_rate, min_sites=args.min_sites,
                                         generator=args.generator,
-                                        secure_aggregation=args.secure_aggregation or None)
+                                        secure_aggregation=args.secure_aggregation or None,
+                                        evaluation_epsilon=_evaluation_epsilon(args))
         if args.command == "demo":
             release = run_demo(args.out, plan, _progress, signing_key_path=args.signing_key)
         else:
             release = simulate_study(args.schema, args.data, plan, args.out, _progress,
-                                     federated_evaluation=not args.no_evaluation,
                                      signing_key_path=args.signing_key,
                                      train_on_synthetic=args.train_on_synthetic)
     except FedsynthError as exc:
@@ -78,8 +79,6 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--data", type=Path, action="append", required=True,
                      help="one site's records; repeat once per site")
     sim.add_argument("--out", type=Path, required=True)
-    sim.add_argument("--no-evaluation", action="store_true",
-                     help="skip federated evaluation (sites scoring the cohort) after release")
     sim.add_argument("--train-on-synthetic", action="store_true",
                      help="allow a fedsynth synthetic cohort among the site files (refused "
                           "otherwise); the new manifest names the sites that trained on one")
@@ -92,13 +91,16 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--delta", type=float, help=f"per site (default {DEFAULT_PLAN.delta})")
         p.add_argument("--rounds", type=int, help=f"default {DEFAULT_PLAN.rounds}")
         p.add_argument("--local-steps", type=int, help=f"default {DEFAULT_PLAN.local_steps}")
-        p.add_argument("--batch-size", type=int, help=f"default {DEFAULT_PLAN.batch_size}")
+        p.add_argument("--sample-rate", type=float,
+                       help="DP-SGD: each record is in a step's batch with this probability, "
+                            f"at every site (default {DEFAULT_PLAN.sample_rate})")
         p.add_argument("--rows", type=int, help=f"cohort size (default {DEFAULT_PLAN.rows})")
         p.add_argument("--seed", type=int, help=f"default {DEFAULT_PLAN.seed}")
         p.add_argument("--min-sites", type=int, help=f"default {DEFAULT_PLAN.min_sites}")
-        p.add_argument("--size-granularity", type=int,
-                       help="0 = sites weigh equally, no size disclosed (default); k = each "
-                            "site discloses its size rounded to k and FedAvg weighs by it")
+        p.add_argument("--evaluation-epsilon", type=float,
+                       help="part of --epsilon each site spends, once, releasing noisy count "
+                            "tables that score the cohort (federated evaluation); 0 = none "
+                            f"(default: {DEMO_EVALUATION_EPSILON:g} for demo, 0 for simulate)")
         p.add_argument("--generator", choices=GENERATORS,
                        help="vae: DP-SGD on a small VAE over many rounds (default); marginals: "
                             "each site releases noisy column, then pair tables (2 rounds)")
@@ -111,6 +113,12 @@ def _parser() -> argparse.ArgumentParser:
                             "at $XDG_CONFIG_HOME/fedsynth/manifest-signing.key")
         p.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
     return parser
+
+
+def _evaluation_epsilon(args: argparse.Namespace) -> float | None:
+    if args.evaluation_epsilon is None and args.command == "demo":
+        return DEMO_EVALUATION_EPSILON
+    return args.evaluation_epsilon
 
 
 def _rounds(args: argparse.Namespace) -> int | None:
@@ -151,6 +159,9 @@ def _provision_parser(sub: argparse._SubParsersAction) -> None:
     pr.add_argument("--schema", type=Path, help="the consortium schema, copied into each kit")
     pr.add_argument("--epsilon-budget", type=float, default=10.0,
                     help="total epsilon each new site will spend across all studies (default 10)")
+    pr.add_argument("--delta-budget", type=float, default=1e-4,
+                    help="total delta each new site allows across all studies; studies' deltas "
+                         "add up like their epsilons (default 1e-4: ten studies at 1e-5)")
     pr.add_argument("--valid-days", type=int, default=365,
                     help="how long the CA and SuperLink certificate stay valid (default 365)")
 
@@ -158,7 +169,8 @@ def _provision_parser(sub: argparse._SubParsersAction) -> None:
 def _provision(args: argparse.Namespace) -> int:
     request = ProvisionRequest(sites=tuple(s.strip() for s in args.sites.split(",")),
                                out=args.out, superlink=args.superlink, schema=args.schema,
-                               epsilon_budget=args.epsilon_budget, valid_days=args.valid_days)
+                               epsilon_budget=args.epsilon_budget,
+                               delta_budget=args.delta_budget, valid_days=args.valid_days)
     _report_provisioned(provision(request))
     return 0
 

@@ -23,14 +23,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from protocols.encoding import build_encoding
 from protocols.generator import TabularVAE, build_generator, sample_encoded
-from protocols.manifest import MANIFEST_NAME, SitePrivacySpent, build_manifest, write_manifest
+from protocols.manifest import (CSV_NAME, MANIFEST_NAME, PARQUET_NAME, SitePrivacySpent,
+                                build_manifest, write_manifest)
 from protocols.manifest_signing import sign_manifest
 from protocols.plan import StudyPlan
 from protocols.provenance import marked_table
 from protocols.schema import Schema
 
-CSV_NAME = "synthetic.csv"
-PARQUET_NAME = "synthetic.parquet"
 _SAMPLING_SEED_OFFSET = 7919
 
 

@@ -1,86 +1,100 @@
-"""Federated evaluation: every site scores the released cohort against its own records.
+"""Federated evaluation: the sites release noisy count tables of their records, once.
 
-After the release the coordinator sends the cohort (the CSV file it just
-published, which is DP post-processing and may be shared) to every node, and
-each node replies with the scalar scores of `protocols.messages.REPLY_SCORES`.
-A reply with anything else, or with a score outside its range, is dropped and
-logged, like a bad training update. The coordinator aggregates what remains
-into the study's report; it never sees a record or a figure.
+After the release, when the plan budgeted one (`evaluation-epsilon` > 0), the
+coordinator sends every node the cohort's CSV bytes and its signed manifest;
+a node that took part in this study checks the signature against its own kit,
+charges the release on its ledger and replies with its noisy evaluation tables
+(`protocols.evaluation.release`). A reply with anything else, other tables,
+other shapes, or values that are not finite whole numbers, is dropped and
+logged, like a bad training update. The coordinator sums the tables and
+computes every score from the sum (`protocols.evaluation.federated`): it never
+sees a record, a site's size or a score computed on one site's exact records.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping
 from pathlib import Path
 
-from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+import numpy as np
+import pandas as pd
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
+from coordinator.strategy import record_problem
 from protocols import messages as keys
-from protocols.evaluation import federated_summary, study_report
+from protocols.evaluation import study_report
+from protocols.evaluation.federated import federated_summary
+from protocols.evaluation.release import EvaluationLayout, evaluation_layout
+from protocols.plan import StudyPlan
 from protocols.report_html import write_report
 from protocols.schema import Schema
 
 log = logging.getLogger(__name__)
 REPORT_NAME = "report.html"
 TIMEOUT_S = 600.0
-_UNBOUNDED = {"bias_flags", "tstr_ratio"}  # counts, and TSTR may beat a small site's TRTR
+Tables = dict[str, np.ndarray]
 
 
-def evaluate_at_sites(grid: Grid, schema: Schema, cohort_csv: bytes,
-                      timeout: float = TIMEOUT_S) -> dict[str, dict[str, float]]:
-    """Send the cohort to every connected node; return each valid reply's scores by site."""
+def evaluate_at_sites(grid: Grid, schema: Schema, plan: StudyPlan, cohort_csv: bytes,
+                      manifest_bytes: bytes, timeout: float = TIMEOUT_S) -> dict[str, Tables]:
+    """Send the cohort and its manifest to every connected node; each valid reply's
+    noisy tables by site."""
     content = RecordDict({
-        keys.COHORT: ConfigRecord({keys.COHORT_CSV: cohort_csv}),
-        keys.PLAN: ConfigRecord({keys.SCHEMA_SHA256: schema.sha256}),
+        keys.COHORT: ConfigRecord({keys.COHORT_CSV: cohort_csv,
+                                   keys.COHORT_MANIFEST: manifest_bytes}),
+        keys.PLAN: ConfigRecord({**plan.to_config(), keys.SCHEMA_SHA256: schema.sha256}),
     })
     outgoing = [Message(content=content, dst_node_id=node, message_type=MessageType.EVALUATE)
                 for node in grid.get_node_ids()]
-    scores: dict[str, dict[str, float]] = {}
+    layout = evaluation_layout(schema)
+    tables: dict[str, Tables] = {}
     for reply in grid.send_and_receive(outgoing, timeout=timeout):
-        site, values, problem = read_reply(reply)
-        if not problem and site in scores:
+        site, values, problem = read_reply(reply, layout)
+        if not problem and site in tables:
             problem = f"a second reply for site {site!r}; its first reply is kept"
         if problem:
             log.warning("federated evaluation: reply dropped: %s", problem)
             continue
-        scores[site] = values
-    return scores
+        tables[site] = values
+    return tables
 
 
-def read_reply(reply: Message) -> tuple[str, dict[str, float], str | None]:
-    """(site, scores, problem); `problem` is None only for a reply that holds
-    exactly the whitelisted scores, each NaN or within its range."""
+def read_reply(reply: Message, layout: EvaluationLayout) -> tuple[str, Tables, str | None]:
+    """(site, tables, problem); `problem` is None only for a reply that holds exactly
+    the layout's tables, each of its shape, every value a finite whole number."""
     if reply.has_error():
         return "", {}, f"the node answered with an error: {reply.error.reason}"
     content = reply.content
-    if set(content.keys()) != {keys.SCORES, keys.SITE}:
-        return "", {}, f"unexpected records {sorted(content.keys())}"
-    metrics, site = content[keys.SCORES], content[keys.SITE]
-    if not isinstance(metrics, MetricRecord) or set(metrics.keys()) != set(keys.REPLY_SCORES):
-        return "", {}, "the scores are not exactly the whitelisted keys"
-    if not isinstance(site, ConfigRecord) or set(site.keys()) != set(keys.REPLY_SITE):
+    problem = record_problem(content, {keys.EVALUATION_TABLES: ArrayRecord,
+                                       keys.SITE: ConfigRecord})
+    if problem:
+        return "", {}, problem
+    site = content[keys.SITE]
+    if set(site.keys()) != keys.REPLY_SITE:
         return "", {}, "the site record holds more than the site's name"
     name = site[keys.SITE_NAME]
     if not isinstance(name, str) or not name.strip():
         return "", {}, "the site name is not a non-empty text"
-    values: dict[str, float] = {}
-    for key in keys.REPLY_SCORES:
-        value = metrics[key]
-        # A MetricRecord may also hold lists; bool is an int but never a score.
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return "", {}, f"score {key} = {value!r} is not a number"
-        values[key] = value = float(value)
-        upper = math.inf if key in _UNBOUNDED else 1.0
-        if not math.isnan(value) and (not 0.0 <= value <= upper or math.isinf(value)):
-            return "", {}, f"score {key} = {value} is outside [0, {upper:g}]"
+    shapes = layout.table_shapes()
+    arrays = content[keys.EVALUATION_TABLES]
+    if set(arrays.keys()) != set(shapes):
+        return "", {}, "the tables are not exactly the evaluation layout's"
+    values: Tables = {}
+    for table_name, array in arrays.items():
+        value = array.numpy()
+        if tuple(value.shape) != tuple(shapes[table_name]) or value.dtype != np.float64:
+            return "", {}, f"table {table_name} has shape {value.shape} / {value.dtype}"
+        if not (np.all(np.isfinite(value)) and np.array_equal(value, np.rint(value))):
+            return "", {}, f"table {table_name} holds values that are not whole numbers"
+        values[table_name] = value
     return name, values, None
 
 
-def write_study_report(out_dir: Path, schema: Schema, manifest: Mapping,
-                       sites: Mapping[str, Mapping[str, float]], rows: int) -> Path:
-    report = study_report(schema, manifest, federated_summary(sites), rows)
+def write_study_report(out_dir: Path, schema: Schema, plan: StudyPlan, manifest: Mapping,
+                       site_tables: Mapping[str, Tables], cohort: pd.DataFrame) -> Path:
+    summary = federated_summary(evaluation_layout(schema), plan, site_tables, cohort)
+    report = study_report(schema, manifest, summary, len(cohort))
     html, _ = write_report(report, out_dir / REPORT_NAME)
     return html

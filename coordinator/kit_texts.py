@@ -15,7 +15,8 @@ from protocols.kit_layout import SuperLinkAddress
 
 
 def node_toml(site: str, address: SuperLinkAddress, has_schema: bool,
-              epsilon_budget: float, runtime_port: int = kit.DEFAULT_RUNTIME_PORT) -> str:
+              epsilon_budget: float, delta_budget: float,
+              runtime_port: int = kit.DEFAULT_RUNTIME_PORT) -> str:
     """A site's node configuration; relative paths resolve against the kit folder."""
     schema = kit.SCHEMA_COPY if has_schema else kit.SCHEMA_PLACEHOLDER
     return f"""\
@@ -38,10 +39,11 @@ records = {_s(kit.RECORDS_PLACEHOLDER)}  # placeholder; `fedsynth-node start --d
 [node]
 state-dir = {_s(kit.DEFAULT_STATE_DIR)}  # the node's privacy ledger and study state live here
 runtime-port = {runtime_port}
-federated-evaluation = true
+federated-evaluation = true  # a study's plan decides whether it asks (and charges) for one
 
 [privacy]
 epsilon-budget = {float(epsilon_budget)!r}  # total epsilon this site will spend across all studies
+delta-budget = {float(delta_budget)!r}  # total delta across all studies (they add up, like epsilon)
 """
 
 

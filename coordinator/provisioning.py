@@ -41,6 +41,7 @@ class ProvisionRequest:
     superlink: str | None = None  # None: the existing consortium's, else DEFAULT_SUPERLINK
     schema: Path | None = None
     epsilon_budget: float = 10.0
+    delta_budget: float = 1e-4
     valid_days: int = 365
 
 
@@ -84,7 +85,8 @@ def provision(request: ProvisionRequest, now: dt.datetime | None = None) -> Prov
         else:
             consortium = existing
         for site in sites:
-            files, public_key = site_kit(site, consortium, schema_bytes, request.epsilon_budget)
+            files, public_key = site_kit(site, consortium, schema_bytes, request.epsilon_budget,
+                                         request.delta_budget)
             write_tree(staging / site, files)
             write_tree(staged_coordinator / ENROLLED, {f"{site}.pub": KitFile(public_key)})
         consortium = replace(consortium, sites=tuple(sorted({*consortium.sites, *sites})))
@@ -111,8 +113,8 @@ def new_consortium(address: SuperLinkAddress, now: dt.datetime, valid_days: int
     return Consortium(address, ca.cert_pem, signing.public, (), now, valid_until), files
 
 
-def site_kit(site: str, consortium: Consortium, schema: bytes | None, epsilon_budget: float
-             ) -> tuple[dict[str, KitFile], bytes]:
+def site_kit(site: str, consortium: Consortium, schema: bytes | None, epsilon_budget: float,
+             delta_budget: float = 1e-4) -> tuple[dict[str, KitFile], bytes]:
     """A hospital's kit files and the public key the coordinator enrols."""
     auth = certs.node_auth_key_pair()
     files = {kit.CA_CERT: KitFile(consortium.ca_pem),
@@ -120,7 +122,7 @@ def site_kit(site: str, consortium: Consortium, schema: bytes | None, epsilon_bu
              kit.NODE_AUTH_PUB: KitFile(auth.public),
              kit.MANIFEST_SIGNING_PUB: KitFile(consortium.signing_pub),
              kit.NODE_TOML: KitFile(node_toml(site, consortium.address, schema is not None,
-                                              epsilon_budget).encode()),
+                                              epsilon_budget, delta_budget).encode()),
              kit.KIT_README: KitFile(site_readme(site, consortium.address).encode())}
     if schema is not None:
         files[kit.SCHEMA_COPY] = KitFile(schema)
@@ -169,6 +171,8 @@ def _check_request(request: ProvisionRequest, coordinator_dir: Path) -> tuple[st
     if not (math.isfinite(request.epsilon_budget) and request.epsilon_budget > 0):
         raise KitError(f"--epsilon-budget must be a finite number above 0, not "
                        f"{request.epsilon_budget}.")
+    if not (0 < request.delta_budget < 1):
+        raise KitError(f"--delta-budget must lie between 0 and 1, not {request.delta_budget}.")
     if request.valid_days < 1:
         raise KitError(f"--valid-days must be at least 1, not {request.valid_days}.")
     if request.schema is not None:

@@ -7,7 +7,7 @@ rounds with FedAvg and reply checks (`rounds`, `strategy`) or with SecAgg+
 (`secure_aggregation`), each site's privacy report (`privacy_reports`), the
 release of the sampled cohort with its manifest, signed with the coordinator's
 key (`cohort`, `signing_key`), and the federated evaluation of that cohort at
-the sites (`federated_evaluation`).
+the sites when the plan budgets one (`federated_evaluation`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from coordinator.checkpoints import (Checkpoint, checkpoint_dir, clear_checkpoints,
                                      load_checkpoint, mark_released, resumable, save_checkpoint)
-from coordinator.cohort import CSV_NAME, Release, release_cohort
+from coordinator.cohort import Release, release_cohort
 from coordinator.federated_evaluation import REPORT_NAME, evaluate_at_sites, write_study_report
 from coordinator.generator_family import initial_arrays, sample_release
 from coordinator.privacy_reports import collect_privacy_reports
@@ -34,6 +34,8 @@ from coordinator.study import StudySettings
 from coordinator.transport import verify_tls
 from protocols import messages as keys
 from protocols.errors import FedsynthError
+from protocols.manifest import CSV_NAME, MANIFEST_NAME
+from protocols.records import check_file
 
 # Under `flwr run` only Flower's own logger reaches the operator's console.
 _FLOWER_LOG = logging.getLogger("flwr")
@@ -160,20 +162,26 @@ def _round_summary(strategy: StudyStrategy, server_round: int) -> str:
 
 def _evaluate_release(grid: Grid, settings: StudySettings, release: Release,
                       progress: ProgressFn) -> None:
-    """Federated evaluation of the released cohort, or no report at all: a report
-    left from an earlier study in this folder would describe another cohort."""
+    """Federated evaluation of the released cohort when the plan budgets one, or no
+    report at all: a report left from an earlier study in this folder would describe
+    another cohort."""
     for stale in (REPORT_NAME, REPORT_NAME.replace(".html", ".json")):
         (settings.out_dir / stale).unlink(missing_ok=True)
-    if not settings.federated_evaluation:
+    if not settings.plan.evaluated:
         return
-    cohort_csv = (release.directory / CSV_NAME).read_bytes()
-    scores = evaluate_at_sites(grid, settings.schema, cohort_csv)
-    if not scores:
-        progress("federated evaluation: no site returned valid scores; no report written")
+    cohort_path = release.directory / CSV_NAME
+    tables = evaluate_at_sites(grid, settings.schema, settings.plan, cohort_path.read_bytes(),
+                               (release.directory / MANIFEST_NAME).read_bytes(),
+                               timeout=settings.round_timeout)
+    if not tables:
+        progress("federated evaluation: no site released its tables; no report written")
         return
-    report = write_study_report(settings.out_dir, settings.schema, release.manifest, scores,
-                                release.manifest["rows"])
-    progress(f"federated evaluation: {len(scores)} sites scored the cohort; report {report}")
+    cohort = check_file(cohort_path, settings.schema).parsed
+    report = write_study_report(settings.out_dir, settings.schema, settings.plan,
+                                release.manifest, tables, cohort)
+    progress(f"federated evaluation: {len(tables)} sites released noisy tables of their "
+             f"records (epsilon {settings.plan.evaluation_epsilon:g}, charged once); "
+             f"report {report}")
 
 
 app = build_server_app()

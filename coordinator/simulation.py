@@ -8,16 +8,29 @@ nodes then load their own files inside the engine exactly as deployed nodes do.
 The engine runs the hospital side too. Its ClientApp is loaded by name, the
 way Flower loads the components declared in pyproject.toml, so `coordinator/`
 never imports `node/`.
+
+The engine's Ray cluster holds every site's records in its workers, so it
+must be reachable from this machine only: `ray_environment` makes Ray bind
+every server (GCS, raylet, object manager, workers, agents) to loopback, which
+it does only when told it is a single-machine cluster
+(`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`: `_node_ip_address="127.0.0.1"` alone
+is rewritten to the host's routable address), and turns on Ray's token
+authentication with a fresh random token held only in the environment of the
+processes Ray starts (never written to disk), so another local user cannot
+submit work to it either.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib
 import logging
 import os
+import secrets
 import shutil
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +43,7 @@ from coordinator.signing_key import signing_key
 from protocols.accounting import check_site_size
 from protocols.errors import FedsynthError, PlanError
 from protocols.manifest import MANIFEST_NAME
+from protocols.manifest_signing import public_key_pem
 from protocols.plan import StudyPlan
 from protocols.provenance import refuse_synthetic_records
 from protocols.records import check_file
@@ -40,8 +54,7 @@ NODE_STATE = ".simulated-nodes"
 
 
 def simulate_study(schema_path: Path, data_paths: Sequence[Path], plan: StudyPlan,
-                   out_dir: Path, progress: ProgressFn, federated_evaluation: bool = True,
-                   signing_key_path: Path | None = None,
+                   out_dir: Path, progress: ProgressFn, signing_key_path: Path | None = None,
                    train_on_synthetic: bool = False) -> Release:
     """Check every input (the manifest-signing key too: `signing_key_path`, or this
     user's own key, made on first use), then run the whole study in the engine."""
@@ -50,21 +63,24 @@ def simulate_study(schema_path: Path, data_paths: Sequence[Path], plan: StudyPla
     signer = signing_key(signing_key_path)
     if signer.created:
         progress(f"generated this coordinator's manifest-signing key {signer.path}")
+    state = _simulated_node_state(schema_path, plan, out_dir)
     overrides: dict[str, Any] = {
         **plan.to_config(),
         "schema-path": str(schema_path.resolve()),
         "site-data": os.pathsep.join(str(p.resolve()) for p in data_paths),
         "out-dir": str(out_dir.resolve()),
         "engine": "simulation",
-        "federated-evaluation": federated_evaluation,
         "train-on-synthetic": train_on_synthetic,
         "signing-key": str(signer.path.resolve()),
+        "node-state-dir": str(state),
+        # The simulated hospitals trust the key this harness signs with, as a deployed
+        # node trusts the consortium key in its kit.
+        "manifest-public-key": str(_trusted_key_file(signer.key, state)),
     }
-    overrides["node-state-dir"] = str(_simulated_node_state(schema_path, plan, out_dir))
     outcome: dict[str, Any] = {}
     server = build_server_app(overrides, progress, outcome)
     client = _load_client_factory()(overrides)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), ray_environment():
         warnings.simplefilter("ignore")
         run_simulation(server_app=server, client_app=client, num_supernodes=len(data_paths),
                        backend_config=loopback_backend_config())
@@ -77,6 +93,13 @@ def simulate_study(schema_path: Path, data_paths: Sequence[Path], plan: StudyPla
                             "run again with --verbose to see Flower's log.")
     shutil.rmtree(overrides["node-state-dir"], ignore_errors=True)
     return outcome["release"]
+
+
+def _trusted_key_file(key, state_dir: Path) -> Path:
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = state_dir / "manifest-signing.pub"
+    path.write_text(public_key_pem(key.public_key()), encoding="ascii")
+    return path
 
 
 def _simulated_node_state(schema_path: Path, plan: StudyPlan, out_dir: Path) -> Path:
@@ -120,6 +143,31 @@ def _refuse_overwriting_inputs(data_paths: Sequence[Path], out_dir: Path) -> Non
 def _load_client_factory():
     module_name, attr = CLIENT_APP_FACTORY.split(":")
     return getattr(importlib.import_module(module_name), attr)
+
+
+@contextlib.contextmanager
+def ray_environment() -> Iterator[None]:
+    """Ray on loopback only, with token authentication, for the duration of a study
+    (the variables are restored afterwards; Ray's processes inherit them)."""
+    settings = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token",
+                "RAY_AUTH_TOKEN": _ray_token(), "RAY_USAGE_STATS_ENABLED": "0"}
+    previous = {name: os.environ.get(name) for name in settings}
+    os.environ.update(settings)
+    try:
+        yield
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@functools.lru_cache(maxsize=1)
+def _ray_token() -> str:
+    """One random token per process: Ray's driver keeps the first token it reads, so a
+    second study in the same process must present the same one."""
+    return secrets.token_hex(32)
 
 
 def loopback_backend_config() -> dict[str, Any]:

@@ -121,7 +121,7 @@ class StudyStrategy(FedAvg):
         metrics = content[keys.METRICS]
         problem = (update_problem(self.plan, server_round, self._sent,
                                   {name: array.numpy() for name, array in arrays.items()})
-                   or _weight_problem(self.plan, float(metrics[keys.WEIGHT]))
+                   or _weight_problem(float(metrics[keys.WEIGHT]))
                    or flag_problem(metrics[keys.SYNTHETIC_INPUT]))
         if problem:
             return problem
@@ -161,17 +161,11 @@ def flag_problem(value: float) -> str | None:
     return None if value in (0.0, 1.0) else f"synthetic-input {value!r} is not 0 or 1"
 
 
-def _weight_problem(plan: StudyPlan, weight: float) -> str | None:
-    """The FedAvg weight must be 1, or a site size rounded as the plan allows: a multiple
-    of k, and (a node refuses a site of 1/δ records or more) below 1/δ + k."""
-    k = plan.size_granularity
-    if k and plan.private and weight >= 1.0 / plan.delta + k:
-        return (f"FedAvg weight {weight:g} is the size of a site larger than the "
-                f"{1 / plan.delta:g} records delta {plan.delta:g} allows")
-    if (weight == 1.0) if k == 0 else (weight >= k and weight % k == 0):
+def _weight_problem(weight: float) -> str | None:
+    """Every site weighs the same (a weight by size would reveal the size)."""
+    if weight == keys.FEDAVG_WEIGHT:
         return None
-    allowed = "1" if k == 0 else f"a positive multiple of {k}"
-    return f"FedAvg weight {weight:g} is not {allowed}, as the plan's size-granularity requires"
+    return f"FedAvg weight {weight:g} is not {keys.FEDAVG_WEIGHT:g}, the same for every site"
 
 
 def wait_for_sites(grid: Grid, min_sites: int, wait_s: float) -> None:

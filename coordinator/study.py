@@ -3,9 +3,7 @@
 The run config carries the study plan's keys (see `protocols.plan`) and:
 `schema-path` (empty: the built-in demo registry's schema), `out-dir`
 (where checkpoints and the cohort go), `engine` ("simulation" or
-"deployment", recorded in the manifest), `federated-evaluation` (default
-true: after the release every site scores the cohort against its records and
-returns scalar scores for the study's report), `round-timeout` (seconds a
+"deployment", recorded in the manifest), `round-timeout` (seconds a
 round waits for the sites' replies, and for `min-sites` nodes to connect),
 `signing-key` (the absolute path of the Ed25519 key that signs the manifest,
 for a deployment the coordinator kit's manifest-signing.key; empty: this
@@ -36,7 +34,6 @@ class StudySettings:
     plan: StudyPlan
     out_dir: Path
     engine: str
-    federated_evaluation: bool = True
     round_timeout: float = 600.0
     superlink_address: str = ""
     root_certificates: str = ""
@@ -54,16 +51,10 @@ class StudySettings:
         return cls(schema=schema, plan=StudyPlan.from_config(dict(run_config)),
                    out_dir=Path(str(run_config.get("out-dir", "fedsynth-out"))),
                    engine=engine,
-                   federated_evaluation=_flag(run_config.get("federated-evaluation", True)),
                    round_timeout=_seconds(run_config.get("round-timeout", 600.0)),
                    superlink_address=str(run_config.get("superlink-address", "") or ""),
                    root_certificates=str(run_config.get("root-certificates", "") or ""),
                    signing_key=_optional_path(run_config.get("signing-key", "")))
-
-
-def _flag(value: Any) -> bool:
-    """A run-config boolean: TOML gives a bool, a command line may give text."""
-    return value if isinstance(value, bool) else str(value).strip().lower() in ("1", "true", "yes")
 
 
 def _optional_path(value: Any) -> Path | None:

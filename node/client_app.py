@@ -1,15 +1,27 @@
 """The node's Flower ClientApp: the front door of the hospital side.
 
-On each training message it loads its own records, checks that the plan is
+On each training message it checks, from public inputs only, that the plan is
 for its schema and that the global model is the plan's (names, shapes,
-dtypes, finite values), trains the global generator locally with DP-SGD and
-replies with the weights and the whitelisted scalars of `protocols.messages`
-— nothing else. Every round goes through the site's privacy ledger (`round_charging`):
-a new study is refused if it would overspend the site's budget, each round is
-charged once before its answer leaves, and the steps already run carry over
-so the accountant covers every round of the study, across coordinator
-restarts too. On an evaluation message (after the release) it scores the
-cohort against its records and replies with the whitelisted scalars only.
+dtypes, finite values); then its privacy ledger (`round_charging`) refuses a
+study that would overspend the site's ε or δ budget and reserves the plan's
+before any step; only then are the site's records read, the global generator
+trained locally with DP-SGD (or the marginal tables released), and the reply
+sent: the weights and the whitelisted scalars of `protocols.messages`, nothing
+else. Each round is charged once before its answer leaves; the steps already
+run carry over, so the accountant covers every round of the study, across
+coordinator restarts too.
+
+Whatever the reason, a refusal reaches the coordinator as the one text
+`protocols.messages.DECLINED`; the reason goes to the node's log. No check
+that depends on the records decides an answer: the noise and the ε reported
+follow from the plan, and a site's size is checked only on the operator's side
+(`fedsynth-node start`, the simulation harness), never as an answer a
+coordinator could probe.
+
+On an evaluation message it releases, once per study and charged, the noisy
+evaluation tables of the study's own signed cohort (`site_evaluation`). On a
+query (after a secure-aggregation study) it reports the ε, steps and rounds its
+own ledger records for the study.
 """
 
 from __future__ import annotations
@@ -33,10 +45,11 @@ from node.secure_aggregation import is_secure_message, secure_train
 from node.site_config import SiteSource, resolve_site
 from node.site_data import SiteData
 from node.marginal_release import release_marginals
-from node.site_evaluation import score_cohort
+from node.site_evaluation import evaluation_release
 from node.training import SitePrivacy, train_round
 from protocols import messages as keys
-from protocols.errors import BudgetError, FedsynthError, PlanError, RecordError
+from protocols.accounting import minimum_site_records
+from protocols.errors import FedsynthError, PlanError
 from protocols.generator import build_generator
 from protocols.ledger import study_rounds, study_spend
 from protocols.plan import StudyPlan
@@ -78,37 +91,25 @@ def build_client_app(overrides: Mapping[str, Any] | None = None) -> ClientApp:
 
 
 class SiteRefusal(FedsynthError):
-    """What the coordinator learns when a site refuses: the kind of refusal, no detail."""
-
-
-_REFUSALS = {
-    RecordError: "the site's records do not pass the schema check",
-    BudgetError: "the site's privacy ledger refuses the round (budget, a round already "
-                 "charged, or a ledger an operator must look at)",
-    PlanError: "the site refuses the plan (another schema, a plan its records cannot "
-               "support, or a setting it declines)",
-}
+    """What the coordinator learns when a site declines: always the same text."""
 
 
 def _without_details(handler: Callable[[Message, Context], Message]
                      ) -> Callable[[Message, Context], Message]:
-    """Flower sends an exception's text back to the coordinator; a refusal's own text
-    may name a record's value, the site's size or its budget, and a bug's (pandas,
-    torch, Opacus) may quote data too. It stays in the node's log with the traceback,
-    and the coordinator gets only the kind of refusal."""
+    """Flower sends an exception's text back to the coordinator. A refusal's own text
+    names the site's budget, a record's value or why the ledger refuses, and which kind
+    of refusal it was would itself tell a probing coordinator something; a bug's text
+    (pandas, torch, Opacus) may quote data. So every refusal leaves as the one text
+    `DECLINED`, and the reason stays in the node's log with the traceback."""
     @functools.wraps(handler)
     def guarded(msg: Message, context: Context) -> Message:
         try:
             return handler(msg, context)
         except FedsynthError as exc:
-            log.error("fedsynth-node refused: %s", exc)
-            kind = next((text for cls, text in _REFUSALS.items() if isinstance(exc, cls)),
-                        "the site's node is misconfigured")
-            raise SiteRefusal(f"{kind}; the site's node log says why.") from None
+            log.error("fedsynth-node declined: %s", exc)
         except Exception:  # noqa: BLE001 - a bug's text may quote a record: it stays here
             log.exception("fedsynth-node failed")
-            raise SiteRefusal("the site's node failed unexpectedly; the site's node log "
-                              "says why.") from None
+        raise SiteRefusal(keys.DECLINED) from None
     return guarded
 
 
@@ -123,38 +124,56 @@ def train_reply(content: RecordDict, context: Context, run_config: Mapping[str, 
     torch.set_num_threads(1)
     plan_config = dict(content[keys.PLAN])
     source = resolve_site(context.node_config, run_config)
-    schema, site = source.load()
-    if plan_config.get(keys.SCHEMA_SHA256) != schema.sha256:
-        raise PlanError(f"Site {site.name} refuses the plan: it is for schema "
-                        f"{plan_config.get(keys.SCHEMA_SHA256)}, but this site's schema is "
-                        f"{schema.sha256}.")
-    plan = StudyPlan.from_config(plan_config)
+    schema = source.load_schema()
+    source.refuse_a_cohort()
+    plan = _plan_for(schema, plan_config, "train")
     received = content[keys.ARRAYS]
-    check_global_arrays(received, schema, plan, site.name)
-    request = RoundRequest(site=site.name, plan=plan, schema_sha256=schema.sha256,
+    check_global_arrays(received, schema, plan, source.site_name)
+    request = RoundRequest(site=source.site_name, plan=plan, schema_sha256=schema.sha256,
                            round=int(plan_config.get(keys.SERVER_ROUND, 0)),
                            model_sha256=model_sha256(received))
 
     def new_study_privacy() -> SitePrivacy:
-        privacy = SitePrivacy.for_site(plan, site.n_records, site.name)
         if plan.generator == "marginals" and request.round > 1:
-            raise PlanError(f"Site {site.name} refuses to join the marginals study in "
-                            f"round {request.round}: its release comes in two stages "
-                            "from round 1, and a late one would spend budget on tables "
-                            "the coordinator cannot use.")
-        return privacy
+            raise PlanError(f"Site {source.site_name} refuses to join the marginals study in "
+                            f"round {request.round}: its release comes in two stages from "
+                            "round 1, and a late one would spend budget on tables the "
+                            "coordinator cannot use.")
+        return SitePrivacy.for_plan(plan)
 
     def train(privacy: SitePrivacy, steps_before: int) -> StoredAnswer:
+        _, site = source.load()  # the records are read only once the ledger has reserved
+        _note_small_site(plan, site)
         if plan.generator == "marginals":
             return _release(schema, site, plan, steps_before, received, request)
         return _train_generator(site, plan, privacy, steps_before, received, request)
 
-    answer = answer_round(_state_dir(source, context), source.epsilon_budget, request,
+    answer = answer_round(_state_dir(source, context), source.budget, request,
                           new_study_privacy, train)
     arrays = ArrayRecord({k: torch.from_numpy(v) for k, v in answer.arrays.items()})
-    return _reply_content(arrays, plan, site, int(answer.metrics[keys.STEPS]),
+    return _reply_content(arrays, source, int(answer.metrics[keys.STEPS]),
                           int(answer.metrics[keys.STEPS_TOTAL]),
                           float(answer.metrics[keys.EPSILON_SPENT]))
+
+
+def _plan_for(schema: Schema, plan_config: Mapping[str, Any], what: str) -> StudyPlan:
+    """The plan of a message, refused when it is for another schema."""
+    if plan_config.get(keys.SCHEMA_SHA256) != schema.sha256:
+        raise PlanError(f"The node refuses to {what}: the plan is for schema "
+                        f"{plan_config.get(keys.SCHEMA_SHA256)}, but this site's schema is "
+                        f"{schema.sha256}.")
+    return StudyPlan.from_config(dict(plan_config))
+
+
+def _note_small_site(plan: StudyPlan, site: SiteData) -> None:
+    """Tell the operator (only) when the site is smaller than the plan is meant for: its
+    release is as private as any other, but carries mostly noise."""
+    smallest = minimum_site_records(plan)
+    if plan.private and site.n_records < smallest:
+        log.warning("site %s has %d records; this plan is meant for sites of at least %d, so "
+                    "its update carries mostly noise (it is sent all the same: declining "
+                    "would tell the coordinator the site's size)", site.name,
+                    site.n_records, smallest)
 
 
 def _train_generator(site: SiteData, plan: StudyPlan, privacy: SitePrivacy, steps_before: int,
@@ -189,19 +208,17 @@ def _answer(request: RoundRequest, arrays: Mapping[str, Any], steps: int, steps_
 
 def _privacy_report(msg: Message, context: Context, run_config: Mapping[str, Any]) -> Message:
     """This site's ε, steps and rounds answered in the study, from its own ledger."""
-    plan_config = dict(msg.content[keys.PLAN])
     source = resolve_site(context.node_config, run_config)
-    schema, site = source.load()
-    study = StudyPlan.from_config(plan_config).fingerprint(schema.sha256)
+    schema = source.load_schema()
+    study = _plan_for(schema, msg.content[keys.PLAN], "report").fingerprint(schema.sha256)
     entries = PrivacyLedger(_state_dir(source, context)).entries()
     spend = study_spend(entries, study)
     if spend is None:
-        raise PlanError(f"Site {site.name} has no record of this study in its ledger.")
+        raise PlanError(f"Site {source.site_name} has no record of this study in its ledger.")
     report = MetricRecord({keys.EPSILON_SPENT: spend.spent, keys.STEPS_TOTAL: spend.steps_total,
                            keys.ROUNDS: study_rounds(entries, study),
-                           keys.SYNTHETIC_INPUT: float(site.synthetic)})
-    return Message(content=RecordDict({keys.REPORT: report,
-                                       keys.SITE: ConfigRecord({keys.SITE_NAME: site.name})}),
+                           keys.SYNTHETIC_INPUT: _synthetic_input(source)})
+    return Message(content=RecordDict({keys.REPORT: report, keys.SITE: _site_record(source)}),
                    reply_to=msg)
 
 
@@ -215,39 +232,51 @@ def _state_dir(source: SiteSource, context: Context) -> Path:
         f"node-{node}"
 
 
-def _reply_content(arrays: ArrayRecord, plan: StudyPlan, site: SiteData, steps: int,
-                   steps_total: int, epsilon: float) -> RecordDict:
+def _reply_content(arrays: ArrayRecord, source: SiteSource, steps: int, steps_total: int,
+                   epsilon: float) -> RecordDict:
     """Weights (or tables) and the whitelisted scalars: all a training reply holds."""
     return RecordDict({
         keys.ARRAYS: arrays,
         keys.METRICS: MetricRecord({
-            keys.WEIGHT: plan.fedavg_weight(site.n_records),
+            keys.WEIGHT: keys.FEDAVG_WEIGHT,
             keys.STEPS: steps,
             keys.STEPS_TOTAL: steps_total,
             keys.EPSILON_SPENT: epsilon,
-            keys.SYNTHETIC_INPUT: float(site.synthetic),
+            keys.SYNTHETIC_INPUT: _synthetic_input(source),
         }),
-        keys.SITE: ConfigRecord({keys.SITE_NAME: site.name}),
+        keys.SITE: _site_record(source),
     })
 
 
-def _evaluate(msg: Message, context: Context, run_config: Mapping[str, Any]) -> Message:
-    """Score the released cohort against this site's records; reply with scalars only.
+def _synthetic_input(source: SiteSource) -> float:
+    """1.0 when the operator let the node train on a file marked as a fedsynth cohort."""
+    return float(source.load()[1].synthetic)
 
-    A hospital that does not want to return scores sets `federated-evaluation =
-    false` in its node config and the node declines."""
+
+def _site_record(source: SiteSource) -> ConfigRecord:
+    return ConfigRecord({keys.SITE_NAME: source.site_name})
+
+
+def _evaluate(msg: Message, context: Context, run_config: Mapping[str, Any]) -> Message:
+    """Release this site's noisy evaluation tables of the study's signed cohort, once.
+
+    A hospital that does not want to take part sets `federated-evaluation = false`
+    in its node config and the node declines."""
     torch.set_num_threads(1)
-    schema, site = resolve_site(context.node_config, run_config).load()
+    source = resolve_site(context.node_config, run_config)
     if str(context.node_config.get("federated-evaluation", "true")).lower() == "false":
-        raise PlanError(f"Site {site.name} declines federated evaluation (node config).")
-    config = msg.content[keys.PLAN]
-    if config.get(keys.SCHEMA_SHA256) != schema.sha256:
-        raise PlanError(f"Site {site.name} refuses to score a cohort of schema "
-                        f"{config.get(keys.SCHEMA_SHA256)}; its schema is {schema.sha256}.")
-    scores = score_cohort(schema, site, bytes(msg.content[keys.COHORT][keys.COHORT_CSV]))
-    log.info("site %s: scored the released cohort", site.name)
-    reply = RecordDict({keys.SCORES: MetricRecord(scores),
-                        keys.SITE: ConfigRecord({keys.SITE_NAME: site.name})})
+        raise PlanError(f"Site {source.site_name} declines federated evaluation (node config).")
+    schema = source.load_schema()
+    plan = _plan_for(schema, msg.content[keys.PLAN], "evaluate")
+    cohort = msg.content[keys.COHORT]
+    tables = evaluation_release(source, _state_dir(source, context), schema, plan,
+                                bytes(cohort[keys.COHORT_CSV]),
+                                bytes(cohort[keys.COHORT_MANIFEST]))
+    log.info("site %s: released its evaluation tables of the study's cohort",
+             source.site_name)
+    reply = RecordDict({keys.EVALUATION_TABLES: ArrayRecord(
+                            {name: torch.from_numpy(t) for name, t in tables.items()}),
+                        keys.SITE: _site_record(source)})
     return Message(content=reply, reply_to=msg)
 
 

@@ -48,7 +48,13 @@ class NodeKit:
     runtime_port: int
     federated_evaluation: bool
     epsilon_budget: float
+    delta_budget: float
     train_on_synthetic: bool = False  # only ever from the operator's command line
+
+    @property
+    def manifest_public_key(self) -> Path:
+        """The consortium's manifest-signing key: the node scores only a cohort it signed."""
+        return self.directory / layout.MANIFEST_SIGNING_PUB
 
 
 def read_kit(directory: Path) -> NodeKit:
@@ -75,7 +81,8 @@ def read_kit(directory: Path) -> NodeKit:
         state_dir=directory / setting.text("node", "state-dir"),
         runtime_port=setting.port("node", "runtime-port"),
         federated_evaluation=setting.flag("node", "federated-evaluation"),
-        epsilon_budget=setting.budget("privacy", "epsilon-budget"))
+        epsilon_budget=setting.budget("privacy", "epsilon-budget"),
+        delta_budget=setting.delta_budget("privacy", "delta-budget"))
 
 
 def check_kit(kit: NodeKit) -> int:
@@ -175,6 +182,12 @@ class _Settings:
 
     def flag(self, section: str, key: str) -> bool:
         return self._value(section, key, bool, "true or false")
+
+    def delta_budget(self, section: str, key: str) -> float:
+        value = self.budget(section, key)
+        if value >= 1:
+            raise KitError(f"{self._path}: [{section}] {key} = {value} must be below 1.")
+        return value
 
     def budget(self, section: str, key: str) -> float:
         value = float(self._value(section, key, (int, float), "a number above 0"))

@@ -4,21 +4,19 @@ See `protocols.marginals` for the mechanism and its guarantee. Round 1: the
 site's noisy column tables (its pair tables are sent as zeros: nothing is
 released there yet). Round 2: the column tables it received (the sites'
 average, echoed unchanged) and its noisy pair tables on coarse bins cut at
-quantiles of that average. The node refuses a site too small for the plan or a δ ≥ 1/n, refuses a third release
-(the whole ε is spent by the two), and reports the ε of Opacus' accountant for
-the stages it has released.
+quantiles of that average. The noise and the ε reported depend on the plan and
+the public schema only, never on the site's size; the node refuses a third
+release (the whole ε is spent by the two).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
 from node.site_data import SiteData
-from protocols.accounting import check_site_size
 from protocols.errors import BudgetError
 from protocols.marginals import (build_layout, noisy_column_tables, noisy_pair_tables,
                                  release_noise_multiplier, stages_epsilon)
@@ -41,9 +39,8 @@ def release_marginals(schema: Schema, site: SiteData, plan: StudyPlan, released_
     if released_before >= STAGES:
         raise BudgetError(f"Site {site.name} has already released its tables for this study; "
                           "another release would spend the privacy budget twice.")
-    check_site_size(plan, site.n_records, f"Site {site.name}")
     layout = build_layout(schema)
-    noise = release_noise_multiplier(plan.epsilon, plan.delta)
+    noise = release_noise_multiplier(plan)
     columns = {k: np.asarray(v, dtype=float) for k, v in global_tables.items()
                if k.startswith("1|")}
     if released_before == 0:
@@ -54,5 +51,5 @@ def release_marginals(schema: Schema, site: SiteData, plan: StudyPlan, released_
         staged = layout.with_groups(columns)
         tables = {**columns, **noisy_pair_tables(staged, site.parsed, noise)}
     stage = released_before + 1
-    epsilon = stages_epsilon(layout, noise, stage, plan.delta) if plan.private else math.inf
+    epsilon = stages_epsilon(layout, plan, stage)
     return MarginalRelease(tables=tables, stage=stage, epsilon=epsilon)

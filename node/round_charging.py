@@ -1,8 +1,8 @@
-"""Answering a study's round at most once per privacy charge.
+"""Answering a study's round, and its one evaluation, at most once per privacy charge.
 
 Before any step of a new study the node checks its ledger (chain intact,
-budget left) and reserves the plan's ε; the noise multiplier and sampling rate
-are fixed then, for every round. Each round trained is charged on the ledger
+ε and δ budget left) and reserves the plan's ε and δ; the noise multiplier and
+sampling rate (functions of the plan alone) are fixed then, for every round. Each round trained is charged on the ledger
 before its answer leaves. When a resumed coordinator asks again for a round:
 - same round, same global model: the stored answer is given again (the same
   release; nothing new is spent) — but never under secure aggregation, where
@@ -10,6 +10,8 @@ before its answer leaves. When a resumed coordinator asks again for a round:
   update by subtraction;
 - a round already charged with a different model: refused, since training it
   again would spend the site's budget twice.
+The study's federated evaluation (`charge_evaluation`) is charged the same way:
+once, by a site that took part in the study, before anything is computed.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from node.round_replay import StoredAnswer, store_answer, stored_answer
 from node.training import SitePrivacy
 from protocols import messages as keys
 from protocols.errors import BudgetError
-from protocols.ledger import RESERVE, ROUND, LedgerEntry, check_budget, study_spend
+from protocols.ledger import (EVALUATION, RESERVE, ROUND, LedgerEntry, SiteBudget, StudySpend,
+                              check_budget, study_spend)
 from protocols.plan import StudyPlan
 
 
@@ -47,7 +50,7 @@ class RoundRequest:
 TrainFn = Callable[[SitePrivacy, int], StoredAnswer]
 
 
-def answer_round(state_dir: Path, budget: float, request: RoundRequest,
+def answer_round(state_dir: Path, budget: SiteBudget, request: RoundRequest,
                  privacy_for_new_study: Callable[[], SitePrivacy], train: TrainFn
                  ) -> StoredAnswer:
     """The site's answer to `request`, charged on the ledger exactly once (under the
@@ -56,7 +59,7 @@ def answer_round(state_dir: Path, budget: float, request: RoundRequest,
         return _answer_round(state_dir, budget, request, privacy_for_new_study, train)
 
 
-def _answer_round(state_dir: Path, budget: float, request: RoundRequest,
+def _answer_round(state_dir: Path, budget: SiteBudget, request: RoundRequest,
                   privacy_for_new_study: Callable[[], SitePrivacy], train: TrainFn
                   ) -> StoredAnswer:
     ledger = PrivacyLedger(state_dir)
@@ -73,7 +76,7 @@ def _answer_round(state_dir: Path, budget: float, request: RoundRequest,
         return stored
     if spend is None:
         privacy = privacy_for_new_study()
-        check_budget(entries, request.plan.epsilon, budget, request.site)
+        check_budget(entries, request.plan.epsilon, request.plan.delta, budget, request.site)
         ledger.append(_entry(RESERVE, request, 0, request.plan.epsilon, privacy))
         steps_before = 0
     elif request.round <= spend.last_round:
@@ -85,6 +88,25 @@ def _answer_round(state_dir: Path, budget: float, request: RoundRequest,
     store_answer(state_dir, request.study, answer)
     _charge(ledger, request, answer)
     return answer
+
+
+def charge_evaluation(state_dir: Path, request: RoundRequest,
+                      epsilon_after: Callable[[StudySpend], float]) -> StudySpend:
+    """Record the study's evaluation release on the ledger before it is computed, or
+    refuse: a site that never reserved the study (its records are not in the cohort,
+    and the study's ε was never committed), or one that already evaluated it."""
+    with exclusive(state_dir):
+        ledger = PrivacyLedger(state_dir)
+        spend = study_spend(ledger.entries(), request.study)
+        if spend is None:
+            raise BudgetError(f"Site {request.site} refuses to evaluate: its ledger holds no "
+                              "reserve for this study, so it took no part in it.")
+        if spend.evaluated:
+            raise BudgetError(f"Site {request.site} refuses a second evaluation of this study: "
+                              "its ledger already charges one, and each study is evaluated "
+                              "at most once.")
+        ledger.append(_entry(EVALUATION, request, spend.steps_total, epsilon_after(spend), None))
+        return spend
 
 
 def _charged_twice(request: RoundRequest, last_round: int) -> str:

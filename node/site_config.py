@@ -2,11 +2,16 @@
 
 Deployment: the SuperNode's node config names them (`schema-path`,
 `data-path`, optionally `site-name`), the folder of its privacy ledger
-(`state-dir`) and its total ε budget over all studies (`epsilon-budget`);
-a deployed node without either refuses to start training. Simulation: the run config lists one
-file per simulated site (`site-data`, joined with the OS path separator) and
-the node's `partition-id` picks its own; its ledger goes under the run's
-`node-state-dir` (or a temporary folder of the run). A simulated node with no file falls
+(`state-dir`), its total ε and δ budgets over all studies (`epsilon-budget`,
+`delta-budget`) and the consortium's manifest-signing key it trusts
+(`manifest-public-key`, from its kit): a deployed node without the first ones
+refuses to start training, and without the key it declines every evaluation.
+Nothing a deployed node trusts comes from the run config, which is the
+coordinator's word. Simulation: the run config lists one file per simulated
+site (`site-data`, joined with the OS path separator) and the node's
+`partition-id` picks its own; its ledger goes under the run's `node-state-dir`
+(or a temporary folder of the run), and the harness, which plays both sides,
+names the key (`manifest-public-key`). A simulated node with no file falls
 back to the built-in demo registry, so `flwr run .` works out of the box; a
 deployed node never does, it must be told where its records are.
 """
@@ -22,8 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from node.site_data import SiteData, encode_site, load_site
-from protocols.demo_registry import simulate_registry
+from protocols.demo_registry import DemoRegistry, simulate_registry
 from protocols.errors import FedsynthError
+from protocols.ledger import SiteBudget
+from protocols.provenance import refuse_synthetic_records
 from protocols.records import validate_records
 from protocols.schema import Schema, load_schema, parse_schema
 
@@ -38,8 +45,21 @@ class SiteSource:
     demo_partition: int | None = None
     demo_sites: int = 0
     state_dir: str | None = None
-    epsilon_budget: float = math.inf
+    budget: SiteBudget = SiteBudget(math.inf, math.inf)
     train_on_synthetic: bool = False  # the operator's explicit choice (--train-on-synthetic)
+    manifest_public_key: str | None = None
+
+    def load_schema(self) -> Schema:
+        """The consortium's schema alone: public, read before any record is."""
+        if self.demo_partition is not None:
+            return _demo_schema()
+        return _schema_cached(self.schema_path, _file_stamp(self.schema_path))
+
+    def refuse_a_cohort(self) -> None:
+        """Refuse a records file marked as a fedsynth cohort (unless the operator allowed
+        it): the mark is the file's provenance, read before any record is."""
+        if self.data_path:
+            refuse_synthetic_records(Path(self.data_path), self.train_on_synthetic)
 
     def load(self) -> tuple[Schema, SiteData]:
         """The validated, encoded site. A node process answers every round of a
@@ -58,6 +78,11 @@ def _file_stamp(path: str | None) -> tuple[int, int] | None:
 
 
 @functools.lru_cache(maxsize=4)
+def _schema_cached(path: str | None, stamp: object) -> Schema:
+    return load_schema(path)
+
+
+@functools.lru_cache(maxsize=4)
 def _load_cached(source: SiteSource, schema_stamp: object, data_stamp: object
                  ) -> tuple[Schema, SiteData]:
     if source.demo_partition is not None:
@@ -72,15 +97,18 @@ def resolve_site(node_config: Mapping[str, Any], run_config: Mapping[str, Any]) 
     if node_config.get("data-path"):
         data = str(node_config["data-path"])
         for key, why in (("state-dir", "a folder for its privacy ledger"),
-                         ("epsilon-budget", "the total epsilon the site allows over all studies")):
+                         ("epsilon-budget", "the total epsilon the site allows over all studies"),
+                         ("delta-budget", "the total delta the site allows over all studies")):
             if node_config.get(key) in (None, ""):
                 raise FedsynthError(f"This node has no '{key}' in its node config: a deployed "
                                     f"node needs {why} (--node-config).")
+        budget = SiteBudget(_budget(node_config, "epsilon-budget", math.inf),
+                            _budget(node_config, "delta-budget", 1.0))  # 1: no limit
         return SiteSource(str(node_config.get("schema-path", "")), data,
                           str(node_config.get("site-name") or Path(data).stem),
-                          state_dir=str(node_config["state-dir"]),
-                          epsilon_budget=_budget(node_config["epsilon-budget"]),
-                          train_on_synthetic=_flag(node_config, "train-on-synthetic"))
+                          state_dir=str(node_config["state-dir"]), budget=budget,
+                          train_on_synthetic=_flag(node_config, "train-on-synthetic"),
+                          manifest_public_key=_optional(node_config, "manifest-public-key"))
     if "partition-id" not in node_config:
         raise FedsynthError("This node has no 'data-path' in its node config: tell the "
                             "SuperNode where the site's records are (--node-config).")
@@ -88,16 +116,18 @@ def resolve_site(node_config: Mapping[str, Any], run_config: Mapping[str, Any]) 
     files = [f for f in str(run_config.get("site-data", "")).split(os.pathsep) if f]
     state_root = str(run_config.get("node-state-dir", "") or "")
     state_dir = os.path.join(state_root, f"node-{partition}") if state_root else None
+    key = _optional(run_config, "manifest-public-key")
     if not files:
-        return SiteSource(None, None, "", demo_partition=partition,
-                          demo_sites=int(node_config.get("num-partitions", 1)),
-                          state_dir=state_dir)
+        sites = int(node_config.get("num-partitions", 1))
+        return SiteSource(None, None, _demo_site_name(partition, sites), demo_partition=partition,
+                          demo_sites=sites, state_dir=state_dir, manifest_public_key=key)
     if partition >= len(files):
         raise FedsynthError(f"Simulated node {partition} has no data file: the run lists "
                             f"{len(files)} site file(s).")
     return SiteSource(str(run_config["schema-path"]), files[partition],
                       Path(files[partition]).stem, state_dir=state_dir,
-                      train_on_synthetic=_flag(run_config, "train-on-synthetic"))
+                      train_on_synthetic=_flag(run_config, "train-on-synthetic"),
+                      manifest_public_key=key)
 
 
 def _flag(config: Mapping[str, Any], key: str) -> bool:
@@ -108,19 +138,42 @@ def _flag(config: Mapping[str, Any], key: str) -> bool:
     raise FedsynthError(f"The config's {key} = {value!r} is not true or false.")
 
 
-def _budget(value: Any) -> float:
+def _optional(config: Mapping[str, Any], key: str) -> str | None:
+    return str(config[key]) if config.get(key) not in (None, "") else None
+
+
+def _budget(config: Mapping[str, Any], key: str, most: float) -> float:
+    value = config[key]
     try:
         budget = float(value)
     except (TypeError, ValueError):
         budget = math.nan
-    if not budget > 0:
-        raise FedsynthError(f"The node config's epsilon-budget = {value!r} is not a "
-                            "positive number.")
+    if not 0 < budget <= most:
+        raise FedsynthError(f"The node config's {key} = {value!r} is not a positive number"
+                            + ("." if math.isinf(most) else f" of at most {most:g}."))
     return budget
 
 
+@functools.lru_cache(maxsize=1)
+def _demo_schema() -> Schema:
+    return parse_schema(simulate_registry().schema_yaml, source="built-in demo registry")
+
+
+@functools.lru_cache(maxsize=4)
+def _demo_registry(n_partitions: int) -> DemoRegistry:
+    return simulate_registry(n_sites=min(12, max(5, n_partitions)))
+
+
+def _demo_site_name(partition: int, n_partitions: int) -> str:
+    names = list(_demo_registry(n_partitions).sites)
+    if partition >= len(names):
+        raise FedsynthError(f"The built-in registry has {len(names)} hospitals; simulated "
+                            f"node {partition} has none. Use at most 12 nodes.")
+    return names[partition]
+
+
 def _demo_site(partition: int, n_partitions: int) -> tuple[Schema, SiteData]:
-    registry = simulate_registry(n_sites=min(12, max(5, n_partitions)))
+    registry = _demo_registry(n_partitions)
     schema = parse_schema(registry.schema_yaml, source="built-in demo registry")
     if partition >= len(registry.sites):
         raise FedsynthError(f"The built-in registry has {len(registry.sites)} hospitals; "

@@ -49,7 +49,8 @@ def node_config(kit: NodeKit) -> str:
     Flower parses it as space-separated TOML `key=value` pairs whose quoted values
     may not contain a quote, so a path with a double quote is refused.
     """
-    paths = {"schema-path": kit.schema, "data-path": kit.records, "state-dir": kit.state_dir}
+    paths = {"schema-path": kit.schema, "data-path": kit.records, "state-dir": kit.state_dir,
+             "manifest-public-key": kit.manifest_public_key}
     for key, path in paths.items():
         if '"' in str(path):
             raise KitError(f"The path {path} ({key}) contains a double quote, which Flower's "
@@ -57,9 +58,10 @@ def node_config(kit: NodeKit) -> str:
     values = {**{k: json.dumps(str(p)) for k, p in paths.items()},
               "site-name": json.dumps(kit.site),
               "epsilon-budget": repr(float(kit.epsilon_budget)),
+              "delta-budget": repr(float(kit.delta_budget)),
               "federated-evaluation": "true" if kit.federated_evaluation else "false"}
     order = ("schema-path", "data-path", "site-name", "state-dir", "epsilon-budget",
-             "federated-evaluation")
+             "delta-budget", "manifest-public-key", "federated-evaluation")
     if kit.train_on_synthetic:
         values["train-on-synthetic"] = "true"
         order += ("train-on-synthetic",)

@@ -1,18 +1,23 @@
 """Local DP-SGD training of the shared generator (Opacus).
 
 One call trains one round: `plan.local_steps` steps, each on a Poisson sample
-of the site's records (Opacus' `UniformWithReplacementSampler`, rate q =
-batch_size / n), with per-record gradient clipping to `plan.max_grad_norm` and
-Gaussian noise of multiplier σ (`GradSampleModule` + `DPOptimizer`).
+of the site's records (every record independently with probability q, the
+plan's `sample_rate`), with per-record gradient clipping to
+`plan.max_grad_norm` and Gaussian noise of multiplier σ (Opacus' ghost-clipping
+`GradSampleModuleFastGradientClipping` + a `DPOptimizerFastGradientClipping`
+whose noise comes from `protocols.dp_noise`).
 
-Guarantee: σ is fixed from the plan before round 1 for all
-`rounds × local_steps` steps (`protocols.accounting`), and an Opacus RDP
-accountant hooked to the optimizer counts every step that actually runs,
-carrying the steps of earlier rounds; the ε reported is that accountant's.
-A node never runs more steps than the plan allows.
+Guarantee: q and σ come from the plan alone (`protocols.accounting`), fixed
+before round 1 for all `rounds × local_steps` steps, so the ε a node reports
+after each round is the same at every site whatever its size; the steps of
+earlier rounds carry over, and a node never runs more steps than the plan
+allows. The noisy gradient sum is divided by a public constant, never by the
+site's expected batch q·n (which would scale the release by a function of n):
+Adam's step is invariant to a constant scale of its gradients, so the
+constant changes nothing but what the normaliser would reveal.
 
-The sampling and noise generators are seeded from the operating system's
-entropy, never from the plan's seed: noise the coordinator could reproduce
+Every random draw (Poisson masks, noise) comes from the operating system's
+CSPRNG, never from a seeded generator: noise the coordinator could reproduce
 would be noise it could subtract.
 
 With `epsilon = inf` the same model is trained with the same sampling and
@@ -21,42 +26,43 @@ optimiser, without clipping or noise (the non-private reference).
 
 from __future__ import annotations
 
-import secrets
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from opacus.accountants import RDPAccountant
 from opacus.grad_sample import GradSampleModuleFastGradientClipping
 from opacus.optimizers import DPOptimizerFastGradientClipping
+from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
 from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
-from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 
-from protocols.accounting import (accountant_epsilon, check_site_size, noise_multiplier_for,
-                                  sample_rate_for)
+from protocols.accounting import dpsgd_epsilon, noise_multiplier_for
+from protocols.dp_noise import poisson_mask, secure_normal
 from protocols.errors import BudgetError
 from protocols.generator import TabularVAE, per_record_loss
+from protocols.marginals import release_noise_multiplier
 from protocols.plan import StudyPlan
 from protocols.update_bounds import ADAM_BETAS
+
+# What the noisy gradient sum is divided by: a public constant (see the module docstring).
+GRADIENT_NORMALISER = 1
 
 
 @dataclass(frozen=True)
 class SitePrivacy:
-    """The site's DP parameters for the whole study, fixed before round 1."""
+    """The site's DP parameters for the whole study, fixed before round 1 by the plan."""
 
     sample_rate: float
     noise_multiplier: float
 
     @classmethod
-    def for_site(cls, plan: StudyPlan, n_records: int, site: str) -> SitePrivacy:
-        """Refuses a site too small for `plan` before anything is fixed or spent."""
-        check_site_size(plan, n_records, f"Site {site}")
+    def for_plan(cls, plan: StudyPlan) -> SitePrivacy:
+        """The plan's mechanism: the same at every site, whatever its records."""
         if plan.generator != "vae":
             # The marginals generator adds its noise in one release (node.marginal_release).
-            return cls(sample_rate=1.0, noise_multiplier=0.0)
-        rate = sample_rate_for(n_records, plan.batch_size)
-        return cls(sample_rate=rate, noise_multiplier=noise_multiplier_for(plan, rate))
+            return cls(sample_rate=1.0, noise_multiplier=release_noise_multiplier(plan))
+        return cls(sample_rate=plan.sample_rate, noise_multiplier=noise_multiplier_for(plan))
 
 
 @dataclass(frozen=True)
@@ -77,31 +83,31 @@ def train_round(model: TabularVAE, data: np.ndarray, plan: StudyPlan, privacy: S
                           f"{plan.total_steps} DP-SGD steps; another round would exceed the "
                           "privacy budget the study was planned for.")
     records = torch.as_tensor(data, dtype=torch.float32)
-    entropy = torch.Generator().manual_seed(secrets.randbits(63))
-    sampler = UniformWithReplacementSampler(num_samples=len(records),
-                                            sample_rate=privacy.sample_rate, generator=entropy)
     if plan.private:
-        module, optimizer, accountant = dp_setup(model, plan, privacy, records,
-                                                       steps_before, entropy)
+        module, optimizer = dp_setup(model, plan, privacy)
     else:
-        module, optimizer, accountant = model, _adam(model, plan), None
+        module, optimizer = model, _adam(model, plan)
     losses = []
-    batches = iter(sampler)
+    batches = poisson_batches(len(records), privacy.sample_rate)
     with warnings.catch_warnings():
         # Opacus' hooks fire on module outputs because records need no gradient: expected.
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
         for _ in range(plan.local_steps):
-            index = next(batches, None)
-            if index is None:
-                batches = iter(sampler)
-                index = next(batches)
-            losses.append(train_step(module, optimizer, model, records[index], plan.private))
+            batch = records[torch.from_numpy(next(batches))]
+            losses.append(train_step(module, optimizer, model, batch, plan.private))
     if plan.private:
         module.remove_hooks()
     steps_total = steps_before + plan.local_steps
-    epsilon = accountant_epsilon(accountant, plan.delta) if accountant else float("inf")
-    return RoundOutcome(steps=plan.local_steps, steps_total=steps_total, epsilon=float(epsilon),
+    return RoundOutcome(steps=plan.local_steps, steps_total=steps_total,
+                        epsilon=dpsgd_epsilon(plan, steps_total),
                         mean_loss=float(np.nanmean(losses)) if losses else float("nan"))
+
+
+def poisson_batches(n_records: int, sample_rate: float) -> Iterator[np.ndarray]:
+    """Endless Poisson samples: each step's indices, every record in with probability
+    `sample_rate`, independently, from the OS CSPRNG (an empty sample is a valid step)."""
+    while True:
+        yield np.flatnonzero(poisson_mask(n_records, sample_rate))
 
 
 def _adam(model: torch.nn.Module, plan: StudyPlan) -> torch.optim.Optimizer:
@@ -109,24 +115,30 @@ def _adam(model: torch.nn.Module, plan: StudyPlan) -> torch.optim.Optimizer:
     return torch.optim.Adam(model.parameters(), lr=plan.learning_rate, betas=ADAM_BETAS)
 
 
-def dp_setup(model: TabularVAE, plan: StudyPlan, privacy: SitePrivacy,
-             records: torch.Tensor, steps_before: int, entropy: torch.Generator
-             ) -> tuple[GradSampleModuleFastGradientClipping,
-                        DPOptimizerFastGradientClipping, RDPAccountant]:
-    """Wrap `model` for ghost-clipped DP-SGD with an accountant that carries the
-    steps of earlier rounds and counts every step the optimiser takes."""
+class SecureNoiseOptimizer(DPOptimizerFastGradientClipping):
+    """Opacus' ghost-clipping DP optimiser, its Gaussian noise drawn from the OS CSPRNG
+    (`protocols.dp_noise.secure_normal`) instead of torch's seeded generator."""
+
+    def add_noise(self) -> None:
+        std = self.noise_multiplier * self.max_grad_norm
+        for p in self.params:
+            _check_processed_flag(p.summed_grad)
+            noise = secure_normal(tuple(p.summed_grad.shape), std)
+            noisy = p.summed_grad.double() + torch.from_numpy(noise)
+            p.grad = noisy.to(p.summed_grad.dtype).view_as(p)
+            _mark_as_processed(p.summed_grad)
+
+
+def dp_setup(model: TabularVAE, plan: StudyPlan, privacy: SitePrivacy
+             ) -> tuple[GradSampleModuleFastGradientClipping, SecureNoiseOptimizer]:
+    """Wrap `model` for ghost-clipped DP-SGD with CSPRNG noise of the plan's σ."""
     module = GradSampleModuleFastGradientClipping(
         model, loss_reduction="mean", max_grad_norm=plan.max_grad_norm, use_ghost_clipping=True)
-    optimizer = DPOptimizerFastGradientClipping(
+    optimizer = SecureNoiseOptimizer(
         _adam(module, plan), noise_multiplier=privacy.noise_multiplier,
-        max_grad_norm=plan.max_grad_norm,
-        expected_batch_size=max(1, round(privacy.sample_rate * len(records))),
-        loss_reduction="mean", generator=entropy)
-    accountant = RDPAccountant()
-    if steps_before:
-        accountant.history = [(privacy.noise_multiplier, privacy.sample_rate, steps_before)]
-    optimizer.attach_step_hook(accountant.get_optimizer_hook_fn(sample_rate=privacy.sample_rate))
-    return module, optimizer, accountant
+        max_grad_norm=plan.max_grad_norm, expected_batch_size=GRADIENT_NORMALISER,
+        loss_reduction="mean")
+    return module, optimizer
 
 
 def train_step(module: torch.nn.Module, optimizer: torch.optim.Optimizer, model: TabularVAE,

@@ -1,29 +1,41 @@
-"""Privacy accounting for DP-SGD over a whole study.
+"""Privacy accounting: what a study costs each site, from the plan alone.
 
-Every site trains with Poisson sampling at rate q = batch_size / n for
-`rounds × local_steps` steps. The noise multiplier is fixed *before round 1*
-from the plan's ε and δ and that total number of steps, so that all rounds
-together stay within ε: the guarantee is record-level (ε, δ)-DP per site over
-the whole study, computed with Opacus' RDP accountant (the same accountant the
-node attaches to its optimizer, so the reported ε is that of the steps that
-actually ran).
+Every release fedsynth makes at a site is a Gaussian mechanism on a query of
+L2 sensitivity 1 under add/remove-one-record neighbouring, possibly
+Poisson-subsampled:
+- DP-SGD steps: per-record gradients clipped to norm C, each record used with
+  probability q (the plan's `sample_rate`), noise σ·C (Abadi et al., CCS 2016);
+- the marginal tables and the federated-evaluation tables: counts with
+  discrete Gaussian noise (protocols.dp_noise), whose Rényi curve α·Δ²/(2σ²)
+  is the continuous Gaussian's (Canonne, Kamath & Steinke, NeurIPS 2020).
+They compose by adding Rényi-DP curves (Mironov, CSF 2017), computed by
+Opacus' RDP accountant (the sampled Gaussian of Mironov, Talwar & Zhang 2019)
+over `RDP_ORDERS`, and convert to (ε, δ) with its conversion.
 
-A site must also be large enough for the guarantee to mean something
-(`check_site_size`): δ < 1/n (which bounds n from above), at least `MIN_SITE_RECORDS` records, and, for
-DP-SGD, noise on each step's averaged gradient no larger than the clipping
-norm (`noise_to_signal` ≤ `MAX_NOISE_TO_SIGNAL`). A smaller site is refused
-before any step, with the smallest size this plan would accept.
+Nothing here reads a record count. q, σ and every ε a node reports, its ledger
+records or a manifest states are functions of the plan (and, for the marginal
+tables' split into stages, of the public schema), so they are the same at
+every site and say nothing about its size. The noise of every release is
+calibrated before round 1 so that the whole study, evaluation included, stays
+within the plan's ε.
+
+A site that is too small gets little from a study (`check_site_size`), but
+that is a utility rule checked on the operator's side, never an answer a
+node gives a coordinator.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from opacus.accountants import RDPAccountant
-from opacus.accountants.utils import get_noise_multiplier
 
 from protocols.errors import PlanError
 from protocols.plan import StudyPlan
+from protocols.site_limits import MIN_SITE_RECORDS
 
 ACCOUNTANT = "rdp"
 # Opacus' default RDP orders stop at 63; with few records per site the noise is
@@ -31,123 +43,132 @@ ACCOUNTANT = "rdp"
 # Higher orders are equally valid and make it tighter (less noise for the same
 # ε). Every ε in fedsynth is computed over these same orders.
 RDP_ORDERS = [*RDPAccountant.DEFAULT_ALPHAS, 80, 96, 128, 160, 192, 256, 384, 512, 768, 1024]
+# ε found by calibration lies within this much below the target (never above it).
+EPSILON_TOLERANCE = 0.005
 
-# Below this many records a site's DP release is dominated by noise whatever the plan,
-# and a single patient is a large share of the site: such a site is refused.
-MIN_SITE_RECORDS = 20
 # DP-SGD adds Gaussian noise of standard deviation σ·C to the sum of an expected
 # q·n clipped gradients (norm ≤ C each), so the averaged step carries noise of
 # σ/(q·n) clipping norms per coordinate. Above 1 the noise outweighs the largest
 # signal any record can give on every coordinate and the model learns nothing.
 MAX_NOISE_TO_SIGNAL = 1.0
-_LARGEST_SITE_SEARCHED = 10_000_000
 
 
-def sample_rate_for(n_records: int, batch_size: int) -> float:
-    """Poisson sampling rate giving `batch_size` records per step on average."""
-    return min(1.0, batch_size / n_records)
+@dataclass(frozen=True)
+class GaussianRelease:
+    """`steps` Gaussian releases of noise multiplier σ (noise / L2 sensitivity), each on
+    a Poisson sample of rate `sample_rate` (1: every record)."""
+
+    noise_multiplier: float
+    sample_rate: float = 1.0
+    steps: int = 1
 
 
-def check_delta(delta: float, n_records: int, source: str) -> None:
-    """δ must be below 1/n: a mechanism may fail outright with probability δ, and with
-    δ ≥ 1/n that failure could be the release of a whole record."""
-    if delta >= 1.0 / n_records:
-        raise PlanError(f"{source}: delta {delta:g} is not below 1/n = 1/{n_records}; with "
-                        "this many records a failure of probability delta could release a "
-                        "whole record. Lower delta in the study plan (below "
-                        f"{1.0 / n_records:.3g}).")
+def composed_epsilon(releases: Sequence[GaussianRelease], delta: float) -> float:
+    """ε at `delta` of all `releases` together (0 for none, inf if one has no noise)."""
+    active = [r for r in releases if r.steps > 0]
+    if not active:
+        return 0.0
+    if any(r.noise_multiplier <= 0 for r in active):
+        return math.inf
+    accountant = RDPAccountant()
+    accountant.history = [(r.noise_multiplier, r.sample_rate, r.steps) for r in active]
+    return float(accountant.get_epsilon(delta=delta, alphas=RDP_ORDERS))
 
 
-def noise_to_signal(noise_multiplier: float, sample_rate: float, n_records: int) -> float:
-    """Per-coordinate noise on one averaged DP-SGD step, in clipping norms: σ / (q·n)."""
-    return noise_multiplier / (sample_rate * n_records)
-
-
-def too_small_because(plan: StudyPlan, n_records: int) -> str | None:
-    """Why a site of `n_records` is too small for a meaningful DP study under `plan`,
-    or None when it is large enough. A non-private reference is never refused."""
-    if not plan.private:
-        return None
-    if n_records < MIN_SITE_RECORDS:
-        return f"it has {n_records} records, fewer than the {MIN_SITE_RECORDS} any study needs"
-    if plan.generator != "vae":
-        return None
-    rate = sample_rate_for(n_records, plan.batch_size)
-    ratio = noise_to_signal(noise_multiplier_for(plan, rate), rate, n_records)
-    if ratio > MAX_NOISE_TO_SIGNAL:
-        return (f"with {n_records} records, epsilon {plan.epsilon:g} over "
-                f"{plan.total_steps} DP-SGD steps needs noise {ratio:.2f} times the "
-                f"clipping norm on every averaged step (at most {MAX_NOISE_TO_SIGNAL:g}): "
-                "the model would learn noise")
-    return None
-
-
-def minimum_site_records(plan: StudyPlan) -> int | None:
-    """The smallest site `plan` accepts as large enough (the rules of
-    `too_small_because` only relax as n grows, so doubling then bisection finds it);
-    None if no size up to ten million would do."""
-    if too_small_because(plan, _LARGEST_SITE_SEARCHED):
-        return None
-    low, high = 0, MIN_SITE_RECORDS
-    while too_small_because(plan, high):
-        low, high = high, min(2 * high, _LARGEST_SITE_SEARCHED)
-    while high - low > 1:
-        middle = (low + high) // 2
-        low, high = (middle, high) if too_small_because(plan, middle) else (low, middle)
+def calibrate(releases_for: Callable[[float], list[GaussianRelease]], epsilon: float,
+              delta: float, what: str) -> float:
+    """The smallest noise multiplier z (to `EPSILON_TOLERANCE` in ε) for which
+    `releases_for(z)` composes to at most `epsilon` at `delta`."""
+    low, high = 0.0, 1.0
+    while composed_epsilon(releases_for(high), delta) > epsilon:
+        low, high = high, 2 * high
+        if high > 1e6:
+            raise PlanError(f"No noise level reaches epsilon {epsilon:g} with delta {delta:g} "
+                            f"for {what}.")
+    for _ in range(100):
+        middle = (low + high) / 2
+        spent = composed_epsilon(releases_for(middle), delta)
+        if spent > epsilon:
+            low = middle
+        else:
+            high = middle
+            if spent >= epsilon - EPSILON_TOLERANCE:
+                break
     return high
 
 
-def check_site_size(plan: StudyPlan, n_records: int, source: str) -> None:
-    """Refuse, before any step, a site that `plan` cannot protect meaningfully:
-    too few records, or too many for its δ."""
-    if plan.private:
-        check_delta(plan.delta, n_records, source)
-    problem = too_small_because(plan, n_records)
-    if problem is None:
-        return
-    smallest = minimum_site_records(plan)
-    remedy = "a larger epsilon, or fewer rounds or local steps, lower the minimum"
-    if smallest is None:
-        need = "No site size makes this plan meaningful"
-    elif plan.delta >= 1.0 / smallest:
-        need = (f"No site size suits this plan: its noise needs at least {smallest} records "
-                f"per site, and its delta {plan.delta:g} allows fewer than {1 / plan.delta:g}")
-        remedy = "lower delta, or " + remedy
-    else:
-        need = f"This plan needs at least {smallest} records per site"
-    raise PlanError(f"{source}: too small for a meaningful differentially private study: "
-                    f"{problem}. {need}; {remedy}.")
+@functools.lru_cache(maxsize=64)
+def evaluation_release(plan: StudyPlan) -> GaussianRelease | None:
+    """The federated-evaluation release: one Gaussian (on all the site's evaluation
+    tables together, L2 sensitivity 1 after scaling) that alone is
+    `plan.evaluation_epsilon`-DP at `plan.delta`; None without evaluation or DP."""
+    if not (plan.private and plan.evaluated):
+        return None
+    multiplier = calibrate(lambda z: [GaussianRelease(z)], plan.evaluation_epsilon,
+                           plan.delta, "the federated evaluation")
+    return GaussianRelease(multiplier)
 
 
-def noise_multiplier_for(plan: StudyPlan, sample_rate: float) -> float:
-    """The smallest noise multiplier (to Opacus' tolerance) whose ε over all
-    `plan.total_steps` steps at `sample_rate` is at most `plan.epsilon`.
+def with_evaluation(plan: StudyPlan, releases: list[GaussianRelease],
+                    evaluated: bool = True) -> list[GaussianRelease]:
+    """`releases` plus the plan's evaluation release (when it has one and `evaluated`)."""
+    extra = evaluation_release(plan) if evaluated else None
+    return releases + ([extra] if extra else [])
 
-    Returns 0.0 for the non-private reference (`epsilon = inf`).
-    """
+
+@functools.lru_cache(maxsize=64)
+def noise_multiplier_for(plan: StudyPlan) -> float:
+    """DP-SGD's σ for the whole study: the smallest whose `plan.total_steps` steps at the
+    plan's sample rate, with the evaluation release, compose to at most `plan.epsilon`.
+    0.0 for the non-private reference (`epsilon = inf`)."""
     if not plan.private:
         return 0.0
-    try:
-        return float(get_noise_multiplier(
-            target_epsilon=plan.epsilon, target_delta=plan.delta, sample_rate=sample_rate,
-            steps=plan.total_steps, accountant=ACCOUNTANT, epsilon_tolerance=0.005,
-            alphas=RDP_ORDERS))
-    except ValueError as exc:
-        raise PlanError(f"No noise level reaches epsilon {plan.epsilon:g} with delta "
-                        f"{plan.delta:g} over {plan.total_steps} steps: {exc}.") from None
+    return calibrate(lambda z: with_evaluation(plan, dpsgd_releases(plan, z, plan.total_steps)),
+                     plan.epsilon, plan.delta, f"{plan.total_steps} DP-SGD steps")
 
 
-def epsilon_spent(noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> float:
-    """ε of `steps` DP-SGD steps at this noise and sampling rate (inf without noise)."""
-    if steps == 0:
-        return 0.0
-    if noise_multiplier <= 0:
+def dpsgd_releases(plan: StudyPlan, noise_multiplier: float, steps: int
+                   ) -> list[GaussianRelease]:
+    return [GaussianRelease(noise_multiplier, plan.sample_rate, steps)]
+
+
+def dpsgd_epsilon(plan: StudyPlan, steps: int, evaluated: bool = False) -> float:
+    """ε of `steps` DP-SGD steps of `plan` (and of its evaluation release when
+    `evaluated`); inf without DP."""
+    if not plan.private:
         return math.inf
-    accountant = RDPAccountant()
-    accountant.history = [(noise_multiplier, sample_rate, steps)]
-    return accountant_epsilon(accountant, delta)
+    releases = dpsgd_releases(plan, noise_multiplier_for(plan), steps)
+    return composed_epsilon(with_evaluation(plan, releases, evaluated), plan.delta)
 
 
-def accountant_epsilon(accountant: RDPAccountant, delta: float) -> float:
-    """ε of everything `accountant` has recorded, over fedsynth's RDP orders."""
-    return float(accountant.get_epsilon(delta=delta, alphas=RDP_ORDERS))
+def noise_to_signal(plan: StudyPlan, n_records: int) -> float:
+    """Per-coordinate noise on one averaged DP-SGD step, in clipping norms: σ / (q·n)."""
+    return noise_multiplier_for(plan) / (plan.sample_rate * max(1, n_records))
+
+
+def minimum_site_records(plan: StudyPlan) -> int:
+    """The smallest site for which `plan` is worth joining: `MIN_SITE_RECORDS`, and for
+    DP-SGD enough records that the noise does not outweigh the signal on every step.
+    A function of the plan alone, so it can be published with it."""
+    if not plan.private or plan.generator != "vae":
+        return MIN_SITE_RECORDS
+    needed = math.ceil(noise_multiplier_for(plan) / (plan.sample_rate * MAX_NOISE_TO_SIGNAL))
+    return max(MIN_SITE_RECORDS, needed)
+
+
+def check_site_size(plan: StudyPlan, n_records: int, source: str) -> None:
+    """Refuse, on the operator's side and before anything runs, a site that `plan` would
+    not protect meaningfully (never called on a node's answer to a coordinator)."""
+    smallest = minimum_site_records(plan)
+    if n_records >= smallest or not plan.private:
+        return
+    if n_records < MIN_SITE_RECORDS:
+        problem = f"it has {n_records} records, fewer than the {MIN_SITE_RECORDS} any study needs"
+    else:
+        problem = (f"with {n_records} records, epsilon {plan.epsilon:g} over "
+                   f"{plan.total_steps} DP-SGD steps needs noise "
+                   f"{noise_to_signal(plan, n_records):.2f} times the clipping norm on every "
+                   f"averaged step (at most {MAX_NOISE_TO_SIGNAL:g}): the model would learn noise")
+    raise PlanError(f"{source}: too small for a meaningful differentially private study: "
+                    f"{problem}. This plan needs at least {smallest} records per site; a "
+                    "larger epsilon, or fewer rounds or local steps, lower the minimum.")

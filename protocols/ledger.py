@@ -6,16 +6,21 @@ removed from the middle breaks the chain and the ledger is refused until an
 operator acts. A ledger cut short at its end, or deleted, still reads as a
 valid chain: that needs the last hash kept somewhere else (not done yet).
 
-Two kinds of entry:
+Three kinds of entry:
 - `reserve`: a study's first round at this site; it commits the plan's whole
-  ε (the noise was calibrated for all rounds) and records the mechanism's
-  parameters. A study is refused before any step if its reserve would take the
-  site past its budget.
+  ε and δ (the noise was calibrated for all rounds and the evaluation) and
+  records the mechanism's parameters. A study is refused before any step if
+  its reserve would take the site past its ε or δ budget. Across studies ε and
+  δ add up (basic composition: k studies at (ε_i, δ_i) are (Σε_i, Σδ_i)-DP;
+  Dwork & Roth 2014, Theorem 3.16), which is what the budget counts.
 - `round`: one round the site trained and answered, with the steps run so far
   in that study and the ε its accountant reports for them. A round is charged
   once: a coordinator that resumes and asks again for the same round with the
   same model gets the stored answer (no new release), and one that asks with
   a different model is refused.
+- `evaluation`: the site's one federated-evaluation release for the study,
+  with the ε of everything the study has released at this site, evaluation
+  included. A second evaluation of the same study is refused.
 
 These functions are pure; `node.privacy_ledger` does the file I/O.
 """
@@ -33,6 +38,7 @@ from protocols.errors import BudgetError
 GENESIS = "0" * 64
 RESERVE = "reserve"
 ROUND = "round"
+EVALUATION = "evaluation"
 
 
 @dataclass(frozen=True)
@@ -44,7 +50,7 @@ class LedgerEntry:
     schema_sha256: str
     round: int
     steps_total: int
-    epsilon: float  # reserve: the plan's ε for the whole study; round: ε spent so far
+    epsilon: float  # reserve: the plan's ε for the whole study; round, evaluation: spent so far
     delta: float
     rounds: int
     time: str
@@ -64,6 +70,8 @@ class StudySpend:
     spent: float
     last_round: int
     steps_total: int
+    delta: float = 0.0
+    evaluated: bool = False
 
 
 def entry_line(entry: LedgerEntry) -> str:
@@ -114,12 +122,14 @@ def study_spend(entries: Iterable[LedgerEntry], study: str) -> StudySpend | None
     if reserve is None:
         return None
     rounds = [e for e in mine if e.kind == ROUND]
+    released = [e for e in mine if e.kind in (ROUND, EVALUATION)]
     last = max(rounds, key=lambda e: e.round, default=None)
     return StudySpend(study=study, reserved=reserve.epsilon,
                       noise_multiplier=reserve.noise_multiplier, sample_rate=reserve.sample_rate,
-                      spent=max((e.epsilon for e in rounds), default=0.0),
+                      spent=max((e.epsilon for e in released), default=0.0),
                       last_round=last.round if last else 0,
-                      steps_total=last.steps_total if last else 0)
+                      steps_total=last.steps_total if last else 0, delta=reserve.delta,
+                      evaluated=any(e.kind == EVALUATION for e in mine))
 
 
 def study_rounds(entries: Iterable[LedgerEntry], study: str) -> list[int]:
@@ -132,15 +142,30 @@ def committed_epsilon(entries: Iterable[LedgerEntry]) -> float:
     return sum(e.epsilon for e in entries if e.kind == RESERVE)
 
 
-def check_budget(entries: Sequence[LedgerEntry], epsilon: float, budget: float,
-                 site: str) -> None:
-    """Refuse a new study whose ε would take the site past its budget."""
-    committed = committed_epsilon(entries)
-    if committed + epsilon > budget + 1e-9:
-        raise BudgetError(
-            f"Site {site} refuses the study: it needs epsilon {epsilon:g}, but the site has "
-            f"already committed {committed:g} of its budget of {budget:g} to earlier studies "
-            f"({budget - committed:g} left). Nothing was trained.")
+def committed_delta(entries: Iterable[LedgerEntry]) -> float:
+    """δ committed by every study this site has started (basic composition adds them)."""
+    return sum(e.delta for e in entries if e.kind == RESERVE)
+
+
+@dataclass(frozen=True)
+class SiteBudget:
+    """What a site allows over all its studies: total ε and total δ."""
+
+    epsilon: float
+    delta: float
+
+
+def check_budget(entries: Sequence[LedgerEntry], epsilon: float, delta: float,
+                 budget: SiteBudget, site: str) -> None:
+    """Refuse a new study whose ε or δ would take the site past its budget."""
+    for what, needed, committed, allowed in (
+            ("epsilon", epsilon, committed_epsilon(entries), budget.epsilon),
+            ("delta", delta, committed_delta(entries), budget.delta)):
+        if committed + needed > allowed * (1 + 1e-9) + 1e-12:
+            raise BudgetError(
+                f"Site {site} refuses the study: it needs {what} {needed:g}, but the site has "
+                f"already committed {committed:g} of its {what} budget of {allowed:g} to "
+                f"earlier studies ({allowed - committed:g} left). Nothing was trained.")
 
 
 def _as_json(entry: LedgerEntry) -> dict:

@@ -1,10 +1,14 @@
 """The manifest that travels with every released cohort.
 
 It states what the files are (synthetic, never real records), which data
-contract they follow (schema SHA-256), how private they are (per-site ε spent
-and δ, the plan, the accountant), how they were made (engine, rounds, sites,
-seed, fedsynth version) and the SHA-256 and size of each cohort file, so any
-change to a file is detectable. The coordinator signs it before release
+contract they follow (schema SHA-256), which study made them (the plan's
+fingerprint with the schema, the id every site's ledger knows it by), how
+private they are (one plain sentence naming the neighbouring relation, the
+mechanism, ε, δ and what is trusted; per-site ε spent; the plan; the
+accountant), how they were made (engine, rounds, sites, seed, fedsynth
+version) and the SHA-256 and size of each cohort file, so any change to a file
+is detectable. Everything it says about a site's privacy follows from the plan
+and from which rounds the site answered, never from the site's records. The coordinator signs it before release
 (`protocols.manifest_signing`), which makes a change to the manifest itself
 detectable too.
 """
@@ -25,6 +29,8 @@ from protocols.accounting import ACCOUNTANT
 from protocols.plan import StudyPlan
 
 MANIFEST_NAME = "manifest.json"
+CSV_NAME = "synthetic.csv"
+PARQUET_NAME = "synthetic.parquet"
 PROVENANCE = "fedsynth synthetic cohort: generated, not real patient records"
 
 
@@ -38,9 +44,12 @@ class SitePrivacySpent:
 
 
 MECHANISMS = {
-    "vae": "DP-SGD with Poisson sampling on a tabular VAE",
-    "marginals": "Gaussian mechanism on column and pair tables, released once",
+    "vae": "DP-SGD (Poisson sampling at a rate the plan fixes, per-record clipping, Gaussian "
+           "noise from a CSPRNG) on a tabular VAE",
+    "marginals": "the discrete Gaussian mechanism on column and pair count tables, released "
+                 "once, with exact integer noise from a CSPRNG",
 }
+NEIGHBOURING = "add or remove one patient's record at one site"
 
 
 def file_sha256(path: Path) -> str:
@@ -69,6 +78,7 @@ def build_manifest(*, schema_sha256: str, plan: StudyPlan, sites: Mapping[str, S
         "fedsynth_version": __version__,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "schema_sha256": schema_sha256,
+        "study": plan.fingerprint(schema_sha256),
         "engine": engine,
         "tls": tls,
         "secure_aggregation": plan.secure_aggregation,
@@ -83,14 +93,18 @@ def build_manifest(*, schema_sha256: str, plan: StudyPlan, sites: Mapping[str, S
                                        if spent.synthetic_input),
         "privacy": {
             "private": plan.private,
+            "statement": privacy_sentence(plan),
             "guarantee": (f"record-level (epsilon, delta)-DP per site over the whole study, "
                           f"{MECHANISMS[plan.generator]}" if plan.private else
                           "none: trained without differential privacy (reference only)"),
-            "accountant": ACCOUNTANT if plan.private else None,
-            "site_sizes_disclosed": (f"rounded to a multiple of {plan.size_granularity}"
-                                     if plan.size_granularity else "no"),
+            "neighbouring": NEIGHBOURING if plan.private else None,
+            "mechanism": MECHANISMS[plan.generator] if plan.private else None,
+            "accountant": (f"{ACCOUNTANT} (Opacus' Renyi-DP accountant; every release of the "
+                           "study composed)") if plan.private else None,
+            "site_sizes_disclosed": "no",
             "epsilon_target_per_site": _finite_or_none(plan.epsilon),
             "delta_per_site": plan.delta if plan.private else None,
+            "evaluation_epsilon": plan.evaluation_epsilon if plan.evaluated else None,
             "sites": {name: {"epsilon_spent": _finite_or_none(spent.epsilon),
                              "delta": plan.delta if plan.private else None,
                              "steps": spent.steps,
@@ -101,6 +115,23 @@ def build_manifest(*, schema_sha256: str, plan: StudyPlan, sites: Mapping[str, S
         "files": {name: {"sha256": file_sha256(path), "bytes": path.stat().st_size}
                   for name, path in sorted(files.items())},
     }
+
+
+def privacy_sentence(plan: StudyPlan) -> str:
+    """The guarantee in one plain sentence: relation, mechanism, ε, δ, trust."""
+    if not plan.private:
+        return ("This cohort comes with no privacy guarantee: it was generated without "
+                "differential privacy, as a reference, and must not be shared.")
+    evaluation = (f", including the one federated evaluation release of the cohort (epsilon "
+                  f"{plan.evaluation_epsilon:g} on its own)" if plan.evaluated else "")
+    combining = ("only ever holds the sites' summed updates (SecAgg+, not needed for this "
+                 "bound)" if plan.secure_aggregation else "sees each site's noisy update")
+    return (f"Each hospital's patients are protected by ({plan.epsilon:g}, {plan.delta:g})-"
+            f"differential privacy over this whole study, for adding or removing one "
+            f"patient's record at that hospital, by {MECHANISMS[plan.generator]}"
+            f"{evaluation}; the bound holds against the coordinator, which {combining}, "
+            "and against every other hospital, trusting only that each hospital runs its own "
+            "installed fedsynth node and keeps its privacy ledger.")
 
 
 def render_manifest(manifest: Mapping[str, Any]) -> str:

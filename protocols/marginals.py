@@ -21,28 +21,31 @@ Guarantee. One record changes one cell of every table by one, so the two
 stages, with noise σ_t on table t, compose (RDP adds up) to a Gaussian
 mechanism with L2 sensitivity 1 and noise multiplier z = (Σ_t σ_t⁻²)^(-1/2):
 record-level (ε, δ)-DP per site over the study, with z solved by Opacus' RDP
-accountant and ε reported by the same accountant. Fine bins come from the
+accountant and ε reported by the same accountant (with the plan's evaluation
+release, when it has one, in the same composition). The noise is the discrete
+Gaussian, sampled exactly from a CSPRNG (`protocols.dp_noise`): every released
+cell is a whole number, so no float's low bits can tell a count of 0 from 1.
+z depends on the plan alone, never on a site's size. Fine bins come from the
 schema's declared bounds alone; coarse bins from stage-1 DP outputs only
-(post-processing); the noise comes from OS entropy. Everything after the
-release (clipping negative counts, the tree, sampling) is post-processing.
+(post-processing). Everything after the release (clipping negative counts,
+the tree, sampling) is post-processing.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
-import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from opacus.accountants import RDPAccountant
-from opacus.accountants.utils import get_noise_multiplier
 
-from protocols.accounting import ACCOUNTANT, RDP_ORDERS
+from protocols.accounting import GaussianRelease, calibrate, composed_epsilon, with_evaluation
+from protocols.dp_noise import discrete_gaussian
 from protocols.encoding import TableEncoding, build_encoding, scale, unscale
-from protocols.errors import PlanError
+from protocols.plan import StudyPlan
 from protocols.schema import Column, Schema
 
 FINE_BINS = 32  # per bounded column, for its own distribution (fewer for short integer ranges)
@@ -127,18 +130,19 @@ def pair_name(a: Column, b: Column) -> str:
     return f"2|{a.name}|{b.name}"
 
 
-def release_noise_multiplier(epsilon: float, delta: float) -> float:
-    """The smallest Gaussian noise multiplier (Opacus' RDP accountant, one step at sample
-    rate 1) whose ε at `delta` is at most `epsilon`; 0 for the non-private reference."""
-    if not math.isfinite(epsilon):
+def release_noise_multiplier(plan: StudyPlan) -> float:
+    """The smallest combined noise multiplier z of both stages (one Gaussian mechanism at
+    sample rate 1) for which the tables and the plan's evaluation release compose to at
+    most `plan.epsilon`; 0 for the non-private reference."""
+    if not plan.private:
         return 0.0
-    try:
-        return float(get_noise_multiplier(target_epsilon=epsilon, target_delta=delta,
-                                          sample_rate=1.0, steps=1, accountant=ACCOUNTANT,
-                                          epsilon_tolerance=0.005, alphas=RDP_ORDERS))
-    except ValueError as exc:
-        raise PlanError(f"No noise level reaches epsilon {epsilon:g} with delta {delta:g} "
-                        f"for the marginal tables: {exc}.") from None
+    return _release_multiplier(plan)
+
+
+@functools.lru_cache(maxsize=64)
+def _release_multiplier(plan: StudyPlan) -> float:
+    return calibrate(lambda z: with_evaluation(plan, [GaussianRelease(z)]), plan.epsilon,
+                     plan.delta, "the marginal tables")
 
 
 def noise_scales(layout: MarginalLayout, noise_multiplier: float) -> tuple[float, float]:
@@ -162,33 +166,35 @@ def stage_multipliers(layout: MarginalLayout, noise_multiplier: float) -> tuple[
     return sigma_one / math.sqrt(n_one), sigma_two / math.sqrt(max(1, n_two))
 
 
-def stages_epsilon(layout: MarginalLayout, noise_multiplier: float, stages: int,
-                   delta: float) -> float:
-    """ε of the first `stages` releases, composed by Opacus' RDP accountant."""
-    if noise_multiplier <= 0:
+def stages_epsilon(layout: MarginalLayout, plan: StudyPlan, stages: int,
+                   evaluated: bool = False) -> float:
+    """ε of the first `stages` releases (and of the plan's evaluation release when
+    `evaluated`), composed by Opacus' RDP accountant; inf without DP."""
+    if not plan.private:
         return math.inf
-    accountant = RDPAccountant()
-    accountant.history = [(z, 1.0, 1) for z in stage_multipliers(layout, noise_multiplier)[:stages]]
-    return float(accountant.get_epsilon(delta=delta, alphas=RDP_ORDERS))
+    multipliers = stage_multipliers(layout, release_noise_multiplier(plan))[:stages]
+    releases = [GaussianRelease(z) for z in multipliers]
+    return composed_epsilon(with_evaluation(plan, releases, evaluated), plan.delta)
 
 
 def noisy_column_tables(layout: MarginalLayout, parsed: pd.DataFrame,
                         noise_multiplier: float) -> dict[str, np.ndarray]:
-    """Stage 1 of a site's release: every column table plus Gaussian noise (OS entropy)."""
+    """Stage 1 of a site's release: every column table plus integer (discrete Gaussian)
+    noise from a CSPRNG; each cell an exact whole number."""
     sigma = noise_scales(layout, noise_multiplier)[0]
     return _plus_noise(layout.column_counts(parsed), sigma)
 
 
 def noisy_pair_tables(layout: MarginalLayout, parsed: pd.DataFrame,
                       noise_multiplier: float) -> dict[str, np.ndarray]:
-    """Stage 2: every pair table on `layout`'s coarse bins, plus Gaussian noise."""
+    """Stage 2: every pair table on `layout`'s coarse bins, plus integer noise."""
     sigma = noise_scales(layout, noise_multiplier)[1]
     return _plus_noise(layout.pair_counts(parsed), sigma)
 
 
 def _plus_noise(tables: dict[str, np.ndarray], sigma: float) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(secrets.randbits(128))
-    return {name: t + rng.normal(0.0, sigma, t.shape) for name, t in tables.items()}
+    # float64 on the wire (the global tables' dtype); every value is an exact integer.
+    return {name: discrete_gaussian(t, sigma).astype(np.float64) for name, t in tables.items()}
 
 
 def _quantile_groups(col: Column, column_table: np.ndarray) -> np.ndarray:
@@ -205,6 +211,11 @@ def _quantile_groups(col: Column, column_table: np.ndarray) -> np.ndarray:
         cuts[j] = min(max(cuts[j], low), bins - (groups - 1 - j))
     out = np.searchsorted(cuts, np.arange(bins), side="right")
     return np.concatenate([out, np.full(len(column_table) - bins, groups)]).astype(int)
+
+
+def value_bins(col: Column) -> int:
+    """How many fine bins hold `col`'s values (missing has one more when nullable)."""
+    return _value_bins(col)[0]
 
 
 def _value_bins(col: Column) -> tuple[int, bool]:

@@ -1,12 +1,13 @@
 """Keys of everything that crosses the wire between coordinator and nodes.
 
 A node's training reply holds exactly one `ArrayRecord` (the generator's
-weights, same names and shapes as the global model), one `MetricRecord` with
-the keys in `REPLY_METRICS`, and one `ConfigRecord` with the keys in
-`REPLY_SITE`. Nothing else leaves a node: no record, no row count more
-precise than the plan allows, no column statistic. `WEIGHT` is 1 unless the
-plan's size-granularity lets each site disclose its record count rounded to
-that granularity (see `StudyPlan`).
+weights or noisy tables, same names and shapes as the global model), one
+`MetricRecord` with the keys in `REPLY_METRICS`, and one `ConfigRecord` with
+the keys in `REPLY_SITE`. Every value in them is either a DP release the
+site's ledger charges (the arrays) or a function of the plan, the schema and
+the site's kit alone (the scalars: `WEIGHT` is always 1, the steps and ε follow
+from the plan and the round). Nothing else leaves a node: no record, no record
+count, no column statistic; a refusal is one fixed text (`DECLINED`).
 """
 
 ARRAYS = "arrays"
@@ -19,6 +20,7 @@ SERVER_ROUND = "server-round"
 
 WEIGHT = "weight"
 STEPS = "steps"
+FEDAVG_WEIGHT = 1.0  # every site weighs the same: a weight by size would reveal the size
 STEPS_TOTAL = "steps-total"
 EPSILON_SPENT = "epsilon-spent"
 # 1.0 when the site's operator chose to train on a fedsynth synthetic cohort
@@ -29,15 +31,20 @@ REPLY_METRICS = frozenset({WEIGHT, STEPS, STEPS_TOTAL, EPSILON_SPENT, SYNTHETIC_
 SITE_NAME = "name"
 REPLY_SITE = frozenset({SITE_NAME})
 
-# Federated evaluation (after the release): the coordinator sends the released
-# cohort as CSV bytes; a node replies with one MetricRecord holding exactly the
-# scalar scores in `REPLY_SCORES` (NaN where a score does not apply) and the
-# `SITE` record. No figure, record, row count or column statistic leaves.
+# Every refusal, whatever its reason, reaches the coordinator as this one text;
+# the reason stays in the node's log for its operator.
+DECLINED = "the site declined; its operator can read why in the node's log"
+
+# Federated evaluation (after the release, when the plan has an evaluation-epsilon):
+# the coordinator sends the released cohort's CSV bytes and its signed manifest's
+# bytes under `COHORT`, and the `PLAN`. A node that took part in that very study
+# and has not evaluated it yet replies with one ArrayRecord `EVALUATION_TABLES`
+# (the noisy count tables of `protocols.evaluation.release`, charged on its ledger)
+# and the `SITE` record.
 COHORT = "cohort"
 COHORT_CSV = "csv"
-SCORES = "scores"
-REPLY_SCORES = ("column_shapes", "pairwise", "strong_associations_kept", "tstr_ratio",
-                "exact_copy_share", "km_distance", "hr_direction_agreement", "bias_flags")
+COHORT_MANIFEST = "manifest"
+EVALUATION_TABLES = "tables"
 
 # Privacy report (after training; needed under secure aggregation, where the
 # coordinator never sees a single site's reply): the coordinator sends the

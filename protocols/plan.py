@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from protocols.errors import PlanError
+from protocols.site_limits import MAX_SITE_RECORDS
 
 # "vae": DP-SGD on a tabular VAE over many rounds (protocols.generator);
 # "marginals": noisy column, then pair tables, in two rounds (protocols.marginals).
@@ -25,12 +26,18 @@ GENERATORS = ("vae", "marginals")
 class StudyPlan:
     """Study-wide settings. `epsilon=inf` trains the same generator without DP.
 
-    `size_granularity` decides how sites weigh in FedAvg. 0 (default): every
-    site weighs the same and no site size leaves a node. k > 0: each node
-    discloses its record count rounded to a multiple of k (at least k) and
-    FedAvg weighs by it; larger sites inject relatively less DP noise, so the
-    cohort improves, at the price of a disclosure the consortium agrees to in
-    the plan. A rounded count is not protected by DP.
+    Everything that decides how much noise a site adds, and therefore the ε it
+    reports, follows from these fields alone, never from a site's records: in
+    DP-SGD every record is used in a step with probability `sample_rate` at every
+    site (not batch / n, which would make σ and ε functions of n), and every
+    site's FedAvg weight is 1, so no site size leaves a node.
+
+    `epsilon` is each site's ε over the whole study, federated evaluation
+    included: `evaluation_epsilon` > 0 asks each site, once, for noisy counts
+    that score the released cohort (an evaluation release that alone would be
+    `evaluation_epsilon`-DP), and the training noise is calibrated so that both
+    together, composed in Rényi DP, stay within `epsilon`. 0 (default): no
+    federated evaluation.
 
     `secure_aggregation`: the sites' updates are combined with Flower's SecAgg+,
     so the coordinator only ever holds their sum (and never a site's own ε
@@ -41,7 +48,7 @@ class StudyPlan:
     delta: float = 1e-5
     rounds: int = 15
     local_steps: int = 20
-    batch_size: int = 64
+    sample_rate: float = 0.25
     learning_rate: float = 2e-2
     max_grad_norm: float = 1.0
     hidden: int = 32
@@ -49,9 +56,9 @@ class StudyPlan:
     rows: int = 1000
     seed: int = 0
     min_sites: int = 2
-    size_granularity: int = 0
     generator: str = "vae"
     secure_aggregation: bool = False
+    evaluation_epsilon: float = 0.0
 
     def __post_init__(self) -> None:
         check_plan(self)
@@ -65,10 +72,10 @@ class StudyPlan:
         """DP-SGD steps each site runs over the whole study (all rounds)."""
         return self.rounds * self.local_steps
 
-    def fedavg_weight(self, n_records: int) -> float:
-        """The FedAvg weight a site sends: 1, or its size rounded as the plan allows."""
-        k = self.size_granularity
-        return 1.0 if k == 0 else float(max(k, k * round(n_records / k)))
+    @property
+    def evaluated(self) -> bool:
+        """Whether the sites score the released cohort (a DP release of its own)."""
+        return self.evaluation_epsilon > 0
 
     def fingerprint(self, schema_sha256: str) -> str:
         """SHA-256 of this plan with its schema: what a node agreed to at round 1."""
@@ -121,13 +128,19 @@ def check_plan(plan: StudyPlan) -> None:
         (0 < plan.delta < 1, "delta must lie strictly between 0 and 1"),
         (plan.rounds >= 1, "rounds must be at least 1"),
         (plan.local_steps >= 1, "local-steps must be at least 1"),
-        (plan.batch_size >= 1, "batch-size must be at least 1"),
+        (0 < plan.sample_rate <= 1, "sample-rate must lie in (0, 1]"),
         (0 < plan.learning_rate < math.inf, "learning-rate must be positive and finite"),
         (0 < plan.max_grad_norm < math.inf, "max-grad-norm must be positive and finite"),
         (plan.hidden >= 4 and plan.latent >= 1, "hidden must be >= 4 and latent >= 1"),
         (plan.rows >= 1, "rows must be at least 1"),
         (plan.min_sites >= 1, "min-sites must be at least 1"),
-        (plan.size_granularity >= 0, "size-granularity must be 0 (equal weights) or positive"),
+        (not plan.private or plan.delta * MAX_SITE_RECORDS < 1,
+         f"delta must be below 1/{MAX_SITE_RECORDS} (the largest site fedsynth accepts), so "
+         "that a failure of probability delta cannot amount to releasing a record"),
+        (0 <= plan.evaluation_epsilon < math.inf,
+         "evaluation-epsilon must be 0 (no federated evaluation) or a positive number"),
+        (not plan.private or plan.evaluation_epsilon < plan.epsilon,
+         "evaluation-epsilon is part of epsilon and must be smaller than it"),
         (plan.generator in GENERATORS, f"generator must be one of {', '.join(GENERATORS)}"),
         (plan.generator != "marginals" or plan.rounds == 2,
          "the marginals generator releases its tables in two stages: rounds must be 2"),

@@ -29,6 +29,7 @@ from protocols.identifier_columns import (first_identifier_value, identifier_kin
                                           identifier_kind_of_value, identifier_rule, mask)
 from protocols.record_files import MAX_RECORDS_BYTES, quoted, read_table
 from protocols.schema import Column, Schema, days_to_iso
+from protocols.site_limits import MAX_SITE_RECORDS
 
 __all__ = ["MAX_LISTED_PROBLEMS", "MAX_RECORDS_BYTES", "Problem", "Validation", "check_file",
            "drop_identifiers", "read_table", "validate_records"]
@@ -104,6 +105,12 @@ def validate_records(frame: pd.DataFrame, schema: Schema, source: str) -> Valida
     columns are header problems (an undeclared column might carry identifying
     data nobody agreed to share), and no cell is checked until the header is right.
     """
+    if len(frame) > MAX_SITE_RECORDS:
+        raise RecordError(f"{source} has {len(frame)} records, more than the "
+                          f"{MAX_SITE_RECORDS} of the largest site fedsynth's guarantee is "
+                          "stated for (every plan's delta is below 1/"
+                          f"{MAX_SITE_RECORDS}); a rare-disease registry extract is far "
+                          "smaller: check that this is the right file.")
     problems = _header_problems(frame, schema)
     if problems:
         return Validation(source, len(frame), pd.DataFrame(), problems)

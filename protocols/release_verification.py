@@ -4,10 +4,14 @@ Both `fedsynth-node verify` and `fedsynth-coordinator verify` run
 `verify_release`, so a hospital and the consortium reach the same verdict on
 the same folder. Every problem is collected (not only the first), each naming
 the file and what differs, so a data steward sees the whole picture at once.
+A node asked to evaluate a cohort runs `verify_study_cohort` on the bytes it
+was sent: it scores only the cohort that the consortium's key signed as the
+release of the study its own ledger knows.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,7 +21,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from protocols.errors import FedsynthError
-from protocols.manifest import MANIFEST_NAME, file_sha256, render_manifest
+from protocols.manifest import CSV_NAME, MANIFEST_NAME, file_sha256, render_manifest
 from protocols.manifest_signing import (SignatureError, check_signature, key_fingerprint,
                                         parse_public_key)
 
@@ -115,17 +119,53 @@ def verify_release(directory: Path, trusted_key: Ed25519PublicKey | None = None
                         trusted_key is not None, uncovered)
 
 
+def verify_study_cohort(manifest_bytes: bytes, cohort_csv: bytes,
+                        trusted_key: Ed25519PublicKey, study: str) -> dict[str, Any]:
+    """The manifest, when it is laid out as fedsynth writes it, signed by `trusted_key`,
+    the release of `study`, and lists `cohort_csv` (sha256 and size) as its CSV cohort;
+    `FedsynthError` naming every problem otherwise."""
+    problems: list[Problem] = []
+    manifest = None
+    try:
+        manifest = _parse_manifest(manifest_bytes.decode("utf-8"), problems)
+    except UnicodeDecodeError as exc:
+        problems.append(Problem(MANIFEST_NAME, f"unreadable: {exc}"))
+    if manifest is not None:
+        _check_signer(manifest, trusted_key, problems)
+        if manifest.get("study") != study or manifest.get("synthetic") is not True:
+            problems.append(Problem(MANIFEST_NAME, "not the release of this study"))
+        entry = _listed_files(manifest, problems).get(CSV_NAME)
+        digest = hashlib.sha256(cohort_csv).hexdigest()
+        if not (isinstance(entry, Mapping) and entry.get("sha256") == digest
+                and entry.get("bytes") == len(cohort_csv)):
+            problems.append(Problem(CSV_NAME, "the cohort sent is not the one the manifest "
+                                    "lists"))
+    if problems:
+        raise FedsynthError("The cohort to evaluate is not this study's signed release: "
+                            + "; ".join(str(p) for p in problems) + ".")
+    return manifest
+
+
 def _read_manifest(path: Path, problems: list[Problem]) -> dict[str, Any] | None:
-    """The manifest, refusing duplicate keys (two readers could see two values) and any
-    byte that differs from how fedsynth writes it (the signature covers the content)."""
+    """The manifest file, parsed by `_parse_manifest`."""
     try:
         text = path.read_text(encoding="utf-8")
-        manifest = json.loads(text, object_pairs_hook=_no_duplicates)
     except FileNotFoundError:
         problems.append(Problem(MANIFEST_NAME, "missing: this is not a fedsynth release folder, "
                                 "or its manifest was removed"))
         return None
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.append(Problem(MANIFEST_NAME, f"unreadable: {exc}"))
+        return None
+    return _parse_manifest(text, problems)
+
+
+def _parse_manifest(text: str, problems: list[Problem]) -> dict[str, Any] | None:
+    """The manifest, refusing duplicate keys (two readers could see two values) and any
+    byte that differs from how fedsynth writes it (the signature covers the content)."""
+    try:
+        manifest = json.loads(text, object_pairs_hook=_no_duplicates)
+    except ValueError as exc:
         problems.append(Problem(MANIFEST_NAME, f"unreadable: {exc}"))
         return None
     if not isinstance(manifest, dict):

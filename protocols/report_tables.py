@@ -27,6 +27,13 @@ SCORE_ROWS: dict[str, tuple[str, str, str, str]] = {
                    "no prediction target, or too few labelled real records to score one",
                    "A model trained on synthetic records, tested on real patients, relative "
                    "to one trained on real records."),
+    "tstr_auc": ("Utility: TSTR AUC", "as high as a model on real records",
+                 "no categorical prediction target",
+                 "AUC on the hospitals' records of a model trained on the cohort."),
+    "tstr_mae": ("Utility: TSTR MAE", "as low as a model on real records",
+                 "no numeric prediction target",
+                 "Mean absolute error on the hospitals' records of a model trained on the "
+                 "cohort."),
     "dcr_share": ("DCR share", "0.5 (≤ 0.6 good)", "needs held-out real records",
                   "Share of synthetic rows closer to a training record than to a held-out "
                   "one; well above 0.5 hints at memorised patients."),
@@ -121,11 +128,12 @@ def federated_section(report: Mapping[str, Any]) -> str:
     aggregate = federated.get("aggregate") or {}
     names = {*aggregate, *(name for scores in sites.values() for name in scores)}
     rows = [(SCORE_ROWS.get(name, (name,))[0],
-             *(value_text(sites[site].get(name)) for site in sites),
-             *(value_text((aggregate.get(name) or {}).get(k)) for k in ("mean", "min", "max")))
+             *(value_text((aggregate.get(name) or {}).get(k))
+               for k in ("pooled", "perfect_cohort")),
+             *(value_text(sites[site].get(name)) for site in sites))
             for name in sorted(names, key=score_order)]
-    return ("<h2>Federated evaluation</h2>\n"
-            + table(("Score", *sites, "Mean", "Min", "Max"), rows)
+    return ("<h2>Federated evaluation (differentially private)</h2>\n"
+            + table(("Score", "All hospitals", "A perfect cohort, same noise", *sites), rows)
             + f"\n<p>{esc(federated.get('note') or '')}</p>")
 
 

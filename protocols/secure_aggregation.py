@@ -30,12 +30,8 @@ What both sides must agree on lives here:
 - Nothing is clipped silently: a node refuses to send an update with a value
   beyond C (or a FedAvg weight beyond W), and the coordinator refuses an
   average beyond C. Clipping by the quantiser would bias the average unseen.
-- W (`max_weight`): 1 when every site weighs the same (the default plan), so
-  the weights are quantised at full precision; `MAX_SITE_WEIGHT` records when
-  the plan lets sites disclose rounded sizes (`size-granularity`). A weight
-  w then scales the step by W / w: for a 100-record site, a step of 1.9e-3
-  on its contribution, unbiased (stochastic rounding) and well below the
-  DP-SGD noise on the weights.
+- W (`max_weight`): 1, since every site weighs the same (no size leaves a
+  node), so the weights are quantised at full precision.
 - The threshold t of Shamir shares needed to reconstruct a site's masks is
   round(2/3 · n) (at least 2), with every site holding a share of every other
   (`num_shares` = n): t > n/2, so a coordinator cannot collect both a site's
@@ -62,7 +58,6 @@ QUANTIZATION_RANGE = 2**26
 MODULUS_RANGE = 2**32
 MAX_SITES = MODULUS_RANGE // QUANTIZATION_RANGE - 1
 RECONSTRUCTION_FRACTION = 2 / 3
-MAX_SITE_WEIGHT = 100_000.0
 CLIPPING_RANGES = {"vae": 64.0, "marginals": float(2**20)}
 
 
@@ -75,9 +70,8 @@ class SecureRanges:
 
 
 def secure_ranges(plan: StudyPlan) -> SecureRanges:
-    """The bounds for `plan`: C from its generator family, W from its weighting rule."""
-    max_weight = 1.0 if plan.size_granularity == 0 else MAX_SITE_WEIGHT
-    return SecureRanges(CLIPPING_RANGES[plan.generator], max_weight)
+    """The bounds for `plan`: C from its generator family; W = 1 (equal weights)."""
+    return SecureRanges(CLIPPING_RANGES[plan.generator], 1.0)
 
 
 def reconstruction_threshold(n_sites: int) -> int:

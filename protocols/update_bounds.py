@@ -18,12 +18,13 @@ A round of K steps therefore moves no weight by more than lr·Σ_{t≤K} a_t.
 On the demo sites, one honest round of the default plan moved its largest
 weight by 0.73–0.97 of this bound (private and non-private alike).
 
-Marginals (Gaussian mechanism on counts). A table entry is a count (≥ 0) plus
-Gaussian noise of the stage's σ; a deviation beyond `NOISE_SIGMAS`·σ has
-probability below 1e-23 for an honest node. Every table a site releases counts
-the same n records, so their totals agree up to the noise, and n < 1/δ (the
-node refuses a larger site). Stage 1 sends its pair tables as exact zeros,
-stage 2 echoes the global column tables unchanged.
+Marginals (discrete Gaussian mechanism on counts). A table entry is a whole
+number: a count (≥ 0) plus discrete Gaussian noise of the stage's σ; a
+deviation beyond `NOISE_SIGMAS`·σ has probability below 1e-23 for an honest
+node. Every table a site releases counts the same n records, so their totals
+agree up to the noise, and n ≤ `MAX_SITE_RECORDS` (a larger file is refused at
+the node's validation). Stage 1 sends its pair tables as exact zeros, stage 2
+echoes the global column tables unchanged.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import numpy as np
 
 from protocols.marginals import release_noise_multiplier, table_noise_scales
 from protocols.plan import StudyPlan
+from protocols.site_limits import MAX_SITE_RECORDS
 
 ADAM_BETAS = (0.9, 0.999)
 NOISE_SIGMAS = 10.0
@@ -82,8 +84,7 @@ def update_problem(plan: StudyPlan, server_round: int, sent: Mapping[str, np.nda
 def _tables_problem(plan: StudyPlan, server_round: int, sent: Mapping[str, np.ndarray],
                     reply: Mapping[str, np.ndarray]) -> str | None:
     n_one = sum(name.startswith("1|") for name in sent)
-    sigmas = table_noise_scales(n_one, len(sent) - n_one,
-                                release_noise_multiplier(plan.epsilon, plan.delta))
+    sigmas = table_noise_scales(n_one, len(sent) - n_one, release_noise_multiplier(plan))
     released: dict[str, np.ndarray] = {}
     for name, table in reply.items():
         column = name.startswith("1|")
@@ -99,9 +100,9 @@ def _tables_problem(plan: StudyPlan, server_round: int, sent: Mapping[str, np.nd
 
 def _counts_problem(plan: StudyPlan, tables: Mapping[str, np.ndarray],
                     sigma: float) -> str | None:
-    """Released tables are counts of the same n records plus noise σ per cell: no cell far
-    below zero or above its table's total, every table's total the same n up to the noise,
-    and n below 1/δ (a larger site is refused by its node)."""
+    """Released tables are counts of the same n records plus integer noise σ per cell:
+    whole numbers, no cell far below zero or above its table's total, every table's total
+    the same n up to the noise, and n at most `MAX_SITE_RECORDS`."""
     totals = {name: float(table.sum()) for name, table in tables.items()}
     if not totals:
         return None
@@ -110,6 +111,8 @@ def _counts_problem(plan: StudyPlan, tables: Mapping[str, np.ndarray],
     rounding = 1e-9 * max(1.0, abs(n))
     for name, table in tables.items():
         spread = NOISE_SIGMAS * sigma * math.sqrt(table.size)
+        if not np.array_equal(table, np.rint(table)):
+            return f"table {name} holds values that are not whole numbers"
         if table.size and float(table.min()) < -NOISE_SIGMAS * sigma - rounding:
             return (f"table {name} holds a count of {float(table.min()):.4g}, below what "
                     f"Gaussian noise of {sigma:.3g} on counts allows")
@@ -118,7 +121,7 @@ def _counts_problem(plan: StudyPlan, tables: Mapping[str, np.ndarray],
         if abs(totals[name] - n) > spread + NOISE_SIGMAS * sigma * widest + rounding:
             return (f"table {name} counts {totals[name]:.6g} records, but the site's other "
                     f"tables count about {n:.6g}: one record set cannot give both")
-    if plan.private and n > 1.0 / plan.delta + NOISE_SIGMAS * sigma * widest:
-        return (f"the tables count about {n:.6g} records, more than the {1 / plan.delta:g} "
-                f"a site may hold under delta {plan.delta:g}")
+    if n > MAX_SITE_RECORDS + NOISE_SIGMAS * sigma * widest:
+        return (f"the tables count about {n:.6g} records, more than the {MAX_SITE_RECORDS} "
+                "a site may hold")
     return None

@@ -4,11 +4,13 @@
 `protocols.records.validate_records`) and returns the report as plain JSON
 values; `protocols.report_html` renders it. The same function runs at the
 coordinator (`fedsynth-coordinator evaluate`, with records a benchmark or a
-data owner holds), at a hospital (`fedsynth-node evaluate`) and inside a study's
-federated evaluation, where a node returns only `SITE_SCORES` of it.
+data owner holds) and at a hospital (`fedsynth-node evaluate`).
 
 The scores are computed from real records without DP: a report with figures
-stays with whoever holds those records, and a node shares only scalar scores.
+stays with whoever holds those records, and no such score leaves a node. A
+study's federated evaluation is a DP release of count tables instead
+(`protocols.evaluation.release`, scored by `protocols.evaluation.federated`);
+`study_report` lays its scores out as a report.
 """
 
 from __future__ import annotations
@@ -27,11 +29,10 @@ from protocols.evaluation.methods import METHODS
 from protocols.evaluation.privacy_risk import distance_risks, exact_copies
 from protocols.evaluation.survival import survival_agreement
 from protocols.evaluation.utility import tstr
-from protocols.messages import REPLY_SCORES
+from protocols.evaluation.federated import FEDERATED_SCORES
 from protocols.schema import Schema
 
-REPORT_VERSION = 1
-SITE_SCORES = REPLY_SCORES  # the scalars a node may return in federated evaluation
+REPORT_VERSION = 2
 HEADLINE_SCORES = ("column_shapes", "pairwise", "strong_associations_kept", "tstr_ratio",
                    "dcr_share", "exact_copies", "exact_copy_share", "mia_auc", "km_distance",
                    "hr_direction_agreement", "bias_flags")  # keys of `headline_scores`
@@ -100,46 +101,17 @@ def headline_scores(report: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def site_scores(report: Mapping[str, Any]) -> dict[str, float]:
-    """The whitelisted scalars a node returns in federated evaluation (NaN where absent)."""
-    scores = report["scores"]
-    return {key: float("nan") if scores.get(key) is None else float(scores[key])
-            for key in SITE_SCORES}
-
-
-def federated_summary(sites: Mapping[str, Mapping[str, float]]) -> dict[str, Any]:
-    """Per-site scalar scores and their unweighted mean, min and max over sites.
-
-    Sites weigh equally: weighting by size would need site sizes, which do not
-    leave a node."""
-    aggregate = {}
-    for key in SITE_SCORES:
-        values = [float(s[key]) for s in sites.values()
-                  if s.get(key) is not None and np.isfinite(s[key])]
-        aggregate[key] = ({"mean": float(np.mean(values)), "min": min(values),
-                           "max": max(values)} if values else
-                          {"mean": None, "min": None, "max": None})
-    return _json_safe({
-        "sites": {name: dict(scores) for name, scores in sorted(sites.items())},
-        "aggregate": aggregate,
-        "note": ("Each hospital scored the released cohort against its own records and "
-                 "returned only these scalars (without differential privacy). exact_copy_share "
-                 "is the share of cohort rows identical to one of that hospital's records."),
-    })
-
-
 def study_report(schema: Schema, manifest: Mapping[str, Any] | None,
                  federated: Mapping[str, Any], synthetic_rows: int) -> dict[str, Any]:
-    """The coordinator's report of a study: it holds no real record, so its scores
-    are the sites' federated means and it has no figures."""
-    means = {k: v["mean"] for k, v in federated["aggregate"].items()}
-    scores = {key: means.get(key) for key in HEADLINE_SCORES}
+    """The coordinator's report of a study: it holds no real record, so its scores are
+    those of the sites' pooled noisy evaluation tables, and it has no figures."""
+    scores = {key: federated["aggregate"][key]["pooled"] for key in FEDERATED_SCORES}
     return _json_safe({
         "report_version": REPORT_VERSION,
         "title": f"Synthetic cohort, federated evaluation: {schema.name or 'unnamed schema'}",
         "schema": {"name": schema.name, "sha256": schema.sha256},
-        "inputs": {"real": f"records of {len(federated['sites'])} hospitals, scored at each "
-                           "hospital", "synthetic": "synthetic.csv", "holdout": None,
+        "inputs": {"real": f"records of {len(federated['sites'])} hospitals, released as "
+                           "noisy count tables", "synthetic": "synthetic.csv", "holdout": None,
                    "real_rows": None, "synthetic_rows": synthetic_rows, "holdout_rows": None},
         "privacy_statement": privacy_statement(manifest), "scores": scores,
         "fidelity": None, "utility": None, "survival": None, "privacy": None, "bias": None,
@@ -155,7 +127,7 @@ def privacy_statement(manifest: Mapping[str, Any] | None) -> dict[str, Any] | No
     return {"private": bool(privacy.get("private")),
             "epsilon_target_per_site": privacy.get("epsilon_target_per_site"),
             "delta_per_site": privacy.get("delta_per_site"),
-            "guarantee": privacy.get("guarantee", ""),
+            "guarantee": privacy.get("statement") or privacy.get("guarantee", ""),
             "contributors": list(manifest.get("contributors", [])),
             "sites": dict(privacy.get("sites", {}))}
 

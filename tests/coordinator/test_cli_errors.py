@@ -34,13 +34,27 @@ def test_simulate_refuses_a_bad_site_file_before_running_anything(files, tmp_pat
     assert not out.exists()
 
 
-def test_simulate_refuses_delta_not_below_one_over_n(files, tmp_path, capsys):
+def test_simulate_refuses_a_delta_that_could_release_a_record(files, tmp_path, capsys):
+    """delta must be below 1/n at every site: the plan is refused, without a look at n,
+    when its delta is not below one over the largest site fedsynth accepts."""
     schema, good, _ = files
     code = coordinator_main(["simulate", "--schema", str(schema), "--data", str(good),
-                             "--data", str(good.with_name("good.csv")), "--out",
-                             str(tmp_path / "o"), "--min-sites", "1", "--delta", "0.1"])
-    assert code == 2
-    assert "good" in capsys.readouterr().err
+                             "--out", str(tmp_path / "o"), "--min-sites", "1",
+                             "--delta", "0.1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "delta must be below 1/50000" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_simulate_refuses_a_site_below_the_floor_on_the_operators_side(files, tmp_path,
+                                                                      capsys, demo_registry):
+    schema, good, _ = files
+    small = tmp_path / "small.csv"
+    demo_registry.sites["hospital-01"].iloc[:15].to_csv(small, index=False)
+    code = coordinator_main(["simulate", "--schema", str(schema), "--data", str(good),
+                             "--data", str(small), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "small.csv: too small" in err and "fewer than the 20" in err
 
 
 def test_simulate_refuses_a_contradictory_schema(files, tmp_path, capsys):

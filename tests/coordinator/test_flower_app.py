@@ -11,7 +11,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
 from flwr.simulation import run_simulation
 
-from coordinator.simulation import loopback_backend_config
+from coordinator.simulation import loopback_backend_config, ray_environment
 
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 
@@ -38,7 +38,7 @@ def test_declared_apps_run_a_study_on_the_built_in_registry(components, tmp_path
     """With no site files configured, simulated nodes train on the built-in
     registry (as under `flwr run .` with its default local federation of 2)."""
     monkeypatch.chdir(tmp_path)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), ray_environment():
         warnings.simplefilter("ignore")
         run_simulation(server_app=_component(components["serverapp"]),
                        client_app=_component(components["clientapp"]), num_supernodes=2,

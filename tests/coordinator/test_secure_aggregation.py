@@ -28,7 +28,7 @@ from flwr.simulation import run_simulation
 
 from coordinator import secure_aggregation as secure_coordinator
 from coordinator.generator_family import initial_arrays
-from coordinator.simulation import loopback_backend_config
+from coordinator.simulation import loopback_backend_config, ray_environment
 from node.secure_aggregation import is_secure_message, secure_train
 from node.site_config import resolve_site
 from protocols import messages as keys
@@ -58,7 +58,7 @@ def dp_train_reply(content: RecordDict, context: Context, out: Path) -> RecordDi
     study_round = int(config[keys.SERVER_ROUND])
     model = build_generator(site.encoding, plan.hidden, plan.latent, plan.seed)
     model.load_state_dict(content[keys.ARRAYS].to_torch_state_dict())
-    privacy = SitePrivacy.for_site(plan, site.n_records, site.name)
+    privacy = SitePrivacy.for_plan(plan)
     outcome = train_round(model, site.encoded, plan, privacy, (study_round - 1) * plan.local_steps)
     sent = ArrayRecord(model.state_dict())
     np.savez(out / f"{site.name}-round{study_round}.npz",
@@ -127,7 +127,7 @@ def study(tmp_path_factory, monkeypatch_module) -> dict[str, Any]:
     monkeypatch_module.setattr(secure_coordinator.SecureFedAvg, "aggregate_fit",
                                recording_aggregate_fit)
     started = time.monotonic()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), ray_environment():
         warnings.simplefilter("ignore")
         run_simulation(server_app=server_app(outcome), client_app=client_app(out),
                        num_supernodes=SITES, backend_config=loopback_backend_config())

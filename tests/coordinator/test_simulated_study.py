@@ -50,7 +50,7 @@ def _simulate(sites, out, *extra):
 @pytest.fixture(scope="module")
 def private_study(sites, tmp_path_factory):
     out = tmp_path_factory.mktemp("study")
-    result = _simulate(sites, out, "--epsilon", "2")
+    result = _simulate(sites, out, "--epsilon", "2", "--evaluation-epsilon", "0.5")
     assert result.returncode == 0, result.stderr[-3000:]
     return out, result
 
@@ -84,6 +84,10 @@ def test_manifest_is_consistent_with_the_study(private_study, sites):
     privacy = manifest["privacy"]
     assert privacy["private"] is True and privacy["epsilon_target_per_site"] == 2.0
     assert privacy["site_sizes_disclosed"] == "no"
+    assert privacy["evaluation_epsilon"] == 0.5
+    assert privacy["neighbouring"] == "add or remove one patient's record at one site"
+    assert privacy["statement"].startswith("Each hospital's patients are protected by "
+                                           "(2, 1e-05)-differential privacy")
     for name in SITES:
         site = privacy["sites"][name]
         assert 0 < site["epsilon_spent"] <= 2.0
@@ -149,7 +153,7 @@ def test_cohort_keeps_every_declared_category_alive(private_study, sites):
             assert set(cohort[column.name].dropna()) == set(column.categories), column.name
 
 
-def test_every_site_scores_the_cohort_and_the_study_report_holds_only_their_scalars(
+def test_every_site_releases_noisy_tables_once_and_the_report_holds_only_their_scores(
         private_study):
     out, result = private_study
     report = json.loads((out / "report.json").read_text())
@@ -157,11 +161,14 @@ def test_every_site_scores_the_cohort_and_the_study_report_holds_only_their_scal
     assert sorted(federated["sites"]) == list(SITES)
     for scores in federated["sites"].values():
         assert 0 < scores["column_shapes"] <= 1
-    assert report["scores"]["column_shapes"] == federated["aggregate"]["column_shapes"]["mean"]
+    pooled = federated["aggregate"]["column_shapes"]
+    assert report["scores"]["column_shapes"] == pooled["pooled"]
+    assert 0 < pooled["perfect_cohort"] <= 1
+    assert federated["evaluation_epsilon"] == 0.5
     assert report["figures"] is None and report["fidelity"] is None  # no real record here
     assert report["privacy_statement"]["epsilon_target_per_site"] == 2.0
     assert (out / "report.html").read_text().count("<img") == 0
-    assert "federated evaluation: 3 sites" in result.stdout
+    assert "federated evaluation: 3 sites released noisy tables" in result.stdout
 
 
 def test_a_site_file_that_is_a_released_cohort_is_refused_before_anything_runs(
@@ -185,7 +192,7 @@ def test_a_secure_aggregation_study_records_it_and_each_site_reports_its_own_eps
     cohort = private_study[0] / "synthetic.parquet"
     (tmp_path / "report.html").write_text("an earlier study's report")
     result = _simulate((schema, [*paths[:2], cohort]), tmp_path, "--epsilon", "2",
-                       "--secure-aggregation", "--no-evaluation", "--train-on-synthetic")
+                       "--secure-aggregation", "--train-on-synthetic")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "combined by SecAgg+" in result.stdout
     assert not (tmp_path / "report.html").exists()

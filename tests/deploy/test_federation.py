@@ -25,7 +25,7 @@ from federation import Federation, free_port, tool
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 SITES = ["hospital-01", "hospital-02", "hospital-03"]
-SMALL = {"local-steps": 2, "rows": 100, "hidden": 16, "federated-evaluation": False}
+SMALL = {"local-steps": 2, "rows": 100, "hidden": 16}
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ def task_identity():
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
 
 
-PLAN = StudyPlan(epsilon=2.0, rounds=2, local_steps=3, batch_size=16, hidden=16, latent=4)
+PLAN = StudyPlan(epsilon=2.0, rounds=2, local_steps=3, sample_rate=0.2, hidden=16, latent=4)
 
 
 def _message(schema, plan=PLAN, schema_hash=None, server_round=1, arrays=None):
@@ -41,6 +41,7 @@ def _context(schema_path, data_path, **node_config):
                                                      "data-path": str(data_path),
                                                      "state-dir": str(state_dir),
                                                      "epsilon-budget": 100.0,
+                                                     "delta-budget": 1e-3,
                                                      **node_config},
                    state=RecordDict(), run_config={})
 
@@ -83,10 +84,14 @@ def test_node_keeps_counting_steps_across_rounds(site_files, demo_schema, caplog
 def test_node_refuses_a_plan_for_another_schema(site_files, demo_schema, caplog):
     msg, _ = _message(demo_schema, schema_hash="0" * 64)
     _refused(lambda: build_client_app()(msg, _context(*site_files)), caplog,
-             "refuses the plan")
+             "the plan is for schema 0000")
+    assert not _ledger_path(site_files).exists()  # public inputs: checked before the ledger
 
 
-def test_node_refuses_records_that_break_the_schema(site_files, demo_schema, caplog):
+def test_records_that_break_the_schema_are_read_only_after_the_ledger_reserved(
+        site_files, demo_schema, caplog):
+    """A check that reads the records cannot be probed for free: it runs after the study's
+    reserve, so every such refusal costs the plan's epsilon."""
     schema_path, data_path = site_files
     text = data_path.read_text().splitlines()
     fields = text[1].split(",")
@@ -95,7 +100,8 @@ def test_node_refuses_records_that_break_the_schema(site_files, demo_schema, cap
     sent = _refused(lambda: build_client_app()(_message(demo_schema)[0],
                                                _context(schema_path, data_path)),
                     caplog, r"row 1, column 'age_at_diagnosis', value '130'")
-    assert "130" not in sent and "records do not pass" in sent  # no value leaves the node
+    assert "130" not in sent  # no value leaves the node
+    assert [json.loads(line)["kind"] for line in _ledger_lines(site_files)] == ["reserve"]
 
 
 def test_non_private_plan_reports_infinite_epsilon(site_files, demo_schema, caplog):
@@ -108,14 +114,21 @@ def test_non_private_plan_reports_infinite_epsilon(site_files, demo_schema, capl
     assert math.isinf(reply.content[keys.METRICS][keys.EPSILON_SPENT])
 
 
-def test_site_size_leaves_the_node_only_as_coarsely_as_the_plan_allows(site_files, demo_schema):
-    plan = StudyPlan(epsilon=2.0, rounds=1, local_steps=2, hidden=16, latent=4,
-                     size_granularity=25)
-    reply = build_client_app()(_message(demo_schema, plan)[0], _context(*site_files))
-    assert reply.content[keys.METRICS][keys.WEIGHT] == 100.0  # hospital-03 has 100 records
-    assert StudyPlan(size_granularity=25).fedavg_weight(7) == 25.0
-    assert StudyPlan(size_granularity=25).fedavg_weight(112) == 100.0
-    assert StudyPlan().fedavg_weight(112) == 1.0
+def test_sites_of_any_size_send_the_same_scalars(tmp_path, demo_registry, demo_schema):
+    """n and n + 1 records: weight, steps and epsilon are functions of the plan alone."""
+    schema_path = tmp_path / "schema.yaml"
+    schema_path.write_text(demo_registry.schema_yaml)
+    frame = demo_registry.sites["hospital-03"]
+    replies = []
+    for n in (60, 61, 100):
+        folder = tmp_path / f"site-{n}"
+        folder.mkdir()
+        frame.iloc[:n].to_csv(folder / "hospital-03.csv", index=False)
+        reply = build_client_app()(_message(demo_schema)[0],
+                                   _context(schema_path, folder / "hospital-03.csv"))
+        replies.append(dict(reply.content[keys.METRICS]))
+    assert replies[0] == replies[1] == replies[2]
+    assert replies[0][keys.WEIGHT] == 1.0
 
 
 MARGINALS = StudyPlan(epsilon=2.0, rounds=2, generator="marginals")
@@ -155,18 +168,22 @@ def test_a_marginals_release_holds_only_the_tables_and_comes_in_two_stages(site_
 
 
 def _refused(call, caplog, detail):
-    """The site refuses: the coordinator gets only the kind of refusal, the node's
-    log has the detail."""
+    """The site declines: the coordinator gets the one fixed text, whatever the reason;
+    the node's log has the detail."""
     with caplog.at_level(logging.ERROR, logger="node.client_app"):
         with pytest.raises(SiteRefusal) as raised:
             call()
     assert re.search(detail, caplog.text), caplog.text
+    assert str(raised.value) == keys.DECLINED
     return str(raised.value)
 
 
+def _ledger_path(site_files):
+    return Path(site_files[1]).parent / "node-state" / "privacy-ledger.jsonl"
+
+
 def _ledger_lines(site_files):
-    return (Path(site_files[1]).parent / "node-state" / "privacy-ledger.jsonl").read_text(
-        ).splitlines()
+    return _ledger_path(site_files).read_text().splitlines()
 
 
 def test_a_resumed_round_with_the_same_model_gets_the_same_answer_and_no_second_charge(
@@ -194,11 +211,19 @@ def test_a_study_that_would_overspend_the_site_budget_is_refused_before_any_step
         site_files, demo_schema, caplog):
     context = _context(*site_files, **{"epsilon-budget": 3.0})
     build_client_app()(_message(demo_schema)[0], context)  # commits epsilon 2 of 3
-    other = StudyPlan(epsilon=2.0, rounds=1, local_steps=2, batch_size=16, hidden=16, latent=4)
-    sent = _refused(lambda: build_client_app()(_message(demo_schema, other)[0], context),
-                    caplog, "committed 2 of its budget of 3")
-    assert "budget of 3" not in sent
+    other = StudyPlan(epsilon=2.0, rounds=1, local_steps=2, hidden=16, latent=4)
+    _refused(lambda: build_client_app()(_message(demo_schema, other)[0], context),
+             caplog, "committed 2 of its epsilon budget of 3")
     assert len(_ledger_lines(site_files)) == 2  # nothing charged for the refused study
+
+
+def test_a_study_that_would_overspend_the_delta_budget_is_refused(site_files, demo_schema,
+                                                                   caplog):
+    context = _context(*site_files, **{"delta-budget": 1.5e-5})
+    build_client_app()(_message(demo_schema)[0], context)  # commits delta 1e-5
+    other = StudyPlan(epsilon=1.0, rounds=1, local_steps=2, hidden=16, latent=4)
+    _refused(lambda: build_client_app()(_message(demo_schema, other)[0], context),
+             caplog, "needs delta 1e-05, but the site has already committed 1e-05")
 
 
 def test_a_node_whose_ledger_chain_is_broken_refuses_to_train(site_files, demo_schema, caplog):
@@ -211,7 +236,7 @@ def test_a_node_whose_ledger_chain_is_broken_refuses_to_train(site_files, demo_s
              "line 1: .* hash chain is broken")
 
 
-@pytest.mark.parametrize("key", ["state-dir", "epsilon-budget"])
+@pytest.mark.parametrize("key", ["state-dir", "epsilon-budget", "delta-budget"])
 def test_a_deployed_node_needs_a_ledger_folder_and_a_budget(site_files, demo_schema, caplog,
                                                             key):
     context = _context(*site_files)
@@ -225,8 +250,8 @@ def test_under_secure_aggregation_an_answer_is_never_given_twice(site_files, dem
     so a round re-asked with the same model is refused rather than replayed."""
     from node.client_app import train_reply
 
-    secure = StudyPlan(epsilon=2.0, rounds=2, local_steps=3, batch_size=16, hidden=16,
-                       latent=4, secure_aggregation=True)
+    secure = StudyPlan(epsilon=2.0, rounds=2, local_steps=3, hidden=16, latent=4,
+                       secure_aggregation=True)
     context = _context(*site_files)
     train_reply(_message(demo_schema, secure)[0].content, context, {})
     with pytest.raises(BudgetError, match="never given twice"):
@@ -276,25 +301,18 @@ def test_a_global_model_that_is_not_the_plans_is_refused_before_the_ledger(
     assert not (Path(site_files[1]).parent / "node-state" / "privacy-ledger.jsonl").exists()
 
 
-def test_a_site_too_small_for_the_plan_is_refused_before_any_step(site_files, demo_schema,
-                                                                  caplog):
+def test_a_small_site_is_never_refused_by_its_size(site_files, demo_schema, caplog):
+    """15 records, below the floor and below what the plan is meant for: the node still
+    sends a reply as private as any other (a refusal would tell the coordinator the size),
+    and only its operator's log says the update is mostly noise."""
     schema_path, data_path = site_files
     lines = data_path.read_text().splitlines()
     data_path.write_text("\n".join(lines[:16]) + "\n")  # 15 records
-    sent = _refused(lambda: build_client_app()(_message(demo_schema)[0],
-                                               _context(schema_path, data_path)),
-                    caplog, r"it has 15 records, fewer than the 20 any study needs\. "
-                            r"This plan needs at least 20 records per site")
-    assert "15" not in sent  # the site's size stays at the node
-    assert not (data_path.parent / "node-state" / "privacy-ledger.jsonl").exists()
-
-
-def test_a_plan_too_noisy_for_the_site_names_the_smallest_site_it_accepts(site_files,
-                                                                         demo_schema, caplog):
-    noisy = StudyPlan(epsilon=0.1, rounds=2, local_steps=30, batch_size=16, hidden=16, latent=4)
-    _refused(lambda: build_client_app()(_message(demo_schema, noisy)[0],
-                                        _context(*site_files)),
-             caplog, r"needs noise 2.66 times the clipping norm.* at least 276 records")
+    with caplog.at_level(logging.WARNING, logger="node.client_app"):
+        reply = build_client_app()(_message(demo_schema)[0], _context(schema_path, data_path))
+    assert not reply.has_error()
+    assert "has 15 records; this plan is meant for sites of at least" in caplog.text
+    assert "15" not in json.dumps(dict(reply.content[keys.METRICS]))
 
 
 def test_a_cohort_is_refused_as_records_unless_the_operator_allows_it_and_then_said(
@@ -317,7 +335,7 @@ def test_an_unexpected_failure_reaches_the_coordinator_without_its_text(site_fil
                   message_type="train")
     sent = _refused(lambda: build_client_app()(msg, _context(*site_files)), caplog,
                     r"fedsynth-node failed(.|\n)*Traceback(.|\n)*KeyError")
-    assert sent == "the site's node failed unexpectedly; the site's node log says why."
+    assert sent == keys.DECLINED
 
 
 def test_a_site_that_missed_the_first_marginals_stage_does_not_release_the_second(

@@ -1,17 +1,22 @@
-"""Everything a node sends during a study holds only what the contract whitelists.
+"""Everything a node sends during a study is a charged DP release or a function of the plan.
 
-Three small studies run in Flower's real simulation engine through
+Small studies run in Flower's real simulation engine through
 `coordinator.simulation.simulate_study`, each over two demo hospitals' CSV
-files in tmp_path: a VAE study with plain FedAvg, size-weighted FedAvg and
-federated evaluation; a marginals study; a VAE study under SecAgg+ with the
-privacy reports that follow it. The nodes run the real `node.client_app`
-handlers inside a ClientApp whose Flower mod (`message_recorder`) writes down
-every reply: each record's type and keys, each array's name, shape, dtype and
-values, each scalar's key, type and value. The tests then check each reply
-against the contract (`protocols.messages`, `protocols.plan`) and against the
-site's own records: only the global model's arrays and the whitelisted
-scalars leave; no count of rows more precise than the plan allows, no cell of
-a record, no column statistic.
+files in tmp_path: a VAE study with FedAvg and federated evaluation; a
+marginals study; a VAE study under SecAgg+ with the privacy reports that follow
+it. The nodes run the real `node.client_app` handlers inside a ClientApp whose
+Flower mod (`message_recorder`) writes down every reply: each record's type and
+keys, each array's name, shape, dtype and values, each scalar's key, type and
+value. The tests check each reply against the contract (`protocols.messages`,
+`protocols.plan`) and against the site's own records: only the global model's
+arrays (DP-SGD weights, noisy tables) and the whitelisted scalars leave; no
+record count, no cell of a record, no column statistic.
+
+Then the VAE and marginals studies run again on neighbouring data: hospital-01
+with one patient more (n + 1), and with one patient's record changed. Every
+value that is not noise (each scalar, each record's type and keys, each array's
+name, shape and dtype, the manifest's privacy statement) must be identical
+across the three; the noisy values differ, at the scale the plan accounts for.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 from flwr.common import bytes_to_ndarray
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
@@ -33,6 +39,8 @@ from protocols import messages as keys
 from protocols import secure_aggregation as contract
 from protocols.encoding import build_encoding
 from protocols.generator import build_generator
+from protocols.evaluation.release import cell_sigmas, evaluation_layout
+from protocols.manifest import CSV_NAME
 from protocols.marginals import build_layout, noise_scales, release_noise_multiplier
 from protocols.plan import StudyPlan
 from protocols.schema import Schema, load_schema
@@ -45,17 +53,16 @@ from site_secrets import SiteTruth, normal_text, site_truth, statistic_in
 pytestmark = pytest.mark.integration
 
 SITES = ("hospital-01", "hospital-02")  # 40 and 63 records
-GRANULARITY = 30  # neither size is a multiple: the sites may disclose 30 and 60, never 40 or 63
-SMALL_VAE = StudyPlan(epsilon=2.0, rounds=2, local_steps=2, batch_size=16, hidden=8, latent=2,
-                      rows=50, seed=3)
+NEIGHBOUR = "hospital-03"  # where the added or changed patient comes from
+SMALL_VAE = StudyPlan(epsilon=2.0, rounds=2, local_steps=2, sample_rate=0.3, hidden=8,
+                      latent=2, rows=50, seed=3)
 PLANS = {
-    "vae": SMALL_VAE.with_overrides(size_granularity=GRANULARITY),
+    "vae": SMALL_VAE.with_overrides(evaluation_epsilon=0.5),
     "marginals": StudyPlan(epsilon=2.0, rounds=2, generator="marginals", rows=50, seed=3),
     "secure": SMALL_VAE.with_overrides(secure_aggregation=True),
 }
 METRIC_TYPES = {keys.WEIGHT: "float", keys.STEPS: "int", keys.STEPS_TOTAL: "int",
                 keys.EPSILON_SPENT: "float", keys.SYNTHETIC_INPUT: "float"}
-EVALUATED = {"vae"}  # studies run with federated evaluation
 SECURE_STAGES = (Stage.SETUP, Stage.SHARE_KEYS, Stage.COLLECT_MASKED_VECTORS, Stage.UNMASK)
 # What each SecAgg+ stage of Flower's secaggplus_mod sends (flwr/client/mod/secure_aggregation/
 # secaggplus_mod.py): key -> type of the value (of each element, for a list).
@@ -69,16 +76,31 @@ SECURE_KEYS = {
 
 # ---------------------------------------------------------------- the sites
 
-@pytest.fixture(scope="module")
-def site_files(tmp_path_factory, demo_registry) -> tuple[Path, list[Path]]:
-    folder = tmp_path_factory.mktemp("sites")
+def _write_sites(folder: Path, demo_registry, first=None) -> tuple[Path, list[Path]]:
+    """The schema and one CSV per site in `folder`; `first` replaces hospital-01's frame."""
     schema_path = folder / "schema.yaml"
     schema_path.write_text(demo_registry.schema_yaml)
     paths = []
     for name in SITES:
         paths.append(folder / f"{name}.csv")
-        demo_registry.sites[name].to_csv(paths[-1], index=False)
+        frame = first if (first is not None and name == SITES[0]) else demo_registry.sites[name]
+        frame.to_csv(paths[-1], index=False)
     return schema_path, paths
+
+
+@pytest.fixture(scope="module")
+def site_files(tmp_path_factory, demo_registry) -> tuple[Path, list[Path]]:
+    return _write_sites(tmp_path_factory.mktemp("sites"), demo_registry)
+
+
+def _neighbour(demo_registry, kind: str) -> pd.DataFrame:
+    """hospital-01 with one patient more, or with its first patient's record replaced."""
+    own, other = demo_registry.sites[SITES[0]], demo_registry.sites[NEIGHBOUR]
+    if kind == "added":
+        return pd.concat([own, other.iloc[:1]], ignore_index=True)
+    changed = own.copy()
+    changed.iloc[0] = other.iloc[0]
+    return changed
 
 
 @pytest.fixture(scope="module")
@@ -103,15 +125,15 @@ class RecordedStudy:
         return [m for m in self.messages if m["message_type"] == message_type]
 
 
-def _run(name: str, site_files, tmp_path_factory) -> RecordedStudy:
+def _run(name: str, site_files, tmp_path_factory, label: str = "") -> RecordedStudy:
     """One study in the simulation engine, with the node's ClientApp wrapped by the recorder."""
     schema_path, paths = site_files
-    log_dir, out = tmp_path_factory.mktemp(f"{name}-log"), tmp_path_factory.mktemp(name)
+    label = label or name
+    log_dir, out = tmp_path_factory.mktemp(f"{label}-log"), tmp_path_factory.mktemp(label)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(simulation, "CLIENT_APP_FACTORY", FACTORY)
         patch.setenv(LOG_ENV, str(log_dir))
-        simulation.simulate_study(schema_path, paths, PLANS[name], out, lambda line: None,
-                                  federated_evaluation=name in EVALUATED)
+        simulation.simulate_study(schema_path, paths, PLANS[name], out, lambda line: None)
     messages = read_log(log_dir)
     for message in messages:
         message["site"] = SITES[int(message["partition"])]
@@ -131,6 +153,20 @@ def marginals_study(site_files, tmp_path_factory) -> RecordedStudy:
 @pytest.fixture(scope="module")
 def secure_study(site_files, tmp_path_factory) -> RecordedStudy:
     return _run("secure", site_files, tmp_path_factory)
+
+
+@pytest.fixture(scope="module", params=["vae", "marginals"])
+def neighbouring_studies(request, site_files, tmp_path_factory, demo_registry
+                         ) -> dict[str, RecordedStudy]:
+    """The same study on hospital-01's records (n), on them with one patient more
+    (n + 1), and with one patient's record changed."""
+    name = request.param
+    studies = {"original": request.getfixturevalue(f"{name}_study")}
+    for kind in ("added", "changed"):
+        folder = tmp_path_factory.mktemp(f"{name}-{kind}-sites")
+        files = _write_sites(folder, demo_registry, _neighbour(demo_registry, kind))
+        studies[kind] = _run(name, files, tmp_path_factory, f"{name}-{kind}")
+    return studies
 
 
 ALL_STUDIES = ("vae_study", "marginals_study", "secure_study")
@@ -158,7 +194,7 @@ def test_the_recorder_saw_every_message_each_node_answered(study, request):
     recorded: RecordedStudy = request.getfixturevalue(study)
     plan = recorded.plan
     expected = {"train": plan.rounds * (4 if plan.secure_aggregation else 1)}
-    if study == "vae_study":
+    if plan.evaluated:
         expected["evaluate"] = 1
     if plan.secure_aggregation:
         expected["query"] = 1  # the privacy report, which SecAgg+ makes necessary
@@ -179,7 +215,8 @@ def test_the_marginals_study_releases_in_two_stages_and_says_which_mechanism_it_
 
     manifest = json.loads((marginals_study.out / "manifest.json").read_text())
     assert manifest["generator"] == "marginals" and manifest["rounds"] == 2
-    assert "Gaussian mechanism" in manifest["privacy"]["guarantee"]
+    assert "discrete Gaussian mechanism" in manifest["privacy"]["guarantee"]
+    assert "adding or removing one patient's record" in manifest["privacy"]["statement"]
     for site in manifest["privacy"]["sites"].values():
         assert 1.9 < site["epsilon_spent"] <= 2.0 and site["steps"] == 2
     assert node_main(["check", "--schema", str(site_files[0]), "--data",
@@ -230,8 +267,8 @@ def test_the_whitelisted_scalars_say_only_what_the_plan_and_the_ledger_know(stud
         assert 0 < spent[0] < spent[-1] <= plan.epsilon
 
 
-def test_without_size_granularity_every_site_weighs_one(marginals_study, secure_study):
-    for message in marginals_study.of("train"):
+def test_every_site_weighs_one(vae_study, marginals_study, secure_study):
+    for message in [*vae_study.of("train"), *marginals_study.of("train")]:
         assert record_values(message, keys.METRICS)[keys.WEIGHT] == 1.0
     collected = [m for m in secure_study.of("train")
                  if _secure_stage(m) == Stage.COLLECT_MASKED_VECTORS]
@@ -240,28 +277,36 @@ def test_without_size_granularity_every_site_weighs_one(marginals_study, secure_
         assert record_values(message, "fitres.num_examples") == {"num_examples": 1}
 
 
-def test_with_size_granularity_a_site_discloses_its_size_rounded_never_exact(
-        vae_study, truths):
-    for message in vae_study.of("train"):
-        weight, n = record_values(message, keys.METRICS)[keys.WEIGHT], truths[message["site"]].n
-        assert n % GRANULARITY != 0  # so an exact count could not hide behind the rounding
-        assert weight % GRANULARITY == 0 and weight >= GRANULARITY
-        assert abs(weight - n) <= GRANULARITY / 2 and weight != n
-
-
 # ---------------------------------------------------------------- after training
 
-def test_evaluation_replies_hold_the_whitelisted_scores_only(vae_study):
+def test_evaluation_replies_hold_noisy_tables_of_the_evaluation_layout_only(
+        vae_study, truths, schema):
+    """Each site releases, once, its evaluation tables: whole numbers, the exact counts
+    plus noise of the plan's scale; nothing else (no score, no figure, no count)."""
+    layout = evaluation_layout(schema)
+    shapes = {name: (tuple(shape), "float64") for name, shape in layout.table_shapes().items()}
+    sigmas = cell_sigmas(layout, vae_study.plan)
+    cohort = _cohort(vae_study.out, schema)
     replies = vae_study.of("evaluate")
     assert sorted(m["site"] for m in replies) == sorted(SITES)
     for message in replies:
-        assert set(message["sent"]) == {keys.SCORES, keys.SITE} and not message["arrays"]
-        assert message["sent"][keys.SCORES]["type"] == "MetricRecord"
-        scores = message["sent"][keys.SCORES]["values"]
-        assert set(scores) == set(keys.REPLY_SCORES)
-        for key, (kind, value) in scores.items():
-            assert kind == "float" and (math.isfinite(value) or math.isnan(value)), key
+        sent = message["sent"]
+        assert set(sent) == {keys.EVALUATION_TABLES, keys.SITE}
+        assert sent[keys.EVALUATION_TABLES]["type"] == "ArrayRecord"
+        assert {k: (tuple(a["shape"]), a["dtype"])
+                for k, a in sent[keys.EVALUATION_TABLES]["arrays"].items()} == shapes
         assert record_values(message, keys.SITE) == {keys.SITE_NAME: message["site"]}
+        tables = {k.split("/", 1)[1]: a for k, a in message["arrays"].items()}
+        assert all(np.array_equal(t, np.rint(t)) for t in tables.values())
+        exact = layout.counts(truths[message["site"]].site.parsed, cohort)
+        for base in sorted(set(sigmas.values())):
+            names = [n for n, sigma in sigmas.items() if sigma == base]
+            _assert_noise({n: tables[n] for n in names}, {n: exact[n] for n in names}, base)
+
+
+def _cohort(out: Path, schema: Schema) -> pd.DataFrame:
+    from protocols.records import check_file
+    return check_file(out / CSV_NAME, schema).parsed
 
 
 def test_privacy_reports_hold_the_whitelisted_metrics_only(secure_study):
@@ -380,8 +425,7 @@ def test_marginal_tables_are_the_exact_counts_plus_noise_of_the_plans_scale(
     the node received (the sites' average, echoed), and noisy pair tables on the coarse
     bins cut from that average. The noise is the plan's: the residual's spread is σ."""
     plan, layout = marginals_study.plan, build_layout(schema)
-    sigma_one, sigma_two = noise_scales(layout, release_noise_multiplier(plan.epsilon,
-                                                                         plan.delta))
+    sigma_one, sigma_two = noise_scales(layout, release_noise_multiplier(plan))
     average = {k: a.numpy() for k, a in load_checkpoint(marginals_study.out, 1).arrays.items()}
     staged = layout.with_groups({k: v for k, v in average.items() if k.startswith("1|")})
     for site in SITES:
@@ -399,7 +443,45 @@ def test_marginal_tables_are_the_exact_counts_plus_noise_of_the_plans_scale(
 def _assert_noise(sent: dict[str, np.ndarray], exact: dict[str, np.ndarray],
                   sigma: float) -> None:
     residual = np.concatenate([(sent[k] - t).ravel() for k, t in exact.items()])
-    assert not np.isclose(residual, 0.0, atol=1e-9).any()
+    assert np.array_equal(residual, np.rint(residual))  # whole counts, integer noise
+    assert np.mean(residual == 0) < 0.5
     spread = float(residual.std())
     assert 0.7 * sigma < spread < 1.3 * sigma, (spread, sigma)
     assert abs(float(residual.mean())) < 4 * sigma / math.sqrt(residual.size)
+
+
+# ---------------------------------------------------------------- neighbouring data
+
+def _public_view(message: dict[str, Any]) -> dict[str, Any]:
+    """Everything a reply holds except the values of its arrays: record types and keys,
+    every scalar with its type and value, each array's name, shape and dtype."""
+    return {"type": message["message_type"], "error": message["error"],
+            "sent": message["sent"]}
+
+
+def test_neighbouring_data_changes_nothing_but_the_accounted_noise(neighbouring_studies):
+    """n, n + 1 and one record changed at hospital-01: every message the nodes send is the
+    same except for the values of the noised arrays, and those all differ."""
+    views = {kind: {site: [_public_view(m) for m in study.messages if m["site"] == site]
+                    for site in SITES}
+             for kind, study in neighbouring_studies.items()}
+    for kind in ("added", "changed"):
+        assert views[kind] == views["original"], kind
+    for site in SITES:
+        replies = {kind: [m for m in study.messages if m["site"] == site]
+                   for kind, study in neighbouring_studies.items()}
+        for position, message in enumerate(replies["original"]):
+            for name, array in message["arrays"].items():
+                if not array.any():
+                    continue  # the pair tables of stage 1: zeros, public, not noise
+                for kind in ("added", "changed"):
+                    other = replies[kind][position]["arrays"][name]
+                    assert not np.array_equal(other, array), (site, name, kind)
+
+
+def test_neighbouring_data_gives_the_same_privacy_statement_per_site(neighbouring_studies):
+    manifests = {kind: json.loads((study.out / "manifest.json").read_text())
+                 for kind, study in neighbouring_studies.items()}
+    for kind in ("added", "changed"):
+        for key in ("privacy", "contributors", "contributions", "study", "plan", "rows"):
+            assert manifests[kind][key] == manifests["original"][key], (kind, key)

@@ -1,4 +1,4 @@
-"""DP-SGD at the node: accounting over all rounds, budget limits, honest noise."""
+"""DP-SGD at the node: accounting over all rounds, budget limits, noise from a CSPRNG."""
 
 import math
 
@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from node.site_config import resolve_site
-from node.training import SitePrivacy, train_round
-from protocols.accounting import epsilon_spent
-from protocols.errors import BudgetError, PlanError
+from node.training import GRADIENT_NORMALISER, SitePrivacy, poisson_batches, train_round
+from protocols.accounting import EPSILON_TOLERANCE, dpsgd_epsilon
+from protocols.errors import BudgetError
 from protocols.generator import build_generator, per_record_loss
 from protocols.plan import StudyPlan
 
-SMALL = dict(rounds=3, local_steps=4, batch_size=16, hidden=16, latent=4)
+SMALL = dict(rounds=3, local_steps=4, sample_rate=0.4, hidden=16, latent=4)
 
 
 @pytest.fixture
@@ -26,7 +26,7 @@ def site():
 
 def _run_study(site, plan):
     model = build_generator(site.encoding, plan.hidden, plan.latent, plan.seed)
-    privacy = SitePrivacy.for_site(plan, site.n_records, site.name)
+    privacy = SitePrivacy.for_plan(plan)
     steps, outcome = 0, None
     for _ in range(plan.rounds):
         outcome = train_round(model, site.encoded, plan, privacy, steps)
@@ -38,17 +38,23 @@ def test_accountant_epsilon_for_the_steps_actually_run_stays_within_the_plan(sit
     plan = StudyPlan(epsilon=1.0, **SMALL)
     _, privacy, outcome = _run_study(site, plan)
     assert outcome.steps_total == plan.total_steps
-    assert outcome.epsilon <= plan.epsilon
-    assert outcome.epsilon > 0.9 * plan.epsilon  # the noise is not wastefully large
-    expected = epsilon_spent(privacy.noise_multiplier, privacy.sample_rate,
-                             outcome.steps_total, plan.delta)
-    assert outcome.epsilon == pytest.approx(expected)
+    assert plan.epsilon - EPSILON_TOLERANCE <= outcome.epsilon <= plan.epsilon
+    assert outcome.epsilon == dpsgd_epsilon(plan, outcome.steps_total)
+    assert privacy == SitePrivacy.for_plan(plan)  # the plan's, whatever the site
+
+
+def test_the_mechanism_is_the_plans_at_every_site():
+    """q is the plan's sample rate and σ a function of the plan: not batch / n."""
+    plan = StudyPlan(epsilon=2.0, **SMALL)
+    privacy = SitePrivacy.for_plan(plan)
+    assert privacy.sample_rate == plan.sample_rate
+    assert privacy == SitePrivacy.for_plan(StudyPlan(epsilon=2.0, **SMALL))
 
 
 def test_epsilon_accumulates_over_rounds_not_per_round(site):
     plan = StudyPlan(epsilon=2.0, **SMALL)
     model = build_generator(site.encoding, plan.hidden, plan.latent, plan.seed)
-    privacy = SitePrivacy.for_site(plan, site.n_records, site.name)
+    privacy = SitePrivacy.for_plan(plan)
     first = train_round(model, site.encoded, plan, privacy, 0)
     second = train_round(model, site.encoded, plan, privacy, first.steps_total)
     assert first.epsilon < second.epsilon <= plan.epsilon
@@ -57,25 +63,52 @@ def test_epsilon_accumulates_over_rounds_not_per_round(site):
 def test_node_refuses_to_run_more_steps_than_the_plan_allows(site):
     plan = StudyPlan(epsilon=1.0, **SMALL)
     model = build_generator(site.encoding, plan.hidden, plan.latent, plan.seed)
-    privacy = SitePrivacy.for_site(plan, site.n_records, site.name)
+    privacy = SitePrivacy.for_plan(plan)
     with pytest.raises(BudgetError, match="exceed"):
         train_round(model, site.encoded, plan, privacy, plan.total_steps)
 
 
-def test_site_refuses_delta_not_below_one_over_n(site):
-    plan = StudyPlan(epsilon=1.0, delta=1.0 / site.n_records, **SMALL)
-    with pytest.raises(PlanError, match="1/n"):
-        SitePrivacy.for_site(plan, site.n_records, site.name)
-
-
-def test_dp_noise_is_not_derived_from_the_plan_seed(site):
-    """Noise the coordinator could reproduce from the shared seed could be subtracted."""
+def test_dp_noise_comes_from_no_seeded_generator(site):
+    """Noise the coordinator could reproduce (from the shared seed, or from seeding
+    torch's or numpy's generators as a library might) could be subtracted."""
     plan = StudyPlan(epsilon=1.0, **SMALL)
-    first, _, _ = _run_study(site, plan)
-    second, _, _ = _run_study(site, plan)
-    diffs = [not torch.equal(a, b) for a, b in zip(first.state_dict().values(),
-                                                    second.state_dict().values())]
-    assert any(diffs)
+    models = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        np.random.seed(0)
+        models.append(_run_study(site, plan)[0])
+    diffs = [not torch.equal(a, b) for a, b in zip(models[0].state_dict().values(),
+                                                    models[1].state_dict().values())]
+    assert all(diffs)
+
+
+def test_a_step_adds_gaussian_noise_of_the_plans_scale_on_a_public_normaliser(site):
+    """On an empty Poisson sample the update is noise alone: N(0, (σC)²) per coordinate,
+    divided by the public normaliser, never by the site's expected batch q·n."""
+    from node.training import dp_setup, train_step
+
+    plan = StudyPlan(epsilon=1.0, max_grad_norm=0.5, **SMALL)
+    privacy = SitePrivacy(sample_rate=plan.sample_rate, noise_multiplier=2.0)
+    model = build_generator(site.encoding, plan.hidden, plan.latent, 0)
+    module, optimizer = dp_setup(model, plan, privacy)
+    noise = []
+    for _ in range(3):
+        optimizer.zero_grad(set_to_none=True)
+        optimizer.step = lambda: optimizer.pre_step()  # keep the noisy gradient, skip Adam
+        train_step(module, optimizer, model, torch.as_tensor(site.encoded[:0]), private=True)
+        noise += [p.grad.detach().flatten() for p in model.parameters()]
+    spread = float(torch.cat(noise).std())
+    expected = 2.0 * 0.5 / GRADIENT_NORMALISER
+    assert 0.95 * expected <= spread <= 1.05 * expected
+    module.remove_hooks()
+
+
+def test_poisson_samples_take_each_record_with_the_plans_rate():
+    batches = poisson_batches(500, 0.2)
+    sizes = [len(next(batches)) for _ in range(400)]
+    assert 0.19 * 500 <= np.mean(sizes) <= 0.21 * 500
+    first = [next(poisson_batches(500, 0.2)) for _ in range(2)]
+    assert not np.array_equal(first[0], first[1])
 
 
 def test_non_private_reference_trains_the_same_model_without_noise(site):
@@ -100,8 +133,7 @@ def test_ghost_clipping_gives_the_same_clipped_update_as_per_sample_gradients(si
     privacy = SitePrivacy(sample_rate=0.5, noise_multiplier=0.0)
     batch = torch.as_tensor(site.encoded[:24])
     fast = build_generator(site.encoding, plan.hidden, plan.latent, 3)
-    module, optimizer, _ = dp_setup(fast, plan, privacy, torch.as_tensor(site.encoded),
-                                          0, torch.Generator().manual_seed(0))
+    module, optimizer = dp_setup(fast, plan, privacy)
     torch.manual_seed(11)
     train_step(module, optimizer, fast, batch, private=True)
 
@@ -109,7 +141,7 @@ def test_ghost_clipping_gives_the_same_clipped_update_as_per_sample_gradients(si
     ref_module = GradSampleModule(reference, loss_reduction="mean")
     ref_optimizer = DPOptimizer(torch.optim.Adam(ref_module.parameters(), lr=plan.learning_rate),
                                 noise_multiplier=0.0, max_grad_norm=plan.max_grad_norm,
-                                expected_batch_size=round(0.5 * site.n_records))
+                                expected_batch_size=GRADIENT_NORMALISER)
     torch.manual_seed(11)
     out, mu, logvar = ref_module(batch)
     per_record_loss(reference.encoding, batch, out, mu, logvar).mean().backward()

@@ -9,8 +9,7 @@ import pandas as pd
 import pytest
 
 from protocols.errors import SchemaError
-from protocols.evaluation import (HEADLINE_SCORES, SITE_SCORES, evaluate_cohort,
-                                  federated_summary, site_scores, study_report)
+from protocols.evaluation import HEADLINE_SCORES, evaluate_cohort
 from protocols.schema import parse_schema
 
 
@@ -99,26 +98,6 @@ def test_the_report_is_strict_json_with_figures(demo_schema, pooled):
     shown = [m["column"].removesuffix(" (year)") for m in report["figures"]["marginals"]]
     assert shown == columns
     assert report["figures"]["km"]["real"]["survival"][0] == pytest.approx(1.0)
-
-
-def test_site_scores_are_exactly_the_whitelisted_scalars(demo_schema, pooled):
-    scores = site_scores(evaluate_cohort(demo_schema, pooled, pooled.copy(), figures=False))
-    assert tuple(scores) == SITE_SCORES
-    assert all(isinstance(v, float) for v in scores.values())
-
-
-def test_federated_summary_averages_sites_equally_and_skips_missing_scores(demo_schema):
-    base = dict.fromkeys(SITE_SCORES, 0.5)
-    sites = {"a": {**base, "column_shapes": 0.8}, "b": {**base, "column_shapes": 0.9,
-                                                         "tstr_ratio": float("nan")}}
-    summary = federated_summary(sites)
-    assert summary["aggregate"]["column_shapes"] == {"mean": pytest.approx(0.85), "min": 0.8,
-                                                     "max": 0.9}
-    assert summary["aggregate"]["tstr_ratio"]["mean"] == 0.5
-    assert summary["sites"]["b"]["tstr_ratio"] is None
-    report = study_report(demo_schema, None, summary, synthetic_rows=100)
-    assert report["scores"]["column_shapes"] == pytest.approx(0.85)
-    assert report["figures"] is None and report["privacy_statement"] is None
 
 
 def test_evaluation_roles_stay_out_of_the_schema_hash(demo_registry):

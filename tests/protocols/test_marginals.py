@@ -1,4 +1,4 @@
-"""The marginals generator's release: data-independent tables, calibrated Gaussian noise."""
+"""The marginals generator's release: data-independent tables, calibrated integer noise."""
 
 import datetime as dt
 import math
@@ -7,10 +7,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from protocols.accounting import epsilon_spent
+from protocols.accounting import GaussianRelease, composed_epsilon
 from protocols.marginals import (FINE_BINS, build_layout, fine_to_encoded, noise_scales, noisy_column_tables,
                                  noisy_pair_tables, one_name, pair_name,
                                  release_noise_multiplier, stage_multipliers, stages_epsilon)
+from protocols.plan import StudyPlan
+
+PLAN = StudyPlan(epsilon=3.0, delta=1e-5, generator="marginals", rounds=2)
 
 
 @pytest.fixture(scope="module")
@@ -42,12 +45,14 @@ def test_counts_cover_every_record_once_and_pairs_agree_with_columns(demo_schema
 def test_two_stages_together_are_calibrated_by_the_accountant_to_the_plans_epsilon(
         demo_schema):
     layout = build_layout(demo_schema)
-    z = release_noise_multiplier(3.0, 1e-5)
-    both = stages_epsilon(layout, z, 2, 1e-5)
-    assert 2.95 <= both <= 3.0
-    assert both == pytest.approx(epsilon_spent(z, 1.0, 1, 1e-5), rel=1e-3)
-    assert 0 < stages_epsilon(layout, z, 1, 1e-5) < both
-    assert release_noise_multiplier(math.inf, 1e-5) == 0.0
+    z = release_noise_multiplier(PLAN)
+    both = stages_epsilon(layout, PLAN, 2)
+    assert 2.995 <= both <= 3.0
+    assert both == pytest.approx(composed_epsilon([GaussianRelease(z)], 1e-5), rel=1e-9)
+    assert 0 < stages_epsilon(layout, PLAN, 1) < both
+    reference = StudyPlan(epsilon=math.inf, generator="marginals", rounds=2)
+    assert release_noise_multiplier(reference) == 0.0
+    assert stages_epsilon(layout, reference, 2) == math.inf
 
 
 def test_heterogeneous_table_noise_adds_up_to_the_calibrated_multiplier(demo_schema):
@@ -70,6 +75,22 @@ def test_a_release_is_noisy_unpredictable_and_exact_without_dp(demo_schema, pars
     assert not np.allclose(first[name], exact[name])
     no_dp = noisy_column_tables(layout, parsed, 0.0)
     assert all(np.array_equal(no_dp[k], exact[k]) for k in exact)
+
+
+def test_every_released_cell_is_a_whole_number_at_the_planned_scale(demo_schema, parsed):
+    """Mironov's attack needs a float's irregular grid: a whole-number cell has none. The
+    noise is discrete Gaussian of the σ the plan gives each table."""
+    layout = build_layout(demo_schema)
+    sigma_one = noise_scales(layout, 1.5)[0]
+    exact = layout.column_counts(parsed)
+    residuals = []
+    for _ in range(40):
+        tables = noisy_column_tables(layout, parsed, 1.5)
+        for name, table in tables.items():
+            assert table.dtype == np.float64 and np.array_equal(table, np.rint(table))
+            residuals.append(table - exact[name])
+    spread = np.concatenate([r.ravel() for r in residuals]).std()
+    assert 0.95 * sigma_one <= spread <= 1.05 * sigma_one
 
 
 def test_coarse_bins_are_cut_at_quantiles_of_the_column_tables(demo_schema, parsed):

@@ -34,7 +34,10 @@ def test_default_plan_is_valid_and_private() -> None:
         ({"delta": math.nan}, "delta must lie strictly between 0 and 1"),
         ({"rounds": 0}, "rounds must be at least 1"),
         ({"local_steps": 0}, "local-steps must be at least 1"),
-        ({"batch_size": 0}, "batch-size must be at least 1"),
+        ({"sample_rate": 0.0}, "sample-rate must lie in"),
+        ({"sample_rate": 1.5}, "sample-rate must lie in"),
+        ({"evaluation_epsilon": -0.1}, "evaluation-epsilon must be 0"),
+        ({"evaluation_epsilon": 3.0}, "evaluation-epsilon is part of epsilon"),
         ({"learning_rate": 0.0}, "learning-rate must be positive"),
         ({"max_grad_norm": -1.0}, "max-grad-norm must be positive"),
         ({"hidden": 3}, "hidden must be >= 4"),
@@ -53,9 +56,9 @@ def test_invalid_plan_is_refused_naming_the_rule(changes: dict, rule: str) -> No
 
 
 def test_plan_round_trips_through_its_config() -> None:
-    plan = StudyPlan(epsilon=1.5, delta=1e-6, rounds=3, local_steps=7, batch_size=16,
+    plan = StudyPlan(epsilon=1.5, delta=1e-6, rounds=3, local_steps=7, sample_rate=0.1,
                      learning_rate=1e-3, max_grad_norm=0.5, hidden=64, latent=8, rows=50,
-                     seed=42, min_sites=3)
+                     seed=42, min_sites=3, evaluation_epsilon=0.25)
     config = plan.to_config()
     assert set(config) == {f.name.replace("_", "-") for f in dataclasses.fields(StudyPlan)}
     assert StudyPlan.from_config(config) == plan
@@ -65,9 +68,9 @@ def test_plan_round_trips_through_its_config() -> None:
 
 def test_from_config_coerces_text_and_whole_floats() -> None:
     plan = StudyPlan.from_config({"rounds": "3", "epsilon": "0.5", "delta": "1e-6",
-                                  "local-steps": 4.0, "batch-size": " 8 ", "seed": "-1"})
-    assert (plan.rounds, plan.epsilon, plan.delta, plan.local_steps, plan.batch_size,
-            plan.seed) == (3, 0.5, 1e-6, 4, 8, -1)
+                                  "local-steps": 4.0, "sample-rate": " 0.5 ", "seed": "-1"})
+    assert (plan.rounds, plan.epsilon, plan.delta, plan.local_steps, plan.sample_rate,
+            plan.seed) == (3, 0.5, 1e-6, 4, 0.5, -1)
     assert isinstance(plan.rounds, int) and isinstance(plan.local_steps, int)
     assert isinstance(plan.epsilon, float)
 

@@ -23,7 +23,7 @@ COLUMNS = ["age", "sex", "diagnosis", AMPERSAND_COLUMN, "bmi", "stage", "smoker"
 HEADINGS = ["Inputs", "Privacy guarantee", "Headline scores", "Column distributions",
             "Associations between columns", "Utility: train on synthetic, test on real",
             "Survival", "Privacy risk checks", "Representation of categories",
-            "Federated evaluation", "How each score is computed"]
+            "Federated evaluation (differentially private)", "How each score is computed"]
 # Characters that matter to HTML come up often, any other character now and then.
 USER_TEXT = st.one_of(st.sampled_from("<>&\"'/=;#ab "), st.characters())
 PNG_URI = re.compile(r'src="data:image/png;base64,([^"]+)"')
@@ -84,11 +84,11 @@ def sample_report() -> dict[str, Any]:
             "km": {"real": {"time": [0.0, 5.0, 12.0], "survival": [1.0, 0.8, 0.6]},
                    "synthetic": {"time": [0.0, 6.0, 12.0], "survival": [1.0, 0.85, 0.55]}}},
         "federated": {
-            "sites": {"site-a": {"column_shapes": 0.9, "tstr_ratio": None},
-                      "site-b": {"column_shapes": 0.8, "tstr_ratio": 0.95}},
-            "aggregate": {"column_shapes": {"mean": 0.85, "min": 0.8, "max": 0.9},
-                          "tstr_ratio": {"mean": 0.95, "min": 0.95, "max": 0.95}},
-            "note": "Each site scored the cohort against its own records."},
+            "sites": {"site-a": {"column_shapes": 0.9, "tstr_auc": None},
+                      "site-b": {"column_shapes": 0.8, "tstr_auc": 0.7}},
+            "aggregate": {"column_shapes": {"pooled": 0.85, "perfect_cohort": 0.9},
+                          "tstr_auc": {"pooled": 0.72, "perfect_cohort": None}},
+            "note": "Each site released noisy count tables of its records, once."},
     }
 
 

@@ -49,8 +49,7 @@ def test_an_honest_round_stays_within_the_bound_and_uses_much_of_it(demo_schema,
     site = encode_site(demo_parsed["hospital-04"], demo_schema, "hospital-04")
     model = build_generator(site.encoding, plan.hidden, plan.latent, plan.seed)
     sent = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
-    train_round(model, site.encoded, plan, SitePrivacy.for_site(plan, site.n_records, site.name),
-                0)
+    train_round(model, site.encoded, plan, SitePrivacy.for_plan(plan), 0)
     reply = {k: v.detach().numpy() for k, v in model.state_dict().items()}
     assert update_problem(plan, 1, sent, reply) is None
     moved = max(float(np.abs(reply[k] - sent[k]).max()) for k in sent)
@@ -89,11 +88,13 @@ def test_honest_marginal_releases_pass(honest_stages):
     (1, lambda t: {**t, "1|sex": t["1|sex"] - 1e4}, "below what Gaussian noise"),
     (1, lambda t: {**t, "1|sex": t["1|sex"] + np.eye(1, t["1|sex"].size)[0] * 1e12},
      "one record set cannot give both"),
-    # a million more records in every table, consistently: a site larger than 1/delta
-    (1, lambda t: {k: (v + 1e6 / v.size if k.startswith("1|") else v) for k, v in t.items()},
-     "more than the 100000 a site may hold"),
-    (2, lambda t: {k: (v + 1e6 / v.size if k.startswith("2|") else v) for k, v in t.items()},
-     "more than the 100000"),
+    # a million more records in every table, consistently: a site beyond MAX_SITE_RECORDS
+    (1, lambda t: {k: (v + np.rint(1e6 / v.size) if k.startswith("1|") else v)
+                   for k, v in t.items()}, "more than the 50000 a site may hold"),
+    (2, lambda t: {k: (v + np.rint(1e6 / v.size) if k.startswith("2|") else v)
+                   for k, v in t.items()}, "more than the 50000"),
+    # a float's low bits are what Mironov's attack reads: only whole counts are released
+    (1, lambda t: {**t, "1|sex": t["1|sex"] + 0.25}, "not whole numbers"),
     (1, lambda t: {k: (v + 1 if k.startswith("2|") else v) for k, v in t.items()}, "zeros"),
     (2, lambda t: {k: (v + 1 if k.startswith("1|") else v) for k, v in t.items()}, "echoed"),
 ])
