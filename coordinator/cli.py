@@ -233,9 +233,13 @@ def _summarise(release: Release) -> None:
     if not privacy["private"]:
         print("privacy: NONE — trained without differential privacy; do not share this cohort.")
         return
+    print(f"privacy: {privacy['statement']}")
     for name, site in privacy["sites"].items():
-        print(f"  {name}: epsilon spent {site['epsilon_spent']:.4f} "
+        print(f"  {name}: epsilon spent in training {site['epsilon_spent']:.4f} "
               f"(target {privacy['epsilon_target_per_site']:g}), delta {site['delta']:g}")
+    if privacy.get("evaluation_epsilon"):
+        print(f"  each site's evaluation release (epsilon {privacy['evaluation_epsilon']:g} on "
+              "its own) composes with training within the target")
 
 
 if __name__ == "__main__":

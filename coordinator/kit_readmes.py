@@ -167,8 +167,9 @@ fedsynth-node budget --kit .
 ```
 
 It lists every study on this node's privacy ledger (`state/privacy-ledger.jsonl`) and
-what is committed, spent and left of `epsilon-budget`. A study that would overspend is
-refused before any step. If the ledger's hash chain is broken (exit status 2), the node
+what is committed, spent and left of `epsilon-budget` and `delta-budget`. A study that
+would overspend either is refused before any step. Whatever the reason the node declines,
+the coordinator sees one fixed text; the reason is in this node's log. If the ledger's hash chain is broken (exit status 2), the node
 refuses every study until you restore the ledger from your backup.
 
 ## Check a released cohort

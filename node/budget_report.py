@@ -2,10 +2,12 @@
 
 The report is read from the ledger alone (`protocols.ledger`): every study the
 site has started, with its schema, its planned ε and δ, the ε its accountant
-reports so far and the rounds answered, then the site's budget, what studies
-have committed of it and what is left. Each study commits its whole planned ε
-when it starts (its noise was calibrated for all its rounds), so "left" counts
-committed ε, not only what has been spent so far. A broken chain is shown up
+reports so far, the rounds answered and whether it was evaluated, then the
+site's ε and δ budgets, what studies have committed of them and what is left.
+Each study commits its whole planned ε and δ when it starts (its noise was
+calibrated for all its rounds and its evaluation), so "left" counts what is
+committed, not only what has been spent so far; across studies ε and δ both
+add up (basic composition). A broken chain is shown up
 to the line that breaks it, so an operator can compare with a backup.
 """
 
@@ -33,6 +35,7 @@ class StudyLine:
     delta: float
     rounds_answered: int
     rounds_planned: int
+    evaluated: bool = False
 
 
 @dataclass(frozen=True)
@@ -44,10 +47,19 @@ class BudgetReport:
     last_hash: str
     budget: float
     studies: tuple[StudyLine, ...]
+    delta_budget: float = 1.0
 
     @property
     def committed(self) -> float:
         return sum(s.epsilon_planned for s in self.studies)
+
+    @property
+    def delta_committed(self) -> float:
+        return sum(s.delta for s in self.studies)
+
+    @property
+    def delta_left(self) -> float:
+        return self.delta_budget - self.delta_committed
 
     @property
     def spent(self) -> float:
@@ -60,11 +72,14 @@ class BudgetReport:
     def to_json(self) -> dict[str, Any]:
         """Plain JSON values (an infinite ε or budget is the string "inf", NaN null)."""
         return _finite({**asdict(self), "committed": self.committed, "spent": self.spent,
-                        "left": self.left, "studies": [asdict(s) for s in self.studies]})
+                        "left": self.left, "delta_committed": self.delta_committed,
+                        "delta_left": self.delta_left,
+                        "studies": [asdict(s) for s in self.studies]})
 
 
-def read_budget(state_dir: Path, budget: float) -> BudgetReport:
-    """The site's ledger in `state_dir`, summarised against its `budget`."""
+def read_budget(state_dir: Path, budget: float, delta_budget: float = 1.0) -> BudgetReport:
+    """The site's ledger in `state_dir`, summarised against its ε `budget` and its
+    `delta_budget`."""
     ledger = PrivacyLedger(state_dir)
     try:
         entries, problem = ledger.chain()
@@ -74,7 +89,7 @@ def read_budget(state_dir: Path, budget: float) -> BudgetReport:
     return BudgetReport(ledger=str(ledger.path), entries=len(entries), intact=problem is None,
                         problem=str(problem) if problem else None,
                         last_hash=last_hash(entries), budget=budget,
-                        studies=tuple(_studies(entries)))
+                        studies=tuple(_studies(entries)), delta_budget=delta_budget)
 
 
 def _studies(entries: list[LedgerEntry]) -> list[StudyLine]:
@@ -86,7 +101,8 @@ def _studies(entries: list[LedgerEntry]) -> list[StudyLine]:
                                epsilon_spent=spend.spent if spend else 0.0,
                                delta=reserve.delta,
                                rounds_answered=spend.last_round if spend else 0,
-                               rounds_planned=reserve.rounds))
+                               rounds_planned=reserve.rounds,
+                               evaluated=bool(spend and spend.evaluated)))
     return lines
 
 
@@ -99,14 +115,17 @@ def report_text(report: BudgetReport) -> str:
         rows = ["No study has run at this site yet."]
     else:
         rows = [f"{'study':<14}{'schema':<14}{'started':<27}{'epsilon':>9}{'spent':>9}"
-                f"{'delta':>9}{'rounds':>8}"]
+                f"{'delta':>9}{'rounds':>8}{'evaluated':>11}"]
         rows += [f"{s.study[:12]:<14}{s.schema_sha256[:12]:<14}{s.started:<27}"
                  f"{_num(s.epsilon_planned):>9}{_num(s.epsilon_spent):>9}{s.delta:>9.2g}"
-                 f"{f'{s.rounds_answered}/{s.rounds_planned}':>8}" for s in report.studies]
+                 f"{f'{s.rounds_answered}/{s.rounds_planned}':>8}"
+                 f"{'yes' if s.evaluated else 'no':>11}" for s in report.studies]
     total = (f"Budget: epsilon {_num(report.budget)}; committed {_num(report.committed)} by "
              f"{len(report.studies)} stud{'y' if len(report.studies) == 1 else 'ies'} "
              f"(spent so far {_num(report.spent)}); left {_num(report.left)}.")
-    lines = [head, *rows, total]
+    deltas = (f"Delta budget {report.delta_budget:.3g}; committed "
+              f"{report.delta_committed:.3g}; left {report.delta_left:.3g}.")
+    lines = [head, *rows, total, deltas]
     if report.problem:
         lines.append(f"The entries after the break are not counted above: {report.problem}")
     return "\n".join(lines)

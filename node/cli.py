@@ -132,6 +132,9 @@ def _budget_parser(sub: argparse._SubParsersAction) -> None:
                         "node.toml)")
     budget.add_argument("--epsilon-budget", type=float,
                         help="the site's total epsilon over all studies (overrides node.toml)")
+    budget.add_argument("--delta-budget", type=float,
+                        help="the site's total delta over all studies (overrides node.toml; "
+                             "default without a kit: 1, no limit)")
     budget.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
@@ -145,7 +148,9 @@ def _budget(args: argparse.Namespace) -> int:
     if state_dir is None or epsilon_budget is None:
         raise FedsynthError("fedsynth-node budget needs --kit KIT, or both --state-dir and "
                             "--epsilon-budget.")
-    report = read_budget(state_dir, epsilon_budget)
+    delta_budget = args.delta_budget if args.delta_budget is not None else (
+        kit.delta_budget if kit else 1.0)
+    report = read_budget(state_dir, epsilon_budget, delta_budget)
     print(json.dumps(report.to_json(), indent=2) if args.json else report_text(report))
     if not report.intact:
         print(f"fedsynth-node: error: {report.problem}", file=sys.stderr)

@@ -3,9 +3,9 @@
 `read_kit` turns the kit's `node.toml` into a `NodeKit` (paths resolved against
 the kit folder), naming the file and key of anything missing or malformed.
 `check_kit` then refuses, before any network traffic: a private key others can
-read, a CA or key that does not load, a records file that breaks the schema,
-and a fedsynth synthetic cohort passed off as records (unless the operator
-passes --train-on-synthetic). A node that starts has
+read, a CA or key that does not load, a records file that breaks the schema or
+holds fewer than `MIN_SITE_RECORDS` records, and a fedsynth synthetic cohort
+passed off as records (unless the operator passes --train-on-synthetic). A node that starts has
 therefore already proved it can train on every row it holds.
 """
 
@@ -29,6 +29,7 @@ from protocols.kit_layout import KitError, SuperLinkAddress, check_site_name, pa
 from protocols.provenance import refuse_synthetic_records
 from protocols.records import check_file
 from protocols.schema import load_schema
+from protocols.site_limits import MIN_SITE_RECORDS
 
 T = TypeVar("T")
 
@@ -95,6 +96,13 @@ def check_kit(kit: NodeKit) -> int:
     refuse_synthetic_records(kit.records, kit.train_on_synthetic)
     validation = check_file(kit.records, load_schema(kit.schema))
     validation.raise_if_invalid()
+    if validation.n_rows < MIN_SITE_RECORDS:
+        # Told here, to the operator: once running, the node never declines for its size
+        # (that answer would tell the coordinator the size).
+        raise KitError(f"{kit.records} holds {validation.n_rows} records, fewer than the "
+                       f"{MIN_SITE_RECORDS} any study needs: one patient would be too large a "
+                       "share of the site, and its updates mostly noise. Wait until the "
+                       "site has more patients before joining.")
     return validation.n_rows
 
 

@@ -36,6 +36,15 @@ def test_budget_shows_each_study_and_what_is_committed_spent_and_left(state_dir,
     assert "6 entries, hash chain intact" in out
     assert "111111111111  abababababab" in out and "3/3" in out and "1/3" in out
     assert "committed 5 by 2 studies (spent so far 3.8); left 5." in out
+    assert "Delta budget 1; committed 2e-05; left 1." in out
+
+
+def test_budget_composes_delta_against_the_sites_delta_budget(state_dir, capsys):
+    assert main(["budget", "--state-dir", str(state_dir), "--epsilon-budget", "10",
+                 "--delta-budget", "1e-4", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["delta_committed"] == pytest.approx(2e-5)
+    assert report["delta_left"] == pytest.approx(8e-5)
 
 
 def test_budget_as_json_for_monitoring(state_dir, capsys):

@@ -16,6 +16,9 @@ from protocols.encoding import build_encoding
 from protocols.generator import build_generator
 from protocols.plan import StudyPlan
 
+# Helpers beside this file (tests/node/ is on sys.path, as pytest puts it for rootless tests).
+from client_calls import node_context, train_message
+
 @pytest.fixture(autouse=True)
 def task_identity():
     """Flower stamps messages with the running task's identity, as its engines set it."""
@@ -27,23 +30,10 @@ PLAN = StudyPlan(epsilon=2.0, rounds=2, local_steps=3, sample_rate=0.2, hidden=1
 
 
 def _message(schema, plan=PLAN, schema_hash=None, server_round=1, arrays=None):
-    model = build_generator(build_encoding(schema), plan.hidden, plan.latent, plan.seed)
-    config = ConfigRecord({**plan.to_config(), keys.SCHEMA_SHA256: schema_hash or schema.sha256,
-                           keys.SERVER_ROUND: server_round})
-    content = RecordDict({keys.ARRAYS: arrays or ArrayRecord(model.state_dict()),
-                          keys.PLAN: config})
-    return Message(content=content, dst_node_id=1, message_type="train"), model
+    return train_message(schema, plan, schema_hash, server_round, arrays)
 
 
-def _context(schema_path, data_path, **node_config):
-    state_dir = Path(data_path).parent / "node-state"
-    return Context(run_id=1, node_id=1, node_config={"schema-path": str(schema_path),
-                                                     "data-path": str(data_path),
-                                                     "state-dir": str(state_dir),
-                                                     "epsilon-budget": 100.0,
-                                                     "delta-budget": 1e-3,
-                                                     **node_config},
-                   state=RecordDict(), run_config={})
+_context = node_context
 
 
 @pytest.fixture

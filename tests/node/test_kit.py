@@ -64,6 +64,8 @@ def test_dry_run_prints_a_tls_authenticated_supernode_command(kit, records, caps
     assert f'data-path="{records.resolve()}"' in config
     assert f'schema-path="{kit.resolve() / "schema.yaml"}"' in config
     assert 'site-name="siteA"' in config and "epsilon-budget=10.0" in config
+    assert "delta-budget=0.0001" in config
+    assert f'manifest-public-key="{kit.resolve() / "manifest-signing.pub"}"' in config
     assert f'state-dir="{kit.resolve() / "state"}"' in config
     assert "federated-evaluation=true" in config
     assert "--insecure" not in argv and "--allow-runtime-dependency-installation" not in argv
@@ -110,6 +112,16 @@ def test_invalid_records_are_refused(kit, tmp_path, registry, capsys):
     assert "bad.csv: row 3, column 'subtype', value 'unknown-subtype'" in err
 
 
+def test_a_site_below_the_floor_is_told_before_the_node_starts(kit, tmp_path, registry,
+                                                              capsys):
+    """The node never declines a study for its size (that would tell the coordinator):
+    the operator is told here, before anything connects."""
+    small = tmp_path / "small.csv"
+    registry.sites["hospital-01"].iloc[:12].to_csv(small, index=False)
+    err = _refused(capsys, "--kit", str(kit), "--data", str(small), "--dry-run")
+    assert "holds 12 records, fewer than the 20 any study needs" in err
+
+
 def test_a_synthetic_cohort_is_refused_as_records(kit, tmp_path, registry, capsys):
     release = tmp_path / "release"
     release.mkdir()
@@ -151,3 +163,4 @@ def test_budget_reads_the_state_folder_and_budget_from_the_kit(kit: Path, capsys
     out = capsys.readouterr().out
     assert f"Privacy ledger {kit.resolve()}" in out or f"Privacy ledger {kit}" in out
     assert "No study has run at this site yet" in out and "left" in out
+    assert "Delta budget 0.0001; committed 0; left 0.0001." in out

@@ -1,0 +1,42 @@
+"""Calling the node's ClientApp the way Flower does, on real files: messages and contexts.
+
+Shared by the ClientApp tests and the attack reproductions (tests/node/ is on
+sys.path, as pytest puts it for rootless tests).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+
+from protocols import messages as keys
+from protocols.encoding import build_encoding
+from protocols.generator import build_generator
+from protocols.plan import StudyPlan
+from protocols.schema import Schema
+
+
+def train_message(schema: Schema, plan: StudyPlan, schema_hash: str | None = None,
+                  server_round: int = 1, arrays: ArrayRecord | None = None
+                  ) -> tuple[Message, Any]:
+    """A training message for `plan` with the plan's initial VAE (or `arrays`)."""
+    model = build_generator(build_encoding(schema), plan.hidden, plan.latent, plan.seed)
+    config = ConfigRecord({**plan.to_config(), keys.SCHEMA_SHA256: schema_hash or schema.sha256,
+                           keys.SERVER_ROUND: server_round})
+    content = RecordDict({keys.ARRAYS: arrays or ArrayRecord(model.state_dict()),
+                          keys.PLAN: config})
+    return Message(content=content, dst_node_id=1, message_type="train"), model
+
+
+def node_context(schema_path: Path, data_path: Path, **node_config: Any) -> Context:
+    """A deployed node's context: its files, its ledger folder beside the records."""
+    state_dir = Path(data_path).parent / "node-state"
+    return Context(run_id=1, node_id=1, node_config={"schema-path": str(schema_path),
+                                                     "data-path": str(data_path),
+                                                     "state-dir": str(state_dir),
+                                                     "epsilon-budget": 100.0,
+                                                     "delta-budget": 1e-3,
+                                                     **node_config},
+                   state=RecordDict(), run_config={})

@@ -1,0 +1,48 @@
+"""The manifest's privacy statement: one plain sentence, and nothing a site's records decide."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from protocols.manifest import (MECHANISMS, NEIGHBOURING, SitePrivacySpent, build_manifest,
+                                privacy_sentence)
+from protocols.plan import StudyPlan
+
+
+@pytest.mark.parametrize("plan", [
+    StudyPlan(epsilon=3.0, delta=1e-5),
+    StudyPlan(epsilon=1.5, delta=1e-6, evaluation_epsilon=0.5),
+    StudyPlan(epsilon=2.0, generator="marginals", rounds=2, secure_aggregation=True),
+])
+def test_the_statement_names_relation_mechanism_epsilon_delta_and_trust(plan):
+    sentence = privacy_sentence(plan)
+    assert sentence.count(". ") == 0 and sentence.endswith(".")  # one sentence
+    assert f"({plan.epsilon:g}, {plan.delta:g})-differential privacy" in sentence
+    assert "adding or removing one patient's record at that hospital" in sentence
+    assert MECHANISMS[plan.generator] in sentence
+    assert "trusting only that each hospital runs its own installed fedsynth node" in sentence
+    assert ("evaluation release" in sentence) == plan.evaluated
+    assert ("SecAgg+" in sentence) == plan.secure_aggregation
+
+
+def test_a_reference_without_dp_says_it_has_no_guarantee():
+    assert "no privacy guarantee" in privacy_sentence(StudyPlan(epsilon=math.inf))
+
+
+def test_what_the_manifest_says_per_site_comes_from_the_plan_and_the_rounds(tmp_path):
+    (tmp_path / "synthetic.csv").write_text("a\n1\n")
+    plan = StudyPlan(epsilon=2.0, rounds=2, local_steps=3, evaluation_epsilon=0.4)
+    spent = SitePrivacySpent(1.9, 6)
+    manifest = build_manifest(schema_sha256="ab" * 32, plan=plan,
+                              sites={"a": spent, "b": spent},
+                              contributions={"a": [1, 2], "b": [1, 2]}, engine="simulation",
+                              tls=False, files={"synthetic.csv": tmp_path / "synthetic.csv"},
+                              rows=1)
+    privacy = manifest["privacy"]
+    assert privacy["neighbouring"] == NEIGHBOURING and privacy["site_sizes_disclosed"] == "no"
+    assert privacy["statement"] == privacy_sentence(plan)
+    assert privacy["evaluation_epsilon"] == 0.4
+    assert privacy["sites"]["a"] == privacy["sites"]["b"]
+    assert manifest["study"] == plan.fingerprint("ab" * 32)
