@@ -74,11 +74,21 @@ def column_statistics(site: SiteData, schema: Schema) -> dict[str, np.ndarray]:
     return {k: v for k, v in stats.items() if v.size >= 2 and np.ptp(v) > 0}
 
 
+# A noisy count table is whole numbers: a run of two or three counts of a site (the
+# deaths and survivors of a small site, say) turns up in it by chance about once in a few
+# hundred tables, with no leak. Whole-number statistics are looked for in whole-number
+# arrays only from this length, where chance matches are below one in 10^6.
+MIN_WHOLE_RUN = 4
+
+
 def statistic_in(array: np.ndarray, statistics: dict[str, np.ndarray]) -> str | None:
     """The name of a statistic found as a run of values in `array` (flattened, or along
     any axis), or None."""
+    whole = bool(np.array_equal(array, np.rint(array)))
     by_length: dict[int, list[str]] = {}
     for stat, vector in statistics.items():
+        if whole and len(vector) < MIN_WHOLE_RUN and np.array_equal(vector, np.rint(vector)):
+            continue
         by_length.setdefault(len(vector), []).append(stat)
     lines = [array.reshape(1, -1)] + [np.moveaxis(array, axis, -1).reshape(-1, size)
                                       for axis, size in enumerate(array.shape)]

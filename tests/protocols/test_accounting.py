@@ -60,6 +60,21 @@ def test_a_full_batch_gaussian_matches_the_closed_form(z: float) -> None:
     assert composed_epsilon([GaussianRelease(z)], 1e-5) == pytest.approx(closed, rel=1e-9)
 
 
+@pytest.mark.parametrize(("q", "z"), [(0.25, 1.0), (0.1, 2.0), (0.5, 6.6)])
+@pytest.mark.parametrize("alpha", [2, 3, 5, 12])
+def test_the_sampled_gaussian_matches_its_closed_form_at_integer_orders(q, z, alpha):
+    """DP-SGD's step: the Poisson-subsampled Gaussian. For integer α its Rényi divergence
+    is log(Σ_k C(α,k) (1−q)^(α−k) q^k exp((k²−k)/(2z²))) / (α−1) (Mironov, Talwar & Zhang
+    2019, Section 3.3); the accountant's curve must be exactly that."""
+    from opacus.accountants.analysis.rdp import compute_rdp
+
+    closed = math.log(sum(math.comb(alpha, k) * (1 - q) ** (alpha - k) * q ** k
+                          * math.exp((k * k - k) / (2 * z * z))
+                          for k in range(alpha + 1))) / (alpha - 1)
+    computed = float(compute_rdp(q=q, noise_multiplier=z, steps=1, orders=[alpha])[0])
+    assert computed == pytest.approx(closed, rel=1e-9)
+
+
 @pytest.mark.parametrize(("z1", "z2"), [(1.0, 1.0), (1.5, 4.0), (0.8, 9.0)])
 def test_gaussian_releases_compose_by_adding_renyi_curves(z1: float, z2: float) -> None:
     """Two Gaussians compose to one of multiplier (z1⁻² + z2⁻²)^(-1/2) (RDP adds up)."""
