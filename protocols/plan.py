@@ -61,6 +61,13 @@ class StudyPlan:
     evaluation_epsilon: float = 0.0
 
     def __post_init__(self) -> None:
+        # One type per field, however the plan was built (3 and 3.0 are one epsilon): the
+        # plan's fingerprint, which names the study on both sides, depends on it.
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(f.default, float) and isinstance(value, int) \
+                    and not isinstance(value, bool):
+                object.__setattr__(self, f.name, float(value))
         check_plan(self)
 
     @property

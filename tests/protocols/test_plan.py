@@ -119,3 +119,13 @@ def test_plan_knows_its_generator_families():
         StudyPlan(generator="gan")
     with pytest.raises(PlanError, match="rounds must be 2"):
         StudyPlan(generator="marginals", rounds=3)
+
+
+def test_a_plan_built_with_whole_numbers_is_the_same_study_as_its_config():
+    """3 and 3.0 are one epsilon: the fingerprint that names the study at every node
+    must not depend on how the plan was typed."""
+    typed = StudyPlan(epsilon=3, delta=1e-5, evaluation_epsilon=1)
+    assert typed == StudyPlan(epsilon=3.0, evaluation_epsilon=1.0)
+    assert isinstance(typed.epsilon, float)
+    assert typed.fingerprint("ab" * 32) == StudyPlan.from_config(
+        typed.to_config()).fingerprint("ab" * 32)
