@@ -1,6 +1,7 @@
 """Privacy–utility benchmark (issue 3): how good is a fedsynth cohort, and at what ε?
 
-    python benchmarks/quality.py [--repeats 3] [--quick] [--results benchmarks/RESULTS.md]
+    python benchmarks/quality.py [--repeats 3] [--epsilons 1,3,10] [--quick]
+                                 [--results benchmarks/RESULTS.md]
 
 On GBSG2 (four non-IID hospitals) and on the built-in registry simulator
 (six hospitals), with 25% of every site's patients held out, it compares:
@@ -18,8 +19,13 @@ On GBSG2 (four non-IID hospitals) and on the built-in registry simulator
   training records (perfect columns, no structure; not private either).
 Every cohort is scored by `protocols.evaluation` against the pooled training
 records, with the held-out records for utility and privacy. Results are means
-over repeats (DP noise comes from OS entropy, so repeats differ), with the
+over repeats (DP noise comes from the OS CSPRNG, so repeats differ), with the
 range in brackets.
+
+A study the operator-side size rule refuses (`protocols.accounting.
+check_site_size`: a site below the plan's `minimum_site_records`, which the
+VAE's plan-fixed sample rate raises at small ε) is listed as refused, federated
+(`simulate` refuses the whole study) and alone alike, instead of scored.
 """
 
 from __future__ import annotations
@@ -48,6 +54,8 @@ from coordinator.simulation import simulate_study  # noqa: E402
 from node.marginal_release import release_marginals  # noqa: E402
 from node.site_data import encode_site  # noqa: E402
 from node.training import SitePrivacy, train_round  # noqa: E402
+from protocols.accounting import check_site_size, minimum_site_records  # noqa: E402
+from protocols.errors import PlanError  # noqa: E402
 from protocols.evaluation import evaluate_cohort  # noqa: E402
 from protocols.generator import build_generator  # noqa: E402
 from protocols.plan import StudyPlan  # noqa: E402
@@ -67,8 +75,7 @@ def main() -> None:
     plan = StudyPlan(rows=args.rows)
     started = time.perf_counter()
     lines = ["# fedsynth privacy–utility benchmark\n",
-             f"Command: `python benchmarks/quality.py --repeats {args.repeats}"
-             f"{' --quick' if args.quick else ''}`  ",
+             f"Command: `python {' '.join(sys.argv)}`  ",
              f"Run: {dt.datetime.now().isoformat(timespec='seconds')}, {platform.machine()}, "
              f"plan: {_plan_text(plan)}\n"]
     with tempfile.TemporaryDirectory(prefix="fedsynth-quality-") as tmp:
@@ -87,24 +94,34 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rows", type=int, default=2000)
+    parser.add_argument("--epsilons", type=_epsilons, default=EPSILONS,
+                        help="comma-separated ε per site (default 1,3,10)")
     parser.add_argument("--quick", action="store_true", help="ε = 3 only, one repeat")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
     return parser
 
 
+def _epsilons(text: str) -> tuple[float, ...]:
+    return tuple(float(part) for part in text.split(","))
+
+
 def run_dataset(data: datasets.BenchmarkData, plan: StudyPlan, tmp: Path,
-                args: argparse.Namespace) -> dict[tuple[str, float], list[dict]]:
-    """Scores of every method, keyed by (method, ε), one entry per repeat."""
+                args: argparse.Namespace) -> dict[tuple[str, float], list[dict | str]]:
+    """Scores of every method, keyed by (method, ε), one entry per repeat (or, for a
+    study the operator-side size rule refuses, the reason)."""
     folder = tmp / data.name
     schema_path, site_paths, holdout_path = _write_inputs(data, folder)
     schema = parse_schema(schema_path.read_text())
     real = _parsed(check_file(folder / "pooled.csv", schema), "pooled training records")
     holdout = _parsed(check_file(holdout_path, schema), "holdout")
-    epsilons = (3.0,) if args.quick else EPSILONS
+    epsilons = (3.0,) if args.quick else args.epsilons
     repeats = 1 if args.quick else args.repeats
-    results: dict[tuple[str, float], list[dict]] = {}
+    results: dict[tuple[str, float], list[dict | str]] = {}
 
-    def score(method: str, eps: float, cohort: pd.DataFrame) -> None:
+    def score(method: str, eps: float, cohort: pd.DataFrame | str) -> None:
+        if isinstance(cohort, str):  # refused: the reason, not a score
+            results.setdefault((method, eps), []).append(cohort)
+            return
         report = evaluate_cohort(schema, real, cohort, holdout=holdout, figures=False)
         results.setdefault((method, eps), []).append(report["scores"])
 
@@ -114,10 +131,8 @@ def run_dataset(data: datasets.BenchmarkData, plan: StudyPlan, tmp: Path,
                 run_plan = plan.with_overrides(epsilon=eps, seed=repeat, generator=family,
                                                rounds=2 if family == "marginals" else None)
                 out = folder / f"federated-{family}-{eps:g}-{repeat}"
-                simulate_study(schema_path, site_paths, run_plan, out, progress=lambda _: None,
-                               federated_evaluation=False)
                 score(f"fedsynth {family}, federated", eps,
-                      _parsed(check_file(out / "synthetic.csv", schema)))
+                      federated(schema_path, site_paths, run_plan, out, schema))
                 for path in site_paths:
                     cohort = train_alone(schema, [path], run_plan, folder / "alone.csv")
                     score(f"{path.stem} alone, {family}", eps, cohort)
@@ -131,11 +146,34 @@ def run_dataset(data: datasets.BenchmarkData, plan: StudyPlan, tmp: Path,
     return results
 
 
-def train_alone(schema: Schema, paths: list[Path], plan: StudyPlan, out: Path) -> pd.DataFrame:
+def federated(schema_path: Path, site_paths: list[Path], plan: StudyPlan, out: Path,
+              schema: Schema) -> pd.DataFrame | str:
+    """The study in Flower's simulation engine (no federated evaluation: the plan's
+    evaluation-epsilon is 0); the refusal's reason if `simulate` refuses a site."""
+    smallest = minimum_site_records(plan)
+    sizes = {path.stem: len(pd.read_csv(path)) for path in site_paths}
+    small = [f"{name} ({n})" for name, n in sizes.items() if n < smallest]
+    try:
+        simulate_study(schema_path, site_paths, plan, out, progress=lambda _: None)
+    except PlanError:
+        if not small:
+            raise
+        return f"refused: {', '.join(small)} below the plan's minimum of {smallest} records"
+    return _parsed(check_file(out / "synthetic.csv", schema))
+
+
+def train_alone(schema: Schema, paths: list[Path], plan: StudyPlan,
+                out: Path) -> pd.DataFrame | str:
     """The node's DP release or training, all of it, on the records in `paths` as one site:
-    what a one-site federation computes, without Flower's start-up cost."""
+    what a one-site federation computes, without Flower's start-up cost. The operator-side
+    size rule applies as in `simulate`: a refused site gives the reason, not a cohort."""
     parsed = pd.concat([_parsed(check_file(p, schema)) for p in paths], ignore_index=True)
     site = encode_site(parsed, schema, "alone")
+    try:
+        check_site_size(plan, site.n_records, "alone")
+    except PlanError:
+        return (f"refused: {site.n_records} records, below the plan's minimum of "
+                f"{minimum_site_records(plan)}")
     if plan.generator == "marginals":
         start = initial_arrays(schema, plan).to_torch_state_dict()
         tables = {k: t.numpy() for k, t in start.items()}
@@ -148,7 +186,7 @@ def train_alone(schema: Schema, paths: list[Path], plan: StudyPlan, out: Path) -
         return _parsed(check_file(out, schema))
     else:
         model = build_generator(site.encoding, plan.hidden, plan.latent, plan.seed)
-        privacy = SitePrivacy.for_site(plan, site.n_records, site.name)
+        privacy = SitePrivacy.for_plan(plan)
         for round_number in range(plan.rounds):
             train_round(model, site.encoded, plan, privacy, round_number * plan.local_steps)
         arrays = ArrayRecord(model.state_dict())
@@ -181,7 +219,8 @@ def _parsed(validation, what: str = "cohort") -> pd.DataFrame:
 
 
 def _plan_text(plan: StudyPlan) -> str:
-    return (f"{plan.rounds} rounds × {plan.local_steps} local steps, batch {plan.batch_size}, "
+    return (f"{plan.rounds} rounds × {plan.local_steps} local steps, sample rate q "
+            f"{plan.sample_rate:g} (expected q·n records per step), "
             f"lr {plan.learning_rate}, clip {plan.max_grad_norm}, hidden {plan.hidden}, "
             f"latent {plan.latent}, δ {plan.delta}, {plan.rows} rows per cohort")
 
@@ -203,19 +242,31 @@ def _table(data: datasets.BenchmarkData, results: dict) -> list[str]:
              "| method | ε per site | " + " | ".join(HEADERS) + " |",
              "|---|---|" + "---|" * len(HEADERS)]
     for (method, eps), runs in results.items():
-        cells = [_fmt([r[c] for r in runs]) for c in COLUMNS]
+        scored = [r for r in runs if isinstance(r, dict)]
+        refusals = sorted({r for r in runs if isinstance(r, str)})
+        if refusals:
+            cells = [f"{'; '.join(refusals)}"] + ["—"] * (len(COLUMNS) - 1)
+        else:
+            cells = [_fmt([r[c] for r in scored]) for c in COLUMNS]
         lines.append(f"| {method} | {'—' if math.isinf(eps) else f'{eps:g}'} | "
                      + " | ".join(cells) + " |")
     return lines
 
 
 def _targets(results: dict) -> list[str]:
+    if ("fedsynth vae, federated", 3.0) not in results:
+        return []
     marg = results[("independent marginals", math.inf)]
     lines = ["\n### Issue 3 targets, GBSG2 at ε = 3 per site (means over repeats)\n"]
     for family in FAMILIES:
-        fed = results[(f"fedsynth {family}, federated", 3.0)]
+        fed = [r for r in results[(f"fedsynth {family}, federated", 3.0)] if isinstance(r, dict)]
+        if not fed:
+            lines.append(f"\n{family}: the study was refused at ε = 3, no target is met.")
+            continue
+        # A site the size rule refuses alone has no score to beat.
         alone = [runs for (method, eps), runs in results.items()
-                 if eps == 3.0 and method.endswith(f"alone, {family}")]
+                 if eps == 3.0 and method.endswith(f"alone, {family}")
+                 and any(isinstance(r, dict) for r in runs)]
         checks = [
             ("column shapes ≥ 0.85", _mean(fed, "column_shapes") >= 0.85),
             ("structure clearly better than independent marginals (strong associations "
@@ -234,8 +285,8 @@ def _targets(results: dict) -> list[str]:
     return lines
 
 
-def _mean(runs: list[dict], key: str) -> float:
-    present = [r[key] for r in runs if r[key] is not None]
+def _mean(runs: list[dict | str], key: str) -> float:
+    present = [r[key] for r in runs if isinstance(r, dict) and r[key] is not None]
     return float(np.mean(present)) if present else float("nan")
 
 
