@@ -120,11 +120,13 @@ class SecureNoiseOptimizer(DPOptimizerFastGradientClipping):
     (`protocols.dp_noise.secure_normal`) instead of torch's seeded generator."""
 
     def add_noise(self) -> None:
-        std = self.noise_multiplier * self.max_grad_norm
-        for p in self.params:
+        # One draw for every parameter of the step: the CSPRNG's cost is per call.
+        sizes = [p.summed_grad.numel() for p in self.params]
+        noise = torch.from_numpy(secure_normal(sum(sizes),
+                                               self.noise_multiplier * self.max_grad_norm))
+        for p, part in zip(self.params, torch.split(noise, sizes), strict=True):
             _check_processed_flag(p.summed_grad)
-            noise = secure_normal(tuple(p.summed_grad.shape), std)
-            noisy = p.summed_grad.double() + torch.from_numpy(noise)
+            noisy = p.summed_grad.double() + part.view_as(p.summed_grad)
             p.grad = noisy.to(p.summed_grad.dtype).view_as(p)
             _mark_as_processed(p.summed_grad)
 

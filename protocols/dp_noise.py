@@ -61,11 +61,13 @@ def secure_normal(shape: tuple[int, ...] | int, std: float) -> np.ndarray:
 
 def _box_muller(count: int) -> np.ndarray:
     pairs = (count + 1) // 2
-    u1 = 1.0 - secure_uniform(pairs)  # in (0, 1]: log stays finite
-    u2 = secure_uniform(pairs)
-    radius = np.sqrt(-2.0 * np.log(u1))
-    angle = 2.0 * math.pi * u2
-    return np.concatenate([radius * np.cos(angle), radius * np.sin(angle)])[:count]
+    uniforms = secure_uniform(2 * pairs)
+    radius = np.sqrt(-2.0 * np.log1p(-uniforms[:pairs]))  # log(1 − u), u < 1: finite
+    angle = (2.0 * math.pi) * uniforms[pairs:]
+    out = np.empty(2 * pairs)
+    np.multiply(radius, np.cos(angle), out=out[:pairs])
+    np.multiply(radius, np.sin(angle), out=out[pairs:])
+    return out[:count]
 
 
 def discrete_gaussian(counts: np.ndarray, sigma: float) -> np.ndarray:
