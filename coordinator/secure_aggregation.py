@@ -8,12 +8,15 @@ reaches the strategy is that one vector (handed over once per surviving site,
 the same object each time, for the legacy `aggregate_fit` signature). No
 site's update, ε or name reaches the coordinator: per-site privacy reports
 travel in a separate message. The quantisation bounds and the Shamir
-threshold are the contract's (`protocols.secure_aggregation`).
+threshold are the contract's (`protocols.secure_aggregation`), and so is the
+expansion of the masks from their seeds, which replaces Flower's 32-bit one in the
+workflow (the nodes replace it in their mod).
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable
 from typing import cast
 
@@ -144,6 +147,7 @@ def secure_rounds(grid: Grid, context: Context, *, plan_record: ConfigRecord,
     """
     if not 1 <= first_round <= last_round:
         raise FedsynthError(f"Secure rounds {first_round}..{last_round} are not a valid range.")
+    sys.modules[SecAggPlusWorkflow.__module__].pseudo_rand_gen = contract.expand_mask
     ranges = contract.secure_ranges(StudyPlan.from_config(dict(plan_record)))
     strategy = SecureFedAvg(initial, plan_record, first_round=first_round, min_sites=min_sites,
                             clipping_range=ranges.clipping_range)

@@ -1,9 +1,14 @@
 """Checking the global arrays a coordinator sends before the node trains on them.
 
 The node trains only the model the plan and its own schema define: arrays of
-other names, shapes or dtypes (another study's model, a damaged message) or
-holding NaN/Inf are refused before the ledger is touched, so a broken or
-hostile global model costs the site no budget.
+other names, shapes or dtypes (another study's model, a damaged message),
+holding NaN/Inf, or holding a value beyond what an honest global model ever
+holds (the secure-aggregation range of the family: ±64 for the VAE, whose
+weights stay below 16 even after 60 rounds without DP) are refused before the
+ledger is touched, so a broken or hostile global model costs the site no
+budget. The bound is public; a crafted model of huge weights could otherwise
+make one patient's loss overflow (DP-SGD also leaves such a record out of its
+step: node.training).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from protocols.generator import build_generator
 from protocols.marginals import build_layout
 from protocols.plan import StudyPlan
 from protocols.schema import Schema
+from protocols.secure_aggregation import CLIPPING_RANGES
 
 
 def expected_arrays(schema: Schema, plan: StudyPlan) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -47,3 +53,8 @@ def check_global_arrays(received: ArrayRecord, schema: Schema, plan: StudyPlan,
         if not np.all(np.isfinite(value)):
             raise PlanError(f"Site {site} refuses the global model: array {name} holds NaN "
                             "or Inf.")
+        largest = CLIPPING_RANGES[plan.generator]
+        if value.size and float(np.max(np.abs(value))) > largest:
+            raise PlanError(f"Site {site} refuses the global model: array {name} holds a "
+                            f"value beyond ±{largest:g}, more than an honest global model "
+                            "ever holds.")

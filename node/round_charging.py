@@ -11,7 +11,9 @@ before its answer leaves. When a resumed coordinator asks again for a round:
 - a round already charged with a different model: refused, since training it
   again would spend the site's budget twice.
 The study's federated evaluation (`charge_evaluation`) is charged the same way:
-once, by a site that took part in the study, before anything is computed.
+once, by a site that took part in the study, before anything is computed; it
+closes the study at the site (no round follows it, so no ε reported later
+could leave it out).
 """
 
 from __future__ import annotations
@@ -74,6 +76,11 @@ def _answer_round(state_dir: Path, budget: SiteBudget, request: RoundRequest,
         spend = study_spend(entries, request.study)
     if same and not request.plan.secure_aggregation:
         return stored
+    if spend is not None and spend.evaluated:
+        # Every epsilon reported after the evaluation would leave it out: the evaluation
+        # closes the study at this site.
+        raise BudgetError(f"Site {request.site} refuses round {request.round}: this study's "
+                          "evaluation has been released, and no round follows it.")
     if spend is None:
         privacy = privacy_for_new_study()
         check_budget(entries, request.plan.epsilon, request.plan.delta, budget, request.site)

@@ -19,11 +19,14 @@ unmasking request that lists a site both as surviving and as dropped (both
 would reconstruct both masks of one site), and weights or a FedAvg weight
 beyond the quantisation range (the quantiser would clip them). The threat
 model is Flower's SecAgg+: a coordinator that follows the protocol but is
-curious; the sites' key exchange goes through it unauthenticated.
+curious; the sites' key exchange goes through it unauthenticated. Its masks are
+expanded from their full 256-bit seeds (`protocols.secure_aggregation.
+expand_mask`), not from Flower's 32-bit fold of them.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import cast
 
@@ -50,6 +53,7 @@ def is_secure_message(msg: Message) -> bool:
 def secure_train(msg: Message, context: Context, train_reply: TrainReply) -> Message:
     """Answer one SecAgg+ stage; in the masked-vector stage, train via `train_reply`."""
     configs = msg.content.config_records[RECORD_KEY_CONFIGS]
+    use_cryptographic_masks()
     if configs.get(Key.STAGE) == Stage.SETUP:
         _refuse_weak_setup(configs)
     if configs.get(Key.STAGE) == Stage.UNMASK:
@@ -65,6 +69,12 @@ def secure_train(msg: Message, context: Context, train_reply: TrainReply) -> Mes
                        reply_to=fit_msg)
 
     return secaggplus_mod(msg, context, call_next)
+
+
+def use_cryptographic_masks() -> None:
+    """Have Flower's SecAgg+ mod expand its masks with `expand_mask` (the coordinator's
+    workflow does the same, so the masks cancel in the sum)."""
+    sys.modules[secaggplus_mod.__module__].pseudo_rand_gen = contract.expand_mask
 
 
 def train_content(fitins: RecordDict, names: list[str]) -> RecordDict:

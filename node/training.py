@@ -146,14 +146,40 @@ def dp_setup(model: TabularVAE, plan: StudyPlan, privacy: SitePrivacy
 def train_step(module: torch.nn.Module, optimizer: torch.optim.Optimizer, model: TabularVAE,
                batch: torch.Tensor, private: bool) -> float:
     """One (DP-)SGD step; an empty Poisson batch still takes a noise-only DP step."""
+    if private:
+        return _dp_step(module, optimizer, model, batch)
     optimizer.zero_grad(set_to_none=True)
     out, mu, logvar = module(batch)
     per_record = per_record_loss(model.encoding, batch, out, mu, logvar)
-    if private:
-        # Ghost clipping: per-record gradient norms from the layers' activations and
-        # output gradients, then a second backward pass weighted by the clip factors.
-        DPTensorFastGradientClipping(module, optimizer, per_record, "mean").backward()
-    elif len(batch):
+    if len(batch):
         per_record.mean().backward()
+    optimizer.step()
+    return float(per_record.mean().detach()) if len(batch) else float("nan")
+
+
+def _dp_step(module: GradSampleModuleFastGradientClipping, optimizer: SecureNoiseOptimizer,
+             model: TabularVAE, batch: torch.Tensor) -> float:
+    """Ghost clipping: per-record gradient norms from the layers' activations and output
+    gradients, then a second backward pass weighted by the clip factors, then noise.
+
+    Clipping bounds a record's contribution only if its gradient is finite: a crafted
+    global model can make one patient's loss overflow, and a NaN clip factor would turn
+    the whole update into NaN exactly when that patient is sampled. So a record whose loss
+    or gradient norm is not finite contributes nothing (norm 0 ≤ C, so the sensitivity
+    is still C) and the step is computed again without it; other records' losses and
+    gradients do not depend on it, so the rest of the step is unchanged."""
+    while True:
+        optimizer.zero_grad(set_to_none=True)
+        out, mu, logvar = module(batch)
+        per_record = per_record_loss(model.encoding, batch, out, mu, logvar)
+        # Both passes run even over a non-finite record: Opacus' hooks reset in them.
+        DPTensorFastGradientClipping(module, optimizer, per_record, "mean").backward()
+        if not len(batch):
+            break
+        finite = (torch.isfinite(per_record.detach())
+                  & torch.isfinite(module.per_sample_gradient_norms.detach()))
+        if finite.all():
+            break
+        batch = batch[finite]
     optimizer.step()
     return float(per_record.mean().detach()) if len(batch) else float("nan")

@@ -103,6 +103,10 @@ def build_manifest(*, schema_sha256: str, plan: StudyPlan, sites: Mapping[str, S
                            "study composed)") if plan.private else None,
             "site_sizes_disclosed": "no",
             "epsilon_target_per_site": _finite_or_none(plan.epsilon),
+            "epsilon_spent_covers": ("each site's releases the cohort was made from; the "
+                                     "evaluation release that follows it stays within "
+                                     "epsilon_target_per_site" if plan.evaluated else
+                                     "each site's releases the cohort was made from"),
             "delta_per_site": plan.delta if plan.private else None,
             "evaluation_epsilon": plan.evaluation_epsilon if plan.evaluated else None,
             "sites": {name: {"epsilon_spent": _finite_or_none(spent.epsilon),

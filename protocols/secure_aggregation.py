@@ -27,6 +27,15 @@ What both sides must agree on lives here:
   over the default DP study. Marginals tables
   are noisy counts, bounded by a site's size plus noise: C = 2**20 (a million
   records per cell) with a step of 1/32 of a count, far below the DP noise.
+- The masks are expanded from their 32-byte seeds by SHAKE-256 (`expand_mask`),
+  on both sides. Flower 1.42's own expansion (`pseudo_rand_gen`) folds the seed to
+  32 bits and feeds numpy's MT19937: a coordinator that knows one site's private
+  mask seed (it learns every survivor's) can search the 2^32 pairwise seeds and
+  recover a single site's update in a two-site study (found in review). Nodes and
+  coordinator replace that function in Flower's mod and workflow
+  (`node.secure_aggregation`, `coordinator.secure_aggregation`); a node or
+  coordinator still using Flower's would not produce masks that cancel, and the
+  study would stop at the coordinator's check of the average.
 - Nothing is clipped silently: a node refuses to send an update with a value
   beyond C (or a FedAvg weight beyond W), and the coordinator refuses an
   average beyond C. Clipping by the quantiser would bias the average unseen.
@@ -45,6 +54,7 @@ What both sides must agree on lives here:
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -72,6 +82,29 @@ class SecureRanges:
 def secure_ranges(plan: StudyPlan) -> SecureRanges:
     """The bounds for `plan`: C from its generator family; W = 1 (equal weights)."""
     return SecureRanges(CLIPPING_RANGES[plan.generator], 1.0)
+
+
+MASK_DOMAIN = b"fedsynth SecAgg+ mask v1"
+
+
+def expand_mask(seed: bytes, num_range: int, dimensions_list: list[tuple[int, ...]]
+                ) -> list[np.ndarray]:
+    """Uniform integers in [0, `num_range`) for each shape in `dimensions_list`, expanded
+    from the whole `seed` by SHAKE-256 (an extendable-output function: its output is
+    indistinguishable from random without the seed, all 256 bits of it). `num_range` must
+    be a power of two up to 2^32, so that 4 bytes reduce to it without bias. The same
+    signature as Flower's `pseudo_rand_gen`, which it replaces."""
+    if num_range < 2 or num_range > 2**32 or num_range & (num_range - 1):
+        raise ValueError(f"mask range {num_range} is not a power of two up to 2^32")
+    sizes = [int(np.prod(d)) if len(d) else 1 for d in dimensions_list]
+    stream = hashlib.shake_256(MASK_DOMAIN + seed).digest(4 * sum(sizes))
+    values = np.frombuffer(stream, dtype="<u4").astype(np.int64) % num_range
+    out, start = [], 0
+    for dimension, size in zip(dimensions_list, sizes, strict=True):
+        part = values[start:start + size]
+        out.append(part.reshape(dimension) if len(dimension) else np.array(part[0]))
+        start += size
+    return out
 
 
 def reconstruction_threshold(n_sites: int) -> int:

@@ -191,6 +191,9 @@ def _utility_counts(schema: Schema, target: Column, parsed: pd.DataFrame,
     proba = _class_probabilities(x_train, y_train, x_real, len(target.categories))
     label = truth.map(index).to_numpy(dtype=float)
     tables = {}
+    # Every record in exactly one cell whatever the model outputs (a NaN would otherwise
+    # pick a cell, or fail, depending on one record).
+    proba = np.nan_to_num(proba, nan=0.0, posinf=1.0, neginf=0.0)
     for k in _scored_classes(target):
         score_bin = np.clip(np.floor(proba[:, k] * SCORE_BINS), 0, SCORE_BINS - 1).astype(int)
         cell = np.where(np.isnan(label), 2, np.where(label == k, 0, 1))

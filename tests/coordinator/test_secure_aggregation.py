@@ -314,3 +314,25 @@ def test_a_node_refuses_to_send_weights_the_quantiser_would_clip(monkeypatch):
                Key.CIPHERTEXT_LIST: [c for _, c in incoming]}
     with pytest.raises(FedsynthError, match=re.escape("without clipping: layer w reaches |65|")):
         stage(1, collect, fitins)
+
+
+def test_masks_are_expanded_from_every_bit_of_their_seed():
+    """Flower's expansion folded a 32-byte seed to 32 bits (two seeds with the same XOR
+    fold gave the same mask, and 2^32 candidates could be searched); ours uses all of it."""
+    from flwr.common.secure_aggregation.secaggplus_utils import pseudo_rand_gen
+
+    seed = bytes(range(32))
+    twin = bytes(range(4, 8)) + bytes(range(4)) + bytes(range(8, 32))  # same XOR fold
+    shapes = [(), (3, 4), (5,)]
+    assert all(np.array_equal(a, b) for a, b in zip(pseudo_rand_gen(seed, 2**32, shapes),
+                                                    pseudo_rand_gen(twin, 2**32, shapes)))
+    ours, again = contract.expand_mask(seed, 2**32, shapes), contract.expand_mask(seed, 2**32,
+                                                                                 shapes)
+    assert [a.shape for a in ours] == shapes
+    assert all(np.array_equal(a, b) for a, b in zip(ours, again))  # both sides agree
+    other = contract.expand_mask(twin, 2**32, shapes)
+    assert not np.array_equal(ours[1], other[1])
+    big = contract.expand_mask(seed, 2**32, [(100_000,)])[0]
+    assert big.min() >= 0 and big.max() < 2**32 and abs(big.mean() / 2**32 - 0.5) < 0.01
+    with pytest.raises(ValueError):
+        contract.expand_mask(seed, 1000, shapes)

@@ -248,3 +248,70 @@ def _parsed(frame: pd.DataFrame, schema) -> pd.DataFrame:
     text = drop_identifiers(frame, schema).astype(object)
     text = text.where(frame[text.columns].notna(), "").astype(str)
     return validate_records(text.reset_index(drop=True), schema, "frame").parsed
+
+
+# ---------------------------------------------------------------- 4. found in review
+
+def _tripwire_model(schema, plan: StudyPlan, patient: pd.DataFrame, scale: float):
+    """A global VAE whose first hidden unit fires for `patient`'s exact features only,
+    with weights of `scale` after it: at 1e20 that patient's loss overflows to inf."""
+    import torch
+
+    from protocols.encoding import build_encoding
+    from protocols.generator import build_generator, featurize
+
+    encoding = build_encoding(schema)
+    features = featurize(encoding, torch.as_tensor(encoding.encode(_parsed(patient, schema)),
+                                                   dtype=torch.float32))[0]
+    model = build_generator(encoding, plan.hidden, plan.latent, plan.seed)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state["encoder.0.weight"][0] = scale * (2 * features - 1)
+    state["encoder.0.bias"][0] = -scale * (features.sum() - 0.5)
+    state["encoder.2.weight"][:, 0] = scale
+    return state
+
+
+def test_a_crafted_global_model_cannot_turn_one_patient_into_a_nan_oracle(make_site,
+                                                                         demo_schema):
+    """Found in review: finite weights of 1e20 made exactly one patient's loss overflow,
+    and the NaN clip factor turned the whole reply into NaN when that patient was at the
+    site. Such a model is now refused before the ledger, with the patient and without."""
+    from flwr.app import ArrayRecord
+
+    plan = StudyPlan(epsilon=2.0, rounds=1, local_steps=10, sample_rate=0.5, hidden=8,
+                     latent=2)
+    crafted = ArrayRecord(_tripwire_model(demo_schema, plan, make_site.pooled.iloc[[0]], 1e20))
+    answers = []
+    for records in (make_site.pooled.iloc[1:41], make_site.pooled.iloc[0:41]):
+        context = make_site(len(records), frame=records)
+        answers.append(_answer(build_client_app(),
+                               train_message(demo_schema, plan, arrays=crafted)[0], context))
+        assert not (Path(context.node_config["state-dir"]) / "privacy-ledger.jsonl").exists()
+    assert answers[0] == answers[1] == ("declined", keys.DECLINED)
+
+
+def test_an_evaluation_closes_the_study_so_no_later_epsilon_leaves_it_out(
+        make_site, demo_schema, tmp_path):
+    """Found in review: an evaluation asked for after round 1 of 3 was left out of the
+    epsilon of rounds 2 and 3 and of the privacy report. Now no round follows it, and the
+    report's epsilon includes it."""
+    from protocols.accounting import dpsgd_epsilon
+
+    plan = StudyPlan(epsilon=2.0, rounds=3, local_steps=2, hidden=8, latent=2,
+                     evaluation_epsilon=0.5)
+    cohort = make_site.pooled.iloc[100:140]
+    cohort_csv, manifest = _release_files(make_site, tmp_path / "release", cohort, plan,
+                                          demo_schema)
+    context = make_site(40)
+    app = build_client_app()
+    app(train_message(demo_schema, plan)[0], context)
+    assert _answer(app, _evaluation(plan, demo_schema, cohort_csv, manifest),
+                   context)[0] == "replied"
+    assert _answer(app, train_message(demo_schema, plan, server_round=2)[0],
+                   context) == ("declined", keys.DECLINED)
+    query = Message(content=RecordDict({keys.PLAN: ConfigRecord(
+        {**plan.to_config(), keys.SCHEMA_SHA256: demo_schema.sha256})}), dst_node_id=1,
+        message_type="query")
+    report = app(query, context).content[keys.REPORT]
+    assert report[keys.EPSILON_SPENT] == dpsgd_epsilon(plan, 2, evaluated=True)
+    assert report[keys.EPSILON_SPENT] > dpsgd_epsilon(plan, 2)

@@ -200,3 +200,25 @@ def test_samples_stay_in_the_unit_range_and_missing_numbers_read_as_encoded(site
             assert flagged.any() and (sample[flagged, block.start] == 0.5).all()
     decoded = site.encoding.decode(sample)
     assert list(decoded.columns) == [c.name for c in site.encoding.schema.columns]
+
+
+def test_a_record_whose_loss_overflows_contributes_nothing_instead_of_poisoning_the_step(
+        site):
+    """Clipping bounds a record only if its gradient is finite. A model (here with weights
+    of 1e20, which a node refuses as a global model) that makes one record's loss overflow
+    must not turn the update into NaN: that record is left out of the step."""
+    from protocols.encoding import build_encoding
+    from protocols.generator import featurize
+
+    plan = StudyPlan(epsilon=2.0, rounds=1, local_steps=5, sample_rate=1.0, hidden=8,
+                     latent=2)
+    features = featurize(site.encoding, torch.as_tensor(site.encoded[:1]))[0]
+    model = build_generator(site.encoding, plan.hidden, plan.latent, plan.seed)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state["encoder.0.weight"][0] = 1e20 * (2 * features - 1)
+    state["encoder.0.bias"][0] = -1e20 * (features.sum() - 0.5)
+    state["encoder.2.weight"][:, 0] = 1e20
+    model.load_state_dict(state)
+    outcome = train_round(model, site.encoded, plan, SitePrivacy.for_plan(plan), 0)
+    assert all(torch.isfinite(v).all() for v in model.state_dict().values())
+    assert outcome.steps == plan.local_steps
