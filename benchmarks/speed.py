@@ -216,12 +216,12 @@ def _draw_costs(model: torch.nn.Module, n: int, rate: float, std: float,
         return 1000 * _median_seconds(draw, repeats)
 
     return [
-        (f"Gaussian noise, {count:,} values in {len(shapes)} tensors",
-         median_ms(lambda: [secure_normal(s, std) for s in shapes]),
-         median_ms(lambda: [torch.normal(0.0, std, size=s) for s in shapes])),
-        (f"… the same {count:,} values drawn as one vector (not what the nodes do)",
+        (f"Gaussian noise, {count:,} values drawn as one vector (what the nodes do)",
          median_ms(lambda: secure_normal(count, std)),
          median_ms(lambda: torch.normal(0.0, std, size=(count,)))),
+        (f"… the same values drawn tensor by tensor ({len(shapes)} draws)",
+         median_ms(lambda: [secure_normal(s, std) for s in shapes]),
+         median_ms(lambda: [torch.normal(0.0, std, size=s) for s in shapes])),
         (f"Poisson mask, {n} records",
          median_ms(lambda: poisson_mask(n, rate)), median_ms(lambda: torch.rand(n) < rate)),
     ]
