@@ -90,8 +90,7 @@ class MarginalLayout:
     def coarse(self, col: Column, fine: np.ndarray) -> np.ndarray:
         if self.groups is not None:
             return self.groups[col.name][fine]
-        bins, coarse = _value_bins(col)[0], _coarse_bins(col)
-        return np.where(fine >= bins, coarse, fine * coarse // bins)
+        return group_fine_bins(col, fine, _coarse_bins(col))
 
     def with_groups(self, column_tables: Mapping[str, np.ndarray]) -> MarginalLayout:
         """The stage-2 layout: coarse bins at quantiles of the (noisy) column tables."""
@@ -130,17 +129,13 @@ def pair_name(a: Column, b: Column) -> str:
     return f"2|{a.name}|{b.name}"
 
 
+@functools.lru_cache(maxsize=64)
 def release_noise_multiplier(plan: StudyPlan) -> float:
     """The smallest combined noise multiplier z of both stages (one Gaussian mechanism at
     sample rate 1) for which the tables and the plan's evaluation release compose to at
     most `plan.epsilon`; 0 for the non-private reference."""
     if not plan.private:
         return 0.0
-    return _release_multiplier(plan)
-
-
-@functools.lru_cache(maxsize=64)
-def _release_multiplier(plan: StudyPlan) -> float:
     return calibrate(lambda z: with_evaluation(plan, [GaussianRelease(z)]), plan.epsilon,
                      plan.delta, "the marginal tables")
 
@@ -211,6 +206,13 @@ def _quantile_groups(col: Column, column_table: np.ndarray) -> np.ndarray:
         cuts[j] = min(max(cuts[j], low), bins - (groups - 1 - j))
     out = np.searchsorted(cuts, np.arange(bins), side="right")
     return np.concatenate([out, np.full(len(column_table) - bins, groups)]).astype(int)
+
+
+def group_fine_bins(col: Column, fine: np.ndarray, groups: int) -> np.ndarray:
+    """Fine codes cut into `groups` equal runs of fine bins (a function of the schema
+    alone); the missing code keeps a cell of its own, after them."""
+    bins = _value_bins(col)[0]
+    return np.where(fine >= bins, groups, fine * groups // bins).astype(int)
 
 
 def value_bins(col: Column) -> int:

@@ -46,8 +46,8 @@ from protocols.dp_noise import discrete_gaussian
 from protocols.encoding import build_encoding
 from protocols.evaluation.survival import event_indicator
 from protocols.evaluation.utility import design_matrix
-from protocols.marginals import (PAIR_NOISE_RATIO, MarginalLayout, build_layout, one_name,
-                                 value_bins)
+from protocols.marginals import (PAIR_NOISE_RATIO, MarginalLayout, build_layout,
+                                 group_fine_bins, one_name, value_bins)
 from protocols.plan import StudyPlan
 from protocols.schema import Column, Schema
 
@@ -138,8 +138,7 @@ def column_bins(col: Column) -> int:
 
 def column_code(col: Column, fine: np.ndarray) -> np.ndarray:
     """A column-table cell from a marginals fine code (missing keeps its own cell)."""
-    bins, groups = value_bins(col), column_bins(col)
-    return np.where(fine >= bins, groups, fine * groups // bins).astype(int)
+    return group_fine_bins(col, fine, column_bins(col))
 
 
 def utility_name(target: Column, k: int | None = None) -> str:
