@@ -56,12 +56,12 @@ def pooled(site_tables: Mapping[str, Tables]) -> dict[str, np.ndarray]:
             for name in names}
 
 
-def federated_scores(layout: EvaluationLayout, real: Tables, cohort: pd.DataFrame,
+def federated_scores(layout: EvaluationLayout, real: Tables, synthetic: Tables,
                      noise_sd: Mapping[str, float]) -> dict[str, float | None]:
-    """Every federated score of `cohort` against `real` (noisy tables; `noise_sd`, the
+    """Every federated score of the cohort, given as its own tables (`synthetic`:
+    `layout.description_counts` of it), against `real` (noisy tables; `noise_sd`, the
     standard deviation of their noise per cell, decides which category shares stand
     out of it for the bias flags)."""
-    synthetic = layout.description_counts(cohort)
     clipped = {name: np.clip(np.asarray(t, dtype=float), 0.0, None) for name, t in real.items()}
     features = layout.schema.features
     columns = [_tv_complement(clipped[one_name(c)], synthetic[one_name(c)]) for c in features]
@@ -78,19 +78,18 @@ def federated_scores(layout: EvaluationLayout, real: Tables, cohort: pd.DataFram
     }
 
 
-def perfect_cohort_scores(layout: EvaluationLayout, cohort: pd.DataFrame,
+def perfect_cohort_scores(layout: EvaluationLayout, own: Tables,
                           noise_sd: Mapping[str, float], seed: int = 0
                           ) -> dict[str, float | None]:
-    """The mean score of the cohort against its own tables with noise of `noise_sd` added
-    (post-processing of public data: an ordinary seeded generator is fine here). The
-    utility scores have no such reference and stay None."""
+    """The mean score of the cohort against its own tables (`own`) with noise of
+    `noise_sd` added (post-processing of public data: an ordinary seeded generator is
+    fine here). The utility scores have no such reference and stay None."""
     rng = np.random.default_rng(seed)
-    own = layout.description_counts(cohort)
     draws = []
     for _ in range(REFERENCE_DRAWS):
         noisy = {name: t + rng.normal(0.0, noise_sd.get(name, 0.0), t.shape)
                  for name, t in own.items()}
-        draws.append(federated_scores(layout, noisy, cohort, noise_sd))
+        draws.append(federated_scores(layout, noisy, own, noise_sd))
     return {key: (None if key in ("tstr_auc", "tstr_mae") else
                   _mean([d[key] for d in draws if d[key] is not None]))
             for key in FEDERATED_SCORES}
@@ -211,9 +210,10 @@ def federated_summary(layout: EvaluationLayout, plan: StudyPlan,
     n_sites = len(site_tables)
     pooled_sd = pooled_noise_sd(layout, plan, n_sites)
     site_sd = pooled_noise_sd(layout, plan, 1)
-    total = federated_scores(layout, pooled(site_tables), cohort, pooled_sd)
-    reference = perfect_cohort_scores(layout, cohort, pooled_sd, seed=plan.seed)
-    sites = {name: federated_scores(layout, tables, cohort, site_sd)
+    synthetic = layout.description_counts(cohort)  # the cohort's tables, counted once
+    total = federated_scores(layout, pooled(site_tables), synthetic, pooled_sd)
+    reference = perfect_cohort_scores(layout, synthetic, pooled_sd, seed=plan.seed)
+    sites = {name: federated_scores(layout, tables, synthetic, site_sd)
              for name, tables in sorted(site_tables.items())}
     aggregate = {key: {"pooled": total[key], "perfect_cohort": reference[key]}
                  for key in FEDERATED_SCORES}
