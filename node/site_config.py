@@ -52,7 +52,7 @@ class SiteSource:
     def load_schema(self) -> Schema:
         """The consortium's schema alone: public, read before any record is."""
         if self.demo_partition is not None:
-            return _demo_schema()
+            return _demo_schema(self.demo_sites)
         return _schema_cached(self.schema_path, _file_stamp(self.schema_path))
 
     def refuse_a_cohort(self) -> None:
@@ -154,14 +154,15 @@ def _budget(config: Mapping[str, Any], key: str, most: float) -> float:
     return budget
 
 
-@functools.lru_cache(maxsize=1)
-def _demo_schema() -> Schema:
-    return parse_schema(simulate_registry().schema_yaml, source="built-in demo registry")
-
-
 @functools.lru_cache(maxsize=4)
 def _demo_registry(n_partitions: int) -> DemoRegistry:
     return simulate_registry(n_sites=min(12, max(5, n_partitions)))
+
+
+@functools.lru_cache(maxsize=4)
+def _demo_schema(n_partitions: int) -> Schema:
+    return parse_schema(_demo_registry(n_partitions).schema_yaml,
+                        source="built-in demo registry")
 
 
 def _demo_site_name(partition: int, n_partitions: int) -> str:
@@ -173,12 +174,9 @@ def _demo_site_name(partition: int, n_partitions: int) -> str:
 
 
 def _demo_site(partition: int, n_partitions: int) -> tuple[Schema, SiteData]:
-    registry = _demo_registry(n_partitions)
-    schema = parse_schema(registry.schema_yaml, source="built-in demo registry")
-    if partition >= len(registry.sites):
-        raise FedsynthError(f"The built-in registry has {len(registry.sites)} hospitals; "
-                            f"simulated node {partition} has none. Use at most 12 nodes.")
-    name, frame = list(registry.sites.items())[partition]
+    """A resolved demo partition's site (`_demo_site_name` refused one out of range)."""
+    schema = _demo_schema(n_partitions)
+    name, frame = list(_demo_registry(n_partitions).sites.items())[partition]
     text = frame.drop(columns=[c.name for c in schema.identifiers]).astype(object)
     text = text.where(frame.notna(), "").astype(str)
     validation = validate_records(text, schema, source=name)

@@ -132,9 +132,11 @@ def dpsgd_releases(plan: StudyPlan, noise_multiplier: float, steps: int
     return [GaussianRelease(noise_multiplier, plan.sample_rate, steps)]
 
 
+@functools.lru_cache(maxsize=256)
 def dpsgd_epsilon(plan: StudyPlan, steps: int, evaluated: bool = False) -> float:
     """ε of `steps` DP-SGD steps of `plan` (and of its evaluation release when
-    `evaluated`); inf without DP."""
+    `evaluated`); inf without DP. The same at every site, so a process that answers for
+    several sites (the simulation's workers) computes it once per round."""
     if not plan.private:
         return math.inf
     releases = dpsgd_releases(plan, noise_multiplier_for(plan), steps)
