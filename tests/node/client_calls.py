@@ -9,11 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 from protocols import messages as keys
-from protocols.encoding import build_encoding
-from protocols.generator import build_generator
+from protocols.encoding import TableEncoding, build_encoding
+from protocols.generator import build_generator, featurize
 from protocols.plan import StudyPlan
 from protocols.schema import Schema
 
@@ -40,3 +42,18 @@ def node_context(schema_path: Path, data_path: Path, **node_config: Any) -> Cont
                                                      "delta-budget": 1e-3,
                                                      **node_config},
                    state=RecordDict(), run_config={})
+
+
+def tripwire_state(encoding: TableEncoding, plan: StudyPlan, patient: np.ndarray,
+                   scale: float) -> dict[str, torch.Tensor]:
+    """The plan's initial VAE, rewired so that its first hidden unit fires for `patient`
+    (one encoded record) only, with weights of `scale` after it: at 1e20 that patient's
+    loss overflows to inf (the review's crafted global model)."""
+    features = featurize(encoding, torch.as_tensor(patient.reshape(1, -1),
+                                                   dtype=torch.float32))[0]
+    model = build_generator(encoding, plan.hidden, plan.latent, plan.seed)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state["encoder.0.weight"][0] = scale * (2 * features - 1)
+    state["encoder.0.bias"][0] = -scale * (features.sum() - 0.5)
+    state["encoder.2.weight"][:, 0] = scale
+    return state

@@ -28,13 +28,14 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from coordinator.generator_family import initial_arrays
 from node.client_app import SiteRefusal, build_client_app
 from protocols import messages as keys
+from protocols.encoding import build_encoding
 from protocols.evaluation.release import cell_sigmas, evaluation_layout
 from protocols.manifest import CSV_NAME, build_manifest, render_manifest
 from protocols.manifest_signing import public_key_pem, sign_manifest
 from protocols.plan import StudyPlan
 
 # Helpers beside this file (tests/node/ is on sys.path, as pytest puts it for rootless tests).
-from client_calls import node_context, train_message
+from client_calls import node_context, train_message, tripwire_state
 
 
 @pytest.fixture(autouse=True)
@@ -198,7 +199,7 @@ def test_a_crafted_cohort_holding_one_patient_tells_nothing_about_membership(
 
 
 def test_even_a_signed_crafted_cohort_gets_only_noisy_tables_and_only_once(
-        make_site, demo_schema, tmp_path):
+        make_site, demo_schema, tmp_path, frame_parser):
     """A coordinator holds the signing key, so it can sign a crafted cohort. What it gets
     is the one DP release of the study: noisy count tables, the same layout with the
     patient and without, and nothing at all the second time (2^k copies of k
@@ -219,7 +220,8 @@ def test_even_a_signed_crafted_cohort_gets_only_noisy_tables_and_only_once(
         assert set(reply.content.keys()) == {keys.EVALUATION_TABLES, keys.SITE}
         tables = {k: a.numpy() for k, a in reply.content[keys.EVALUATION_TABLES].items()}
         assert {k: t.shape for k, t in tables.items()} == layout.table_shapes()
-        exact = layout.counts(_parsed(records, demo_schema), _parsed(crafted, demo_schema))
+        exact = layout.counts(frame_parser(records, demo_schema, "site"),
+                              frame_parser(crafted, demo_schema, "cohort"))
         residual = np.concatenate([(tables[k] - exact[k]).ravel() for k in tables])
         smallest = min(sigmas.values())
         assert residual.std() > smallest  # every cell carries noise of the accounted scale
@@ -243,36 +245,11 @@ def test_an_evaluation_for_a_study_the_site_never_joined_is_declined(make_site, 
                    context) == ("declined", keys.DECLINED)
 
 
-def _parsed(frame: pd.DataFrame, schema) -> pd.DataFrame:
-    from protocols.records import drop_identifiers, validate_records
-    text = drop_identifiers(frame, schema).astype(object)
-    text = text.where(frame[text.columns].notna(), "").astype(str)
-    return validate_records(text.reset_index(drop=True), schema, "frame").parsed
-
-
 # ---------------------------------------------------------------- 4. found in review
 
-def _tripwire_model(schema, plan: StudyPlan, patient: pd.DataFrame, scale: float):
-    """A global VAE whose first hidden unit fires for `patient`'s exact features only,
-    with weights of `scale` after it: at 1e20 that patient's loss overflows to inf."""
-    import torch
-
-    from protocols.encoding import build_encoding
-    from protocols.generator import build_generator, featurize
-
-    encoding = build_encoding(schema)
-    features = featurize(encoding, torch.as_tensor(encoding.encode(_parsed(patient, schema)),
-                                                   dtype=torch.float32))[0]
-    model = build_generator(encoding, plan.hidden, plan.latent, plan.seed)
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    state["encoder.0.weight"][0] = scale * (2 * features - 1)
-    state["encoder.0.bias"][0] = -scale * (features.sum() - 0.5)
-    state["encoder.2.weight"][:, 0] = scale
-    return state
-
-
 def test_a_crafted_global_model_cannot_turn_one_patient_into_a_nan_oracle(make_site,
-                                                                         demo_schema):
+                                                                         demo_schema,
+                                                                         frame_parser):
     """Found in review: finite weights of 1e20 made exactly one patient's loss overflow,
     and the NaN clip factor turned the whole reply into NaN when that patient was at the
     site. Such a model is now refused before the ledger, with the patient and without."""
@@ -280,7 +257,9 @@ def test_a_crafted_global_model_cannot_turn_one_patient_into_a_nan_oracle(make_s
 
     plan = StudyPlan(epsilon=2.0, rounds=1, local_steps=10, sample_rate=0.5, hidden=8,
                      latent=2)
-    crafted = ArrayRecord(_tripwire_model(demo_schema, plan, make_site.pooled.iloc[[0]], 1e20))
+    encoding = build_encoding(demo_schema)
+    patient = encoding.encode(frame_parser(make_site.pooled.iloc[[0]], demo_schema, "patient"))
+    crafted = ArrayRecord(tripwire_state(encoding, plan, patient[0], 1e20))
     answers = []
     for records in (make_site.pooled.iloc[1:41], make_site.pooled.iloc[0:41]):
         context = make_site(len(records), frame=records)

@@ -13,6 +13,9 @@ from protocols.errors import BudgetError
 from protocols.generator import build_generator, per_record_loss
 from protocols.plan import StudyPlan
 
+# Helpers beside this file (tests/node/ is on sys.path, as pytest puts it for rootless tests).
+from client_calls import tripwire_state
+
 SMALL = dict(rounds=3, local_steps=4, sample_rate=0.4, hidden=16, latent=4)
 
 
@@ -207,18 +210,10 @@ def test_a_record_whose_loss_overflows_contributes_nothing_instead_of_poisoning_
     """Clipping bounds a record only if its gradient is finite. A model (here with weights
     of 1e20, which a node refuses as a global model) that makes one record's loss overflow
     must not turn the update into NaN: that record is left out of the step."""
-    from protocols.encoding import build_encoding
-    from protocols.generator import featurize
-
     plan = StudyPlan(epsilon=2.0, rounds=1, local_steps=5, sample_rate=1.0, hidden=8,
                      latent=2)
-    features = featurize(site.encoding, torch.as_tensor(site.encoded[:1]))[0]
     model = build_generator(site.encoding, plan.hidden, plan.latent, plan.seed)
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    state["encoder.0.weight"][0] = 1e20 * (2 * features - 1)
-    state["encoder.0.bias"][0] = -1e20 * (features.sum() - 0.5)
-    state["encoder.2.weight"][:, 0] = 1e20
-    model.load_state_dict(state)
+    model.load_state_dict(tripwire_state(site.encoding, plan, site.encoded[0], 1e20))
     outcome = train_round(model, site.encoded, plan, SitePrivacy.for_plan(plan), 0)
     assert all(torch.isfinite(v).all() for v in model.state_dict().values())
     assert outcome.steps == plan.local_steps
