@@ -246,7 +246,7 @@ def site_context(worlds: Worlds, with_canary: bool, state_dir: Path, **node_conf
 def write_worlds(folder: Path) -> Worlds:
     """The demo registry's hospital-01 (40 patients) with and without the canary."""
     from protocols.demo_registry import simulate_registry
-    from protocols.manifest import CSV_NAME
+    from protocols.release.manifest import CSV_NAME
     from protocols.schema import parse_schema
     registry = simulate_registry()
     schema = parse_schema(registry.schema_yaml, source="demo-schema.yaml")
@@ -276,7 +276,7 @@ def train_message(schema: Schema, plan: StudyPlan, arrays: ArrayRecord | None, s
                   ) -> Message:
     """A training message as the coordinator sends it (the plan's initial arrays unless
     `arrays` are given)."""
-    from coordinator.generator_family import initial_arrays
+    from coordinator.server_app import initial_arrays
     from protocols import messages as keys
     config = ConfigRecord({**plan.to_config(), keys.SCHEMA_SHA256: schema.sha256,
                            keys.SERVER_ROUND: server_round})
@@ -295,7 +295,8 @@ def marginals_trial(worlds: Worlds, plan: StudyPlan) -> Trial:
     recomputes from the released stage-1 tables."""
     from node.client_app import build_client_app
     from protocols import messages as keys
-    from protocols.marginals import build_layout, noise_scales, release_noise_multiplier
+    from protocols.count_tables import build_layout
+    from protocols.generators.marginals.tables import noise_scales, release_noise_multiplier
     app, schema, layout = build_client_app(), worlds.schema, build_layout(worlds.schema)
     sigma_one, sigma_two = noise_scales(layout, release_noise_multiplier(plan))
 
@@ -323,7 +324,7 @@ def canary_direction(worlds: Worlds, plan: StudyPlan) -> dict[str, np.ndarray]:
     weights along minus this direction."""
     import torch
     from protocols.encoding import build_encoding
-    from protocols.generator import build_generator, per_record_loss
+    from protocols.generators.vae.model import build_generator, per_record_loss
     encoding = build_encoding(worlds.schema)
     model = build_generator(encoding, plan.hidden, plan.latent, plan.seed)
     x = torch.as_tensor(encoding.encode(worlds.canary)).repeat(GRADIENT_DRAWS, 1)
@@ -338,7 +339,7 @@ def canary_direction(worlds: Worlds, plan: StudyPlan) -> dict[str, np.ndarray]:
 def vae_trial(worlds: Worlds, plan: StudyPlan) -> Trial:
     """One DP-SGD round on D or D'; the statistic is how far the released weights moved
     against the canary's gradient, −⟨θ_released − θ_initial, ĝ_canary⟩."""
-    from coordinator.generator_family import initial_arrays
+    from coordinator.server_app import initial_arrays
     from node.client_app import build_client_app
     from protocols import messages as keys
     app, initial = build_client_app(), initial_arrays(worlds.schema, plan)
@@ -360,8 +361,8 @@ def signed_release(worlds: Worlds, plan: StudyPlan, folder: Path) -> tuple[bytes
     node trusts (a coordinator holds that key, so it can sign what it likes); returns
     the cohort's bytes, the manifest's and the public key's path."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-    from protocols.manifest import CSV_NAME, build_manifest, render_manifest
-    from protocols.manifest_signing import public_key_pem, sign_manifest
+    from protocols.release.manifest import CSV_NAME, build_manifest, render_manifest
+    from protocols.release.signing import public_key_pem, sign_manifest
     key = Ed25519PrivateKey.generate()
     public = folder / "manifest-signing.pub"
     public.write_text(public_key_pem(key.public_key()))

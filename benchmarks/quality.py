@@ -6,12 +6,12 @@
 On GBSG2 (four non-IID hospitals) and on the built-in registry simulator
 (six hospitals), with 25% of every site's patients held out, it compares:
 - fedsynth: the federated study at ε ∈ {1, 3, 10} per site, run for real in
-  Flower's simulation engine (`coordinator.simulation.simulate_study`), with
+  Flower's simulation engine (`simulation.engine.simulate_study`), with
   each generator family: "vae" (DP-SGD over many rounds) and "marginals"
   (noisy column, then pair tables, released in two rounds);
 - each site alone at the same ε: what a hospital can do without the
-  federation — the node's own DP training (`node.training.train_round`, all
-  the plan's rounds) or release (`node.marginal_release`), which is what a
+  federation — the node's own DP training (`protocols.generators.vae.training.train_round`, all
+  the plan's rounds) or release (`protocols.generators.marginals.release`), which is what a
   one-site federation computes;
 - each family pooled over all training records without DP (the upper limit
   no consortium may legally reach);
@@ -22,7 +22,7 @@ records, with the held-out records for utility and privacy. Results are means
 over repeats (DP noise comes from the OS CSPRNG, so repeats differ), with the
 range in brackets.
 
-A study the operator-side size rule refuses (`protocols.accounting.
+A study the operator-side size rule refuses (`protocols.generators.
 check_site_size`: a site below the plan's `minimum_site_records`, which the
 VAE's plan-fixed sample rate raises at small ε) is listed as refused, federated
 (`simulate` refuses the whole study) and alone alike, instead of scored.
@@ -46,24 +46,17 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 import datasets  # noqa: E402
-import torch  # noqa: E402
-from flwr.app import ArrayRecord  # noqa: E402
 
-from coordinator.generator_family import initial_arrays, sample_release  # noqa: E402
-from coordinator.simulation import simulate_study  # noqa: E402
-from node.marginal_release import release_marginals  # noqa: E402
 from node.site_data import encode_site  # noqa: E402
-from node.training import SitePrivacy, train_round  # noqa: E402
-from protocols.accounting import check_site_size, minimum_site_records  # noqa: E402
 from protocols.errors import PlanError  # noqa: E402
 from protocols.evaluation import evaluate_cohort  # noqa: E402
-from protocols.generator import build_generator  # noqa: E402
+from protocols.generators import FAMILIES, check_site_size, family_for  # noqa: E402
 from protocols.plan import StudyPlan  # noqa: E402
 from protocols.records import check_file  # noqa: E402
 from protocols.schema import Schema, parse_schema  # noqa: E402
+from simulation.engine import simulate_study  # noqa: E402
 
 EPSILONS = (1.0, 3.0, 10.0)
-FAMILIES = ("vae", "marginals")
 COLUMNS = ("column_shapes", "pairwise", "strong_associations_kept", "tstr_ratio",
            "dcr_share", "exact_copies", "mia_auc", "km_distance", "bias_flags")
 HEADERS = ("shapes", "pairs", "strong kept", "TSTR ratio", "DCR share", "copies", "MIA AUC",
@@ -129,7 +122,7 @@ def run_dataset(data: datasets.BenchmarkData, plan: StudyPlan, tmp: Path,
         for eps in epsilons:
             for family in FAMILIES:
                 run_plan = plan.with_overrides(epsilon=eps, seed=repeat, generator=family,
-                                               rounds=2 if family == "marginals" else None)
+                                               rounds=FAMILIES[family].default_rounds)
                 out = folder / f"federated-{family}-{eps:g}-{repeat}"
                 score(f"fedsynth {family}, federated", eps,
                       federated(schema_path, site_paths, run_plan, out, schema))
@@ -138,7 +131,7 @@ def run_dataset(data: datasets.BenchmarkData, plan: StudyPlan, tmp: Path,
                     score(f"{path.stem} alone, {family}", eps, cohort)
         for family in FAMILIES:
             reference = plan.with_overrides(epsilon=math.inf, seed=repeat, generator=family,
-                                            rounds=2 if family == "marginals" else None)
+                                            rounds=FAMILIES[family].default_rounds)
             pooled = train_alone(schema, site_paths, reference, folder / "pooled-cohort.csv")
             score(f"{family} pooled, no DP", math.inf, pooled)
         score("independent marginals", math.inf, independent_marginals(real, plan.rows, repeat))
@@ -150,7 +143,7 @@ def federated(schema_path: Path, site_paths: list[Path], plan: StudyPlan, out: P
               schema: Schema) -> pd.DataFrame | str:
     """The study in Flower's simulation engine (no federated evaluation: the plan's
     evaluation-epsilon is 0); the refusal's reason if `simulate` refuses a site."""
-    smallest = minimum_site_records(plan)
+    smallest = family_for(plan).minimum_site_records(plan)
     sizes = {path.stem: len(pd.read_csv(path)) for path in site_paths}
     small = [f"{name} ({n})" for name, n in sizes.items() if n < smallest]
     try:
@@ -173,24 +166,15 @@ def train_alone(schema: Schema, paths: list[Path], plan: StudyPlan,
         check_site_size(plan, site.n_records, "alone")
     except PlanError:
         return (f"refused: {site.n_records} records, below the plan's minimum of "
-                f"{minimum_site_records(plan)}")
-    if plan.generator == "marginals":
-        start = initial_arrays(schema, plan).to_torch_state_dict()
-        tables = {k: t.numpy() for k, t in start.items()}
-        stages = []
-        for stage in range(plan.rounds):
-            tables = release_marginals(schema, site, plan, stage, tables).tables
-            stages.append(ArrayRecord(torch_state_dict={k: torch.from_numpy(v)
-                                                        for k, v in tables.items()}))
-        sample_release(schema, plan, stages[-1], stages[0]).to_csv(out, index=False)
-        return _parsed(check_file(out, schema))
-    else:
-        model = build_generator(site.encoding, plan.hidden, plan.latent, plan.seed)
-        privacy = SitePrivacy.for_plan(plan)
-        for round_number in range(plan.rounds):
-            train_round(model, site.encoded, plan, privacy, round_number * plan.local_steps)
-        arrays = ArrayRecord(model.state_dict())
-    sample_release(schema, plan, arrays).to_csv(out, index=False)
+                f"{family_for(plan).minimum_site_records(plan)}")
+    family = family_for(plan)
+    arrays, history, released = family.global_arrays(schema, plan), {}, 0
+    privacy = family.site_privacy(plan)
+    for round_number in range(1, plan.rounds + 1):
+        release = family.release(schema, site, plan, privacy, released, arrays)
+        arrays, released = release.arrays, release.steps_total
+        history[round_number] = arrays
+    family.sample(schema, plan, arrays, history.__getitem__).to_csv(out, index=False)
     return _parsed(check_file(out, schema))
 
 

@@ -6,7 +6,7 @@ Prints (and writes to SPEED.md) every figure issue 4 asks for, each measured
 here, now, side by side:
 1. DP-SGD step throughput on one site: no DP, Opacus per-sample hooks (the
    reference), and the nodes' path (ghost clipping + CSPRNG noise, built by
-   `node.training.dp_setup`); then what the CSPRNG costs: the same ghost
+   `protocols.generators.vae.training.dp_setup`); then what the CSPRNG costs: the same ghost
    clipping with torch's generator noise (Opacus' own
    `DPOptimizerFastGradientClipping`, built here only), and the draws alone.
    Every path takes its batches from the nodes' Poisson sampler, and the paths
@@ -46,21 +46,23 @@ from flwr.app import ArrayRecord
 from opacus.grad_sample import GradSampleModule, GradSampleModuleFastGradientClipping
 from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
 
-from coordinator.cli import DEMO_EVALUATION_EPSILON
-from coordinator.cohort import sample_cohort
+from simulation.cli import DEMO_EVALUATION_EPSILON
 from node.site_data import load_site
-from coordinator.simulation import loopback_backend_config
-from node.training import (GRADIENT_NORMALISER, SitePrivacy, dp_setup, poisson_batches,
-                           train_round, train_step)
+from simulation.engine import loopback_backend_config
+from protocols.generators import family_for
+from protocols.generators.family import SitePrivacy
+from protocols.generators.vae.accounting import dpsgd_epsilon
+from protocols.generators.vae.training import (GRADIENT_NORMALISER, dp_setup, poisson_batches,
+                                               train_round, train_step)
 from protocols import messages
-from protocols.accounting import RDP_ORDERS, dpsgd_epsilon
+from protocols.privacy.accounting import RDP_ORDERS
 from protocols.demo_registry import simulate_registry
-from protocols.dp_noise import poisson_mask, secure_normal
+from protocols.privacy.dp_noise import poisson_mask, secure_normal
 from protocols.encoding import build_encoding
-from protocols.generator import build_generator, per_record_loss
+from protocols.generators.vae.model import build_generator, per_record_loss
 from protocols.plan import StudyPlan
 from protocols.schema import parse_schema
-from protocols.update_bounds import ADAM_BETAS
+from protocols.generators.vae.bounds import ADAM_BETAS
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY_PAIRS = 3
@@ -121,7 +123,7 @@ def _step_throughput(schema_path: Path, sites: list[Path], blocks: int = 10,
     schema = parse_schema(schema_path.read_text())
     site = load_site(sites[-1], schema)
     plan = StudyPlan()
-    privacy = SitePrivacy.for_plan(plan)
+    privacy = family_for(plan).site_privacy(plan)
     data = torch.as_tensor(site.encoded)
     kinds = sorted({kind for _, kind in STEP_PATHS + NOISE_PATHS})
     setups = {kind: _step_setup(kind, site, plan, privacy) for kind in kinds}
@@ -158,7 +160,7 @@ def _step_throughput(schema_path: Path, sites: list[Path], blocks: int = 10,
             "| path | steps/s | cost vs torch noise |", "|---|---|---|",
             *[row(name, kind, "ghost-torch") for name, kind in NOISE_PATHS],
             "\nThe draws alone, per step (median of 300 draws):\n",
-            "| draw | CSPRNG (`protocols.dp_noise`) | torch generator | extra per step |",
+            "| draw | CSPRNG (`protocols.privacy.dp_noise`) | torch generator | extra per step |",
             "|---|---|---|---|",
             *[f"| {name} | {ours:.3f} ms | {theirs:.3f} ms | {ours - theirs:+.3f} ms "
               f"({(ours - theirs) / step_ms:.0%} of a nodes'-path step) |"
@@ -230,7 +232,7 @@ def _draw_costs(model: torch.nn.Module, n: int, rate: float, std: float,
 def _run_cli(args: list[str]) -> tuple[float, list[tuple[float, str]], int]:
     """Run a fedsynth CLI; return wall time, timestamped stdout lines and peak tree RSS."""
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "coordinator.cli", *args], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "simulation.cli", *args], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak = _PeakMemory(proc.pid)
     peak.start()
@@ -311,7 +313,7 @@ def _round_breakdown(schema_path: Path, paths: list[Path], repeats: int = 3) -> 
     for repeat in range(repeats):
         for eps in (3.0, math.inf) if repeat % 2 == 0 else (math.inf, 3.0):
             plan = StudyPlan(epsilon=eps)
-            privacy = SitePrivacy.for_plan(plan)
+            privacy = family_for(plan).site_privacy(plan)
             start = time.perf_counter()
             for site in sites:
                 model = build_generator(site.encoding, plan.hidden, plan.latent, 0)
@@ -321,7 +323,7 @@ def _round_breakdown(schema_path: Path, paths: list[Path], repeats: int = 3) -> 
     accounting = len(sites) * _median_seconds(lambda: dpsgd_epsilon(plan, plan.local_steps), 20)
     model = build_generator(sites[0].encoding, plan.hidden, plan.latent, 0)
     shapes = [tuple(p.shape) for p in model.parameters()]
-    std = plan.max_grad_norm * SitePrivacy.for_plan(plan).noise_multiplier
+    std = plan.max_grad_norm * family_for(plan).site_privacy(plan).noise_multiplier
     extra_noise = len(sites) * plan.local_steps * (
         _median_seconds(lambda: [secure_normal(shape, std) for shape in shapes], 100)
         - _median_seconds(lambda: [torch.normal(0.0, std, size=shape) for shape in shapes], 100))
@@ -365,7 +367,7 @@ def _demo(folder: Path) -> list[str]:
     per_round = (last - first) / max(1, len(rounds) - 1)
     released = next(t for t, line in lines if line.startswith("released "))
     evaluated = next((t for t, line in lines if line.startswith("federated evaluation")), released)
-    imports = _time_python("import coordinator.cli, coordinator.simulation")
+    imports = _time_python("import simulation.cli")
     ray_start = _time_python("import ray; ray.init(_node_ip_address='127.0.0.1', "
                              "include_dashboard=False, log_to_driver=False); ray.shutdown()")
     return ["\n## 3. The demo, start-up included",
@@ -410,9 +412,11 @@ def _fifty_sites(folder: Path, quick: bool) -> list[str]:
 def _sampling_and_upload(schema_path: Path, rows: int = 500_000) -> list[str]:
     schema = parse_schema(schema_path.read_text())
     plan = StudyPlan()
+    plan = plan.with_overrides(rows=rows)
     model = build_generator(build_encoding(schema), plan.hidden, plan.latent, 0)
+    arrays = {name: value.numpy() for name, value in model.state_dict().items()}
     start = time.perf_counter()
-    cohort = sample_cohort(model, rows, seed=1)
+    cohort = family_for(plan).sample(schema, plan, arrays, lambda _: arrays)
     rate = len(cohort) / (time.perf_counter() - start)
     record = ArrayRecord(model.state_dict())
     payload = sum(len(array.data) for array in record.values())

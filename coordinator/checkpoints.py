@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from flwr.app import ArrayRecord
 
-from protocols.manifest import SitePrivacySpent
+from protocols.release.manifest import SitePrivacySpent
 
 log = logging.getLogger(__name__)
 RELEASED = "released.json"

@@ -1,6 +1,7 @@
 """Sampling the pooled generator and releasing the cohort.
 
-The cohort is post-processing of the averaged DP weights only. Files are
+The cohort is post-processing of the pooled DP releases only (sampled by the plan's
+generator family). Files are
 written to a staging folder and moved into place only once all of them and
 the signed manifest are complete, so a failure (signing included) never
 leaves a partial or unsigned release.
@@ -18,20 +19,14 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from protocols.encoding import build_encoding
-from protocols.generator import TabularVAE, build_generator, sample_encoded
-from protocols.manifest import (CSV_NAME, MANIFEST_NAME, PARQUET_NAME, SitePrivacySpent,
+from protocols.release.manifest import (CSV_NAME, MANIFEST_NAME, PARQUET_NAME, SitePrivacySpent,
                                 build_manifest, write_manifest)
-from protocols.manifest_signing import sign_manifest
+from protocols.release.signing import sign_manifest
 from protocols.plan import StudyPlan
-from protocols.provenance import marked_table
+from protocols.release.provenance import marked_table
 from protocols.schema import Schema
-
-_SAMPLING_SEED_OFFSET = 7919
-
 
 @dataclass(frozen=True)
 class Release:
@@ -39,19 +34,6 @@ class Release:
 
     directory: Path
     manifest: dict
-
-
-def generator_from_state(schema: Schema, plan: StudyPlan,
-                         state: Mapping[str, torch.Tensor]) -> TabularVAE:
-    model = build_generator(build_encoding(schema), plan.hidden, plan.latent, plan.seed)
-    model.load_state_dict(dict(state))
-    return model
-
-
-def sample_cohort(model: TabularVAE, rows: int, seed: int) -> pd.DataFrame:
-    """Draw `rows` synthetic records decoded to the schema's columns and types."""
-    encoded = sample_encoded(model, rows, seed + _SAMPLING_SEED_OFFSET)
-    return model.encoding.decode(encoded)
 
 
 def release_cohort(cohort: pd.DataFrame, out_dir: Path, *, schema: Schema, plan: StudyPlan,

@@ -28,7 +28,7 @@ from protocols.evaluation import study_report
 from protocols.evaluation.federated import federated_summary
 from protocols.evaluation.release import EvaluationLayout, evaluation_layout
 from protocols.plan import StudyPlan
-from protocols.report_html import write_report
+from protocols.evaluation.report.html import write_report
 from protocols.schema import Schema
 
 log = logging.getLogger(__name__)

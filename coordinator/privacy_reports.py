@@ -18,7 +18,7 @@ from flwr.serverapp import Grid
 
 from coordinator.strategy import flag_problem, record_problem, scalar_problem
 from protocols import messages as keys
-from protocols.manifest import SitePrivacySpent
+from protocols.release.manifest import SitePrivacySpent
 from protocols.plan import StudyPlan
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ reaches the strategy is that one vector (handed over once per surviving site,
 the same object each time, for the legacy `aggregate_fit` signature). No
 site's update, ε or name reaches the coordinator: per-site privacy reports
 travel in a separate message. The quantisation bounds and the Shamir
-threshold are the contract's (`protocols.secure_aggregation`), and so is the
+threshold are the contract's (`protocols.privacy.secure_aggregation`), and so is the
 expansion of the masks from their seeds, which replaces Flower's 32-bit one in the
 workflow (the nodes replace it in their mod).
 """
@@ -33,10 +33,10 @@ from flwr.serverapp import Grid
 
 from coordinator.strategy import wait_for_sites
 from protocols import messages as keys
-from protocols import secure_aggregation as contract
+from protocols.privacy import secure_aggregation as contract
 from protocols.errors import FedsynthError
 from protocols.plan import StudyPlan
-from protocols.update_bounds import update_problem
+from protocols.generators import family_for
 
 log = logging.getLogger(__name__)
 AfterRound = Callable[[int, ArrayRecord, list[int]], None]
@@ -115,18 +115,18 @@ class SecureFedAvg(FedAvg):
                 raise FedsynthError(f"Round {study_round}: layer {name} of the secure "
                                     f"average has shape {value.shape}, not {shape}.")
             out.append(np.asarray(value, dtype=dtype))
-        if self._plan.generator == "vae":
-            self._check_bound(study_round, out)
+        self._check_average(study_round, out)
         return out
 
-    def _check_bound(self, study_round: int, average: NDArrays) -> None:
-        """An average of honest updates moves no weight further than one honest round
-        can (`protocols.update_bounds`, plus two quantisation steps): beyond that, a site
-        sent a hostile update, which SecAgg+ hides, so the study stops."""
+    def _check_average(self, study_round: int, average: NDArrays) -> None:
+        """The average must be one the family allows of honest updates (the VAE: no weight
+        moved further than one honest round can, plus two quantisation steps): beyond
+        that, a site sent a hostile update, which SecAgg+ hides, so the study stops."""
         sent = {name: array.numpy() for name, array in self.latest.items()}
         step = 2 * self._bound / contract.QUANTIZATION_RANGE
-        problem = update_problem(self._plan, study_round, sent,
-                                 dict(zip(self._names, average, strict=True)), slack=2 * step)
+        problem = family_for(self._plan).average_problem(
+            self._plan, study_round, sent, dict(zip(self._names, average, strict=True)),
+            slack=2 * step)
         if problem:
             raise FedsynthError(f"Round {study_round}: the secure average is refused: "
                                 f"{problem}; one of the summed updates cannot be honest, and "

@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
@@ -24,18 +26,20 @@ from coordinator.checkpoints import (Checkpoint, checkpoint_dir, clear_checkpoin
                                      load_checkpoint, mark_released, resumable, save_checkpoint)
 from coordinator.cohort import Release, release_cohort
 from coordinator.federated_evaluation import REPORT_NAME, evaluate_at_sites, write_study_report
-from coordinator.generator_family import initial_arrays, sample_release
 from coordinator.privacy_reports import collect_privacy_reports
 from coordinator.rounds import run_rounds
 from coordinator.secure_aggregation import secure_rounds
-from coordinator.signing_key import signing_key
+from coordinator.provisioning.signing_key import signing_key
 from coordinator.strategy import StudyStrategy
 from coordinator.study import StudySettings
 from coordinator.transport import verify_tls
 from protocols import messages as keys
 from protocols.errors import FedsynthError
-from protocols.manifest import CSV_NAME, MANIFEST_NAME
+from protocols.generators import family_for
+from protocols.release.manifest import CSV_NAME, MANIFEST_NAME
+from protocols.plan import StudyPlan
 from protocols.records import check_file
+from protocols.schema import Schema
 
 # Under `flwr run` only Flower's own logger reaches the operator's console.
 _FLOWER_LOG = logging.getLogger("flwr")
@@ -45,8 +49,12 @@ NODE_KEY = "node:"  # a SecAgg+ contribution before the node's name is known
 
 def build_server_app(overrides: Mapping[str, Any] | None = None,
                      progress: ProgressFn | None = None,
-                     outcome: dict[str, Any] | None = None) -> ServerApp:
+                     outcome: dict[str, Any] | None = None,
+                     schema: Schema | None = None) -> ServerApp:
     """A ServerApp whose run config is `overrides` on top of Flower's run config.
+
+    `schema`: the study's schema, already parsed by a caller that validated it (the
+    simulation harness); without it, the run config's `schema-path` is read.
 
     When `outcome` is given, the release (key "release") or the exception that
     ended the study (key "error") is left in it for the caller: the simulation
@@ -59,7 +67,7 @@ def build_server_app(overrides: Mapping[str, Any] | None = None,
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         try:
-            settings = StudySettings.from_run_config({**context.run_config, **fixed})
+            settings = StudySettings.from_run_config({**context.run_config, **fixed}, schema)
             outcome["release"] = run_study(grid, settings, progress or _FLOWER_LOG.info,
                                            context)
         except Exception as exc:
@@ -83,6 +91,7 @@ def run_study(grid: Grid, settings: StudySettings, progress: ProgressFn,
     if settings.engine == "deployment":
         verify_tls(settings.superlink_address, settings.root_certificates)
     study = plan.fingerprint(schema.sha256)
+    family = family_for(plan)
     initial = initial_arrays(schema, plan)
     resumed = resumable(settings.out_dir, study)
     if resumed is None:
@@ -105,9 +114,8 @@ def run_study(grid: Grid, settings: StudySettings, progress: ProgressFn,
     first = resumed.round + 1 if resumed else 1
     arrays = _train(grid, context, settings, strategy, resumed.arrays if resumed else initial,
                     first, after_round)
-    round_one = (load_checkpoint(settings.out_dir, 1).arrays
-                 if plan.generator == "marginals" else None)
-    cohort = sample_release(schema, plan, arrays, round_one)
+    cohort = family.sample(schema, plan, _numpy(arrays),
+                           lambda r: _numpy(load_checkpoint(settings.out_dir, r).arrays))
     release = release_cohort(cohort, settings.out_dir, schema=schema, plan=plan,
                              sites=strategy.sites, contributions=strategy.contributions,
                              engine=settings.engine, signing_key=signer.key,
@@ -185,3 +193,14 @@ def _evaluate_release(grid: Grid, settings: StudySettings, release: Release,
 
 
 app = build_server_app()
+
+
+def initial_arrays(schema: Schema, plan: StudyPlan) -> ArrayRecord:
+    """The global arrays a fresh study starts from, as the plan's family defines them."""
+    return ArrayRecord(torch_state_dict={
+        name: torch.from_numpy(value)
+        for name, value in family_for(plan).global_arrays(schema, plan).items()})
+
+
+def _numpy(arrays: ArrayRecord) -> dict[str, np.ndarray]:
+    return {name: array.numpy() for name, array in arrays.items()}

@@ -2,7 +2,7 @@
 
 Before averaging, every reply is checked: its arrays must have exactly the
 global model's names, shapes and dtypes, be finite and lie within what one
-honest round of the plan can change (`protocols.update_bounds`); its scalars
+honest round of the plan can change (`protocols.generators.vae.bounds`); its scalars
 must be the whitelisted ones, its FedAvg weight the one the plan allows, and
 the ε it reports within the plan. A reply that fails is dropped and logged;
 the round goes on if at least `min_sites` remain, and the study stops
@@ -28,9 +28,9 @@ from flwr.serverapp.strategy import FedAvg
 
 from protocols import messages as keys
 from protocols.errors import FedsynthError
-from protocols.manifest import SitePrivacySpent
+from protocols.generators import family_for
+from protocols.release.manifest import SitePrivacySpent
 from protocols.plan import StudyPlan
-from protocols.update_bounds import update_problem
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +119,9 @@ class StudyStrategy(FedAvg):
             if not np.all(np.isfinite(value)):
                 return f"layer {name} holds NaN or Inf"
         metrics = content[keys.METRICS]
-        problem = (update_problem(self.plan, server_round, self._sent,
-                                  {name: array.numpy() for name, array in arrays.items()})
+        problem = (family_for(self.plan).update_problem(
+                       self.plan, server_round, self._sent,
+                       {name: array.numpy() for name, array in arrays.items()})
                    or _weight_problem(float(metrics[keys.WEIGHT]))
                    or flag_problem(metrics[keys.SYNTHETIC_INPUT]))
         if problem:

@@ -7,7 +7,7 @@ The run config carries the study plan's keys (see `protocols.plan`) and:
 round waits for the sites' replies, and for `min-sites` nodes to connect),
 `signing-key` (the absolute path of the Ed25519 key that signs the manifest,
 for a deployment the coordinator kit's manifest-signing.key; empty: this
-user's own key, see `coordinator.signing_key`) and, for a deployment,
+user's own key, see `coordinator.provisioning.signing_key`) and, for a deployment,
 `superlink-address` and `root-certificates`: the coordinator checks that the
 SuperLink serves TLS with a certificate of the consortium CA before it sends
 anything, and records it in the manifest.
@@ -40,10 +40,12 @@ class StudySettings:
     signing_key: Path | None = None
 
     @classmethod
-    def from_run_config(cls, run_config: Mapping[str, Any]) -> StudySettings:
-        schema_path = str(run_config.get("schema-path", "") or "")
-        schema = (load_schema(schema_path) if schema_path else
-                  parse_schema(simulate_registry().schema_yaml, "built-in demo registry"))
+    def from_run_config(cls, run_config: Mapping[str, Any],
+                        schema: Schema | None = None) -> StudySettings:
+        """The settings of `run_config`; `schema` (already parsed) saves reading
+        `schema-path` again."""
+        if schema is None:
+            schema = _schema(str(run_config.get("schema-path", "") or ""))
         engine = str(run_config.get("engine", "simulation"))
         if engine not in ENGINES:
             raise PlanError(f"Run config: engine = {engine!r} is not one of "
@@ -55,6 +57,12 @@ class StudySettings:
                    superlink_address=str(run_config.get("superlink-address", "") or ""),
                    root_certificates=str(run_config.get("root-certificates", "") or ""),
                    signing_key=_optional_path(run_config.get("signing-key", "")))
+
+
+def _schema(path: str) -> Schema:
+    if path:
+        return load_schema(path)
+    return parse_schema(simulate_registry().schema_yaml, "built-in demo registry")
 
 
 def _optional_path(value: Any) -> Path | None:

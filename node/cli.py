@@ -23,16 +23,16 @@ import json
 import sys
 from pathlib import Path
 
-from node.budget_report import read_budget, report_text
+from node.ledger.budget_report import read_budget, report_text
 from node.kit import NodeKit, check_kit, prepare_state_dir, read_kit
 from node.supernode_launch import (exec_supernode, find_flower_supernode, shell_command,
                                    starting_line, supernode_argv)
-from protocols.cohort_evaluation import evaluate_files, score_lines
+from protocols.evaluation.report.files import evaluate_files, score_lines
 from protocols.errors import FedsynthError
 from protocols.kit_layout import MANIFEST_SIGNING_PUB
-from protocols.provenance import synthetic_provenance
+from protocols.release.provenance import synthetic_provenance
 from protocols.records import check_file
-from protocols.release_verification import load_trusted_key, verify_release
+from protocols.release.verification import load_trusted_key, verify_release
 from protocols.schema import load_schema
 
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import functools
 import logging
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,54 +38,58 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from node.global_model import check_global_arrays
-from node.privacy_ledger import PrivacyLedger
-from node.round_charging import RoundRequest, answer_round
-from node.round_replay import StoredAnswer, model_sha256
+from node.ledger.privacy_ledger import PrivacyLedger
+from node.ledger.round_charging import RoundRequest, answer_round
+from node.ledger.round_replay import StoredAnswer, model_sha256
 from node.secure_aggregation import is_secure_message, secure_train
 from node.site_config import SiteSource, resolve_site
 from node.site_data import SiteData
-from node.marginal_release import release_marginals
 from node.site_evaluation import evaluation_release
-from node.training import SitePrivacy, train_round
 from protocols import messages as keys
-from protocols.accounting import minimum_site_records
 from protocols.errors import FedsynthError, PlanError
-from protocols.generator import build_generator
-from protocols.ledger import study_rounds, study_spend
+from protocols.generators import family_for
+from protocols.generators.family import SitePrivacy
+from protocols.privacy.ledger import study_rounds, study_spend
 from protocols.plan import StudyPlan
 from protocols.schema import Schema
 
 log = logging.getLogger(__name__)
 
 
-def build_client_app(overrides: Mapping[str, Any] | None = None) -> ClientApp:
-    """A ClientApp whose run config is `overrides` on top of Flower's run config."""
+def build_client_app(overrides: Mapping[str, Any] | None = None,
+                     sites: Sequence[tuple[Schema, SiteData]] = ()) -> ClientApp:
+    """A ClientApp whose run config is `overrides` on top of Flower's run config.
+
+    `sites`: in a simulation, each simulated site's schema and records, already
+    validated by the harness, by partition; a deployed node reads its own files."""
     app = ClientApp()
     fixed = dict(overrides or {})
+    preloaded = tuple(sites)
+
+    def site(context: Context) -> SiteSource:
+        return resolve_site(context.node_config, {**context.run_config, **fixed}, preloaded)
 
     @app.train()
     @_without_details
     def train(msg: Message, context: Context) -> Message:
-        run_config = {**context.run_config, **fixed}
+        source = site(context)
         if is_secure_message(msg):
             return secure_train(msg, context,
-                                lambda content: train_reply(content, context, run_config))
+                                lambda content: train_reply(content, context, source))
         if StudyPlan.from_config(dict(msg.content[keys.PLAN])).secure_aggregation:
             raise PlanError("The plan promises secure aggregation, but this update was "
                             "requested in the clear; the node refuses to send it.")
-        return _train(msg, context, run_config)
+        return Message(content=train_reply(msg.content, context, source), reply_to=msg)
 
     @app.evaluate()
     @_without_details
     def evaluate(msg: Message, context: Context) -> Message:
-        run_config = {**context.run_config, **fixed}
-        return _evaluate(msg, context, run_config)
+        return _evaluate(msg, context, site(context))
 
     @app.query()
     @_without_details
     def query(msg: Message, context: Context) -> Message:
-        run_config = {**context.run_config, **fixed}
-        return _privacy_report(msg, context, run_config)
+        return _privacy_report(msg, context, site(context))
 
     return app
 
@@ -113,17 +117,11 @@ def _without_details(handler: Callable[[Message, Context], Message]
     return guarded
 
 
-def _train(msg: Message, context: Context, run_config: Mapping[str, Any]) -> Message:
-    return Message(content=train_reply(msg.content, context, run_config), reply_to=msg)
-
-
-def train_reply(content: RecordDict, context: Context, run_config: Mapping[str, Any]
-                ) -> RecordDict:
+def train_reply(content: RecordDict, context: Context, source: SiteSource) -> RecordDict:
     """This site's answer to one training round: weights (or tables) and the
     whitelisted scalars, charged on the site's privacy ledger at most once."""
     torch.set_num_threads(1)
     plan_config = dict(content[keys.PLAN])
-    source = resolve_site(context.node_config, run_config)
     schema = source.load_schema()
     source.refuse_a_cohort()
     plan = _plan_for(schema, plan_config, "train")
@@ -133,20 +131,27 @@ def train_reply(content: RecordDict, context: Context, run_config: Mapping[str, 
                            round=int(plan_config.get(keys.SERVER_ROUND, 0)),
                            model_sha256=model_sha256(received))
 
-    def new_study_privacy() -> SitePrivacy:
-        if plan.generator == "marginals" and request.round > 1:
-            raise PlanError(f"Site {source.site_name} refuses to join the marginals study in "
-                            f"round {request.round}: its release comes in two stages from "
-                            "round 1, and a late one would spend budget on tables the "
-                            "coordinator cannot use.")
-        return SitePrivacy.for_plan(plan)
+    family = family_for(plan)
 
-    def train(privacy: SitePrivacy, steps_before: int) -> StoredAnswer:
+    def new_study_privacy() -> SitePrivacy:
+        problem = family.join_problem(plan, request.round)
+        if problem:
+            raise PlanError(f"Site {source.site_name} refuses to join the {plan.generator} "
+                            f"study in round {request.round}: {problem}.")
+        return family.site_privacy(plan)
+
+    def train(privacy: SitePrivacy, released_before: int) -> StoredAnswer:
         _, site = source.load()  # the records are read only once the ledger has reserved
         _note_small_site(plan, site)
-        if plan.generator == "marginals":
-            return _release(schema, site, plan, steps_before, received, request)
-        return _train_generator(site, plan, privacy, steps_before, received, request)
+        release = family.release(schema, site, plan, privacy, released_before,
+                                 {k: t.numpy() for k, t in received.items()})
+        log.info("site %s: answered round %d (%d released in the study), epsilon spent %.3f",
+                 site.name, request.round, release.steps_total, release.epsilon)
+        return StoredAnswer(round=request.round, model_sha256=request.model_sha256,
+                            arrays=dict(release.arrays),
+                            metrics={keys.STEPS: release.steps,
+                                     keys.STEPS_TOTAL: release.steps_total,
+                                     keys.EPSILON_SPENT: release.epsilon})
 
     answer = answer_round(_state_dir(source, context), source.budget, request,
                           new_study_privacy, train)
@@ -168,7 +173,7 @@ def _plan_for(schema: Schema, plan_config: Mapping[str, Any], what: str) -> Stud
 def _note_small_site(plan: StudyPlan, site: SiteData) -> None:
     """Tell the operator (only) when the site is smaller than the plan is meant for: its
     release is as private as any other, but carries mostly noise."""
-    smallest = minimum_site_records(plan)
+    smallest = family_for(plan).minimum_site_records(plan)
     if plan.private and site.n_records < smallest:
         log.warning("site %s has %d records; this plan is meant for sites of at least %d, so "
                     "its update carries mostly noise (it is sent all the same: declining "
@@ -176,39 +181,8 @@ def _note_small_site(plan: StudyPlan, site: SiteData) -> None:
                     site.n_records, smallest)
 
 
-def _train_generator(site: SiteData, plan: StudyPlan, privacy: SitePrivacy, steps_before: int,
-                     received: ArrayRecord, request: RoundRequest) -> StoredAnswer:
-    """One round of DP-SGD on the global generator."""
-    model = build_generator(site.encoding, plan.hidden, plan.latent, plan.seed)
-    model.load_state_dict(received.to_torch_state_dict())
-    outcome = train_round(model, site.encoded, plan, privacy, steps_before)
-    log.info("site %s: round %d, %d steps, epsilon spent %.3f", site.name, request.round,
-             outcome.steps, outcome.epsilon)
-    return _answer(request, {k: v.detach().numpy() for k, v in model.state_dict().items()},
-                   outcome.steps, outcome.steps_total, outcome.epsilon)
-
-
-def _release(schema: Schema, site: SiteData, plan: StudyPlan, released_before: int,
-             received: ArrayRecord, request: RoundRequest) -> StoredAnswer:
-    """The marginals generator: the next of the two stages of the site's release."""
-    tables = {k: t.numpy() for k, t in received.to_torch_state_dict().items()}
-    release = release_marginals(schema, site, plan, released_before, tables)
-    log.info("site %s: released stage %d of its tables, epsilon %.3f", site.name,
-             release.stage, release.epsilon)
-    return _answer(request, release.tables, 1, release.stage, release.epsilon)
-
-
-def _answer(request: RoundRequest, arrays: Mapping[str, Any], steps: int, steps_total: int,
-            epsilon: float) -> StoredAnswer:
-    return StoredAnswer(round=request.round, model_sha256=request.model_sha256,
-                        arrays=dict(arrays),
-                        metrics={keys.STEPS: steps, keys.STEPS_TOTAL: steps_total,
-                                 keys.EPSILON_SPENT: epsilon})
-
-
-def _privacy_report(msg: Message, context: Context, run_config: Mapping[str, Any]) -> Message:
+def _privacy_report(msg: Message, context: Context, source: SiteSource) -> Message:
     """This site's ε, steps and rounds answered in the study, from its own ledger."""
-    source = resolve_site(context.node_config, run_config)
     schema = source.load_schema()
     study = _plan_for(schema, msg.content[keys.PLAN], "report").fingerprint(schema.sha256)
     entries = PrivacyLedger(_state_dir(source, context)).entries()
@@ -257,13 +231,12 @@ def _site_record(source: SiteSource) -> ConfigRecord:
     return ConfigRecord({keys.SITE_NAME: source.site_name})
 
 
-def _evaluate(msg: Message, context: Context, run_config: Mapping[str, Any]) -> Message:
+def _evaluate(msg: Message, context: Context, source: SiteSource) -> Message:
     """Release this site's noisy evaluation tables of the study's signed cohort, once.
 
     A hospital that does not want to take part sets `federated-evaluation = false`
     in its node config and the node declines."""
     torch.set_num_threads(1)
-    source = resolve_site(context.node_config, run_config)
     if str(context.node_config.get("federated-evaluation", "true")).lower() == "false":
         raise PlanError(f"Site {source.site_name} declines federated evaluation (node config).")
     schema = source.load_schema()

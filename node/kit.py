@@ -26,10 +26,10 @@ from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 
 from protocols import kit_layout as layout
 from protocols.kit_layout import KitError, SuperLinkAddress, check_site_name, parse_address
-from protocols.provenance import refuse_synthetic_records
+from protocols.release.provenance import refuse_synthetic_records
 from protocols.records import check_file
 from protocols.schema import load_schema
-from protocols.site_limits import MIN_SITE_RECORDS
+from protocols.privacy.site_limits import MIN_SITE_RECORDS
 
 T = TypeVar("T")
 

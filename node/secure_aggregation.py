@@ -20,7 +20,7 @@ would reconstruct both masks of one site), and weights or a FedAvg weight
 beyond the quantisation range (the quantiser would clip them). The threat
 model is Flower's SecAgg+: a coordinator that follows the protocol but is
 curious; the sites' key exchange goes through it unauthenticated. Its masks are
-expanded from their full 256-bit seeds (`protocols.secure_aggregation.
+expanded from their full 256-bit seeds (`protocols.privacy.secure_aggregation.
 expand_mask`), not from Flower's 32-bit fold of them.
 """
 
@@ -39,7 +39,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import (RECORD_KEY_CONF
 from flwr.compat.common import recorddict_compat as compat
 
 from protocols import messages as keys
-from protocols import secure_aggregation as contract
+from protocols.privacy import secure_aggregation as contract
 from protocols.errors import FedsynthError
 
 TrainReply = Callable[[RecordDict], RecordDict]

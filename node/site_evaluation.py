@@ -25,16 +25,15 @@ from pathlib import Path
 
 import numpy as np
 
-from node.round_charging import RoundRequest, charge_evaluation
+from node.ledger.round_charging import RoundRequest, charge_evaluation
 from node.site_config import SiteSource
-from protocols.accounting import dpsgd_epsilon
 from protocols.errors import PlanError, RecordError
 from protocols.evaluation.release import evaluation_layout, noisy_evaluation_tables
-from protocols.ledger import StudySpend
-from protocols.marginals import build_layout, stages_epsilon
+from protocols.privacy.ledger import StudySpend
+from protocols.generators import family_for
 from protocols.plan import StudyPlan
 from protocols.records import drop_identifiers, read_table, validate_records
-from protocols.release_verification import load_trusted_key, verify_study_cohort
+from protocols.release.verification import load_trusted_key, verify_study_cohort
 from protocols.schema import Schema
 
 
@@ -61,11 +60,9 @@ def evaluation_release(source: SiteSource, state_dir: Path, schema: Schema, plan
 
 
 def epsilon_with_evaluation(plan: StudyPlan, schema: Schema, spend: StudySpend) -> float:
-    """ε of what the site has released in the study (`spend.steps_total` DP-SGD steps, or
-    marginal stages) together with the evaluation release."""
-    if plan.generator == "marginals":
-        return stages_epsilon(build_layout(schema), plan, spend.steps_total, evaluated=True)
-    return dpsgd_epsilon(plan, spend.steps_total, evaluated=True)
+    """ε of what the site has released in the study (`spend.steps_total` units of its
+    family's release) together with the evaluation release."""
+    return family_for(plan).epsilon(plan, schema, spend.steps_total, evaluated=True)
 
 
 def _parse_cohort(schema: Schema, cohort_csv: bytes):

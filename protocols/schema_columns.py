@@ -186,7 +186,12 @@ def _number_from_text(text: str) -> Any:
 
 def _parse_bound(value: Any, ctype: str, where: str) -> float:
     if ctype == "date":
-        return float(parse_date_days(value, where))
+        days = parse_date_days(value, where)
+        if not (FIRST_DATE - _EPOCH).days <= days <= (LAST_DATE - _EPOCH).days:
+            raise SchemaError(f"{where}: {days_to_iso(days)} lies outside the dates fedsynth "
+                              f"can read ({FIRST_DATE} to {LAST_DATE}); declare bounds "
+                              "between them.")
+        return float(days)
     if isinstance(value, str):
         value = _number_from_text(value)  # YAML 1.1 reads 1e5 (no dot) as text
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -224,6 +229,9 @@ def _parse_categories(raw: Any, place: _Place) -> tuple[str, ...]:
 
 
 _EPOCH = dt.date(1970, 1, 1)
+# The dates pandas can hold (nanosecond timestamps): records outside cannot be read, so a
+# schema may not declare them.
+FIRST_DATE, LAST_DATE = dt.date(1677, 9, 22), dt.date(2262, 4, 11)
 
 
 def parse_date_days(value: Any, where: str) -> int:

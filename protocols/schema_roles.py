@@ -14,12 +14,10 @@ descriptions, they are left out of the schema hash.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from protocols.errors import SchemaError
-
-if TYPE_CHECKING:
-    from protocols.schema import Column
+from protocols.schema_columns import Column
 
 _ROLE_KEYS = {"target", "survival"}
 

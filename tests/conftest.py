@@ -15,10 +15,17 @@ from hypothesis.configuration import set_hypothesis_home_dir
 from protocols.demo_registry import DemoRegistry, simulate_registry
 from protocols.schema import Schema, parse_schema
 
-# Fast property tests with no example database; hypothesis' other caches (charmap,
-# constants) go to the system temp directory rather than `.hypothesis/` in the repo.
-settings.register_profile("ci", deadline=None, max_examples=60, database=None)
-settings.load_profile("ci")
+# Property tests that replay: by default ("ci", what `.ci/run` and the README's command
+# run) every draw is derived from the test's name (derandomize) with no example database,
+# so a failure is the same failure on every machine and every run. `HYPOTHESIS_PROFILE=
+# explore` draws afresh each run, to hunt for new counterexamples; each one it finds is
+# printed with its @reproduce_failure blob. Hypothesis' other caches (charmap, constants)
+# go to the system temp directory rather than `.hypothesis/` in the repo.
+settings.register_profile("ci", deadline=None, max_examples=60, database=None,
+                          derandomize=True, print_blob=True)
+settings.register_profile("explore", deadline=None, max_examples=300, database=None,
+                          print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 if not os.environ.get("HYPOTHESIS_STORAGE_DIRECTORY"):
     set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "fedsynth-hypothesis")
 

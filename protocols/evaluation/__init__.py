@@ -2,7 +2,7 @@
 
 `evaluate_cohort` is a pure function of parsed records (as returned by
 `protocols.records.validate_records`) and returns the report as plain JSON
-values; `protocols.report_html` renders it. The same function runs at the
+values; `protocols.evaluation.report.html` renders it. The same function runs at the
 coordinator (`fedsynth-coordinator evaluate`, with records a benchmark or a
 data owner holds) and at a hospital (`fedsynth-node evaluate`).
 

@@ -26,7 +26,7 @@ Every record falls in exactly one cell of every table (a missing value has its
 own cell), so adding or removing a record moves each table by one count in one
 cell. With noise N_Z(0, σ_t²) on every cell of table t, the release is a
 Gaussian mechanism of multiplier z = (Σ_t σ_t⁻²)^(-1/2) (Rényi curves add up),
-where z is the evaluation multiplier of `protocols.accounting` (the release
+where z is the evaluation multiplier of `protocols.privacy.accounting` (the release
 alone is `evaluation_epsilon`-DP), composed with the study's other releases in
 the site's ledger. Pair tables, the most numerous, get `PAIR_NOISE_RATIO`
 times the noise of the others, as in the marginals family.
@@ -41,12 +41,12 @@ import numpy as np
 import pandas as pd
 from sklearn.linear_model import LogisticRegression, Ridge
 
-from protocols.accounting import evaluation_release
-from protocols.dp_noise import discrete_gaussian
+from protocols.privacy.accounting import evaluation_release
+from protocols.privacy.dp_noise import discrete_gaussian
 from protocols.encoding import build_encoding
 from protocols.evaluation.survival import event_indicator
 from protocols.evaluation.utility import design_matrix
-from protocols.marginals import (PAIR_NOISE_RATIO, MarginalLayout, build_layout,
+from protocols.count_tables import (PAIR_NOISE_RATIO, MarginalLayout, build_layout,
                                  group_fine_bins, one_name, value_bins)
 from protocols.plan import StudyPlan
 from protocols.schema import Column, Schema

@@ -5,7 +5,7 @@ import json
 import pandas as pd
 import pytest
 
-from coordinator.cli import main as coordinator_main
+from simulation.cli import main as coordinator_main
 from node.cli import main as node_main
 
 

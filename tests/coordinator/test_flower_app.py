@@ -11,7 +11,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
 from flwr.simulation import run_simulation
 
-from coordinator.simulation import loopback_backend_config, ray_environment
+from simulation.engine import loopback_backend_config, ray_environment
 
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 

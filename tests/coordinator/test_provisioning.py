@@ -11,7 +11,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from coordinator.cli import main as coordinator_main
+from simulation.cli import main as coordinator_main
 
 SITES = ("siteA", "siteB", "siteC")
 COORDINATOR_FILES = {"ca.pem", "ca.key", "superlink.pem", "superlink.key", "manifest-signing.key",
@@ -116,7 +116,7 @@ def test_manifest_signing_key_pair_matches(kits):
 
 
 def test_provision_prints_the_signing_keys_fingerprint_to_publish(tmp_path, capsys):
-    from protocols.manifest_signing import key_fingerprint
+    from protocols.release.signing import key_fingerprint
 
     assert coordinator_main(["provision", "--sites", "siteA", "--out", str(tmp_path)]) == 0
     public = serialization.load_pem_public_key(

@@ -1,7 +1,7 @@
 """SecAgg+ study rounds in Flower's real simulation engine, with real DP training at the nodes.
 
 The ServerApp and ClientApp are built here from `coordinator.secure_aggregation`
-and `node.secure_aggregation`. Each node trains with `node.training.train_round`
+and `node.secure_aggregation`. Each node trains with `protocols.generators.vae.training.train_round`
 (Opacus DP-SGD) and writes what it received and what it sent to tmp_path, so the
 test can compare the coordinator's average with the nodes' own updates.
 """
@@ -27,14 +27,15 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.simulation import run_simulation
 
 from coordinator import secure_aggregation as secure_coordinator
-from coordinator.generator_family import initial_arrays
-from coordinator.simulation import loopback_backend_config, ray_environment
+from coordinator.server_app import initial_arrays
+from simulation.engine import loopback_backend_config, ray_environment
 from node.secure_aggregation import is_secure_message, secure_train
 from node.site_config import resolve_site
 from protocols import messages as keys
-from protocols import secure_aggregation as contract
+from protocols.generators.vae.family import VaeFamily
+from protocols.privacy import secure_aggregation as contract
 from protocols.errors import FedsynthError
-from protocols.generator import build_generator
+from protocols.generators.vae.model import build_generator
 from protocols.plan import StudyPlan
 
 # The simulated nodes run in Ray workers: ship this module's functions by value.
@@ -48,7 +49,8 @@ def dp_train_reply(content: RecordDict, context: Context, out: Path) -> RecordDi
     """A minimal real `train_reply`: DP-SGD on the node's demo site, reply as the node does."""
     import torch
 
-    from node.training import SitePrivacy, train_round
+    from protocols.generators import family_for
+    from protocols.generators.vae.training import train_round
 
     torch.set_num_threads(1)
     config = dict(content[keys.PLAN])
@@ -58,7 +60,7 @@ def dp_train_reply(content: RecordDict, context: Context, out: Path) -> RecordDi
     study_round = int(config[keys.SERVER_ROUND])
     model = build_generator(site.encoding, plan.hidden, plan.latent, plan.seed)
     model.load_state_dict(content[keys.ARRAYS].to_torch_state_dict())
-    privacy = SitePrivacy.for_plan(plan)
+    privacy = family_for(plan).site_privacy(plan)
     outcome = train_round(model, site.encoded, plan, privacy, (study_round - 1) * plan.local_steps)
     sent = ArrayRecord(model.state_dict())
     np.savez(out / f"{site.name}-round{study_round}.npz",
@@ -157,7 +159,7 @@ def test_nodes_train_the_study_rounds_offset_from_the_first(study):
 
 @pytest.mark.integration
 def test_the_average_is_the_mean_of_the_nodes_updates_within_quantisation(study):
-    step, worst = 2 * contract.CLIPPING_RANGES["vae"] / contract.QUANTIZATION_RANGE, 0.0
+    step, worst = 2 * VaeFamily.secure_range / contract.QUANTIZATION_RANGE, 0.0
     for study_round in (FIRST, LAST):
         updates = _node_updates(study, study_round, "sent")
         assert len(updates) == SITES
@@ -202,7 +204,7 @@ def test_the_coordinator_never_holds_an_individual_update(study):
     print(f"secure study of {LAST - FIRST + 1} rounds x {SITES} sites: {study['seconds']:.1f} s")
 
 
-def _strategy(bound: float = contract.CLIPPING_RANGES["vae"]) -> secure_coordinator.SecureFedAvg:
+def _strategy(bound: float = VaeFamily.secure_range) -> secure_coordinator.SecureFedAvg:
     reference = ArrayRecord({"w": Array(np.zeros((2, 3), np.float32)),
                              "b": Array(np.zeros(3, np.float32))})
     return secure_coordinator.SecureFedAvg(reference, ConfigRecord(PLAN.to_config()),

@@ -10,12 +10,12 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from coordinator.cli import main as coordinator_main
+from simulation.cli import main as coordinator_main
 from coordinator.cohort import release_cohort
-from coordinator.signing_key import default_key_path, load_signing_key, signing_key
+from coordinator.provisioning.signing_key import default_key_path, load_signing_key, signing_key
 from protocols.errors import FedsynthError
-from protocols.manifest import SitePrivacySpent
-from protocols.manifest_signing import key_fingerprint
+from protocols.release.manifest import SitePrivacySpent
+from protocols.release.signing import key_fingerprint
 from protocols.plan import StudyPlan
 
 

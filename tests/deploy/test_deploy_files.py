@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from coordinator.cli import main as coordinator_main
+from simulation.cli import main as coordinator_main
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 RECORDS = "/srv/fedsynth/records.csv"

@@ -15,7 +15,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 from protocols import messages as keys
 from protocols.encoding import TableEncoding, build_encoding
-from protocols.generator import build_generator, featurize
+from protocols.generators.vae.model import build_generator, featurize
 from protocols.plan import StudyPlan
 from protocols.schema import Schema
 

@@ -10,10 +10,8 @@ and the text of an exception the handler raised. The simulation engine runs
 the ClientApp in Ray workers, so each message becomes one file, not a list entry.
 
 `read_log` reads the folder back; `record_values` and `typed_scalars` read a
-recorded reply. The coordinator loads the node's ClientApp factory by name
-(`coordinator.simulation.CLIENT_APP_FACTORY`); pointing it at this module's
-factory, with the folder in `LOG_ENV`, records a whole study run by
-`simulate_study`.
+recorded reply. Passing this module's factory as `simulate_study`'s
+`client_app`, with the folder in `LOG_ENV`, records a whole study.
 """
 
 from __future__ import annotations
@@ -23,7 +21,7 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,14 +37,14 @@ from node.client_app import build_client_app
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 LOG_ENV = "FEDSYNTH_TEST_MESSAGE_LOG"
-FACTORY = f"{__name__}:build_recording_client_app"
 
 
-def build_recording_client_app(overrides: Mapping[str, Any] | None = None) -> ClientApp:
-    """The node's real ClientApp for `overrides`, with every reply recorded under
-    the folder named by the environment variable `LOG_ENV` (read here, in the
+def build_recording_client_app(overrides: Mapping[str, Any] | None = None,
+                               sites: Sequence[Any] = ()) -> ClientApp:
+    """The node's real ClientApp for `overrides` and `sites`, with every reply recorded
+    under the folder named by the environment variable `LOG_ENV` (read here, in the
     coordinator's process, and carried to the workers inside the mod)."""
-    node_app = build_client_app(overrides)
+    node_app = build_client_app(overrides, sites)
     app = ClientApp(mods=[recording_mod(os.environ[LOG_ENV])])
 
     @app.train()

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from node.site_data import SiteData, load_site
-from protocols.marginals import build_layout
+from protocols.count_tables import build_layout
 from protocols.schema import Schema
 
 

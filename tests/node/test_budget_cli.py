@@ -5,8 +5,8 @@ import json
 import pytest
 
 from node.cli import main
-from node.privacy_ledger import PrivacyLedger
-from protocols.ledger import RESERVE, ROUND, LedgerEntry
+from node.ledger.privacy_ledger import PrivacyLedger
+from protocols.privacy.ledger import RESERVE, ROUND, LedgerEntry
 
 SCHEMA = "ab" * 32
 

@@ -10,10 +10,11 @@ import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 from node.client_app import SiteRefusal, build_client_app
+from node.site_config import resolve_site
 from protocols.errors import BudgetError, FedsynthError
 from protocols import messages as keys
 from protocols.encoding import build_encoding
-from protocols.generator import build_generator
+from protocols.generators.vae.model import build_generator
 from protocols.plan import StudyPlan
 
 # Helpers beside this file (tests/node/ is on sys.path, as pytest puts it for rootless tests).
@@ -126,7 +127,7 @@ MARGINALS = StudyPlan(epsilon=2.0, rounds=2, generator="marginals")
 
 def test_a_marginals_release_holds_only_the_tables_and_comes_in_two_stages(site_files,
                                                                           demo_schema, caplog):
-    from coordinator.generator_family import initial_arrays
+    from coordinator.server_app import initial_arrays
 
     initial = initial_arrays(demo_schema, MARGINALS)
     config = ConfigRecord({**MARGINALS.to_config(), keys.SCHEMA_SHA256: demo_schema.sha256,
@@ -243,9 +244,10 @@ def test_under_secure_aggregation_an_answer_is_never_given_twice(site_files, dem
     secure = StudyPlan(epsilon=2.0, rounds=2, local_steps=3, hidden=16, latent=4,
                        secure_aggregation=True)
     context = _context(*site_files)
-    train_reply(_message(demo_schema, secure)[0].content, context, {})
+    source = resolve_site(context.node_config, {})
+    train_reply(_message(demo_schema, secure)[0].content, context, source)
     with pytest.raises(BudgetError, match="never given twice"):
-        train_reply(_message(demo_schema, secure)[0].content, context, {})
+        train_reply(_message(demo_schema, secure)[0].content, context, source)
     assert _round_entries_of(site_files) == [1]
 
 
@@ -330,7 +332,7 @@ def test_an_unexpected_failure_reaches_the_coordinator_without_its_text(site_fil
 
 def test_a_site_that_missed_the_first_marginals_stage_does_not_release_the_second(
         site_files, demo_schema, caplog):
-    from coordinator.generator_family import initial_arrays
+    from coordinator.server_app import initial_arrays
 
     config = ConfigRecord({**MARGINALS.to_config(), keys.SCHEMA_SHA256: demo_schema.sha256,
                            keys.SERVER_ROUND: 2})

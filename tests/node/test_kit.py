@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.cli import main as coordinator_main
+from simulation.cli import main as coordinator_main
 from node.cli import main as node_main
 from protocols.demo_registry import simulate_registry
 
@@ -140,7 +140,7 @@ def test_a_cohort_parquet_copied_away_from_its_manifest_is_still_recognised(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from protocols.provenance import marked_table
+    from protocols.release.provenance import marked_table
 
     cohort = tmp_path / "looks-like-an-extract.parquet"
     table = pa.Table.from_pandas(registry.sites["hospital-02"], preserve_index=False)

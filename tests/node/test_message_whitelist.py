@@ -1,7 +1,7 @@
 """Everything a node sends during a study is a charged DP release or a function of the plan.
 
 Small studies run in Flower's real simulation engine through
-`coordinator.simulation.simulate_study`, each over two demo hospitals' CSV
+`simulation.engine.simulate_study`, each over two demo hospitals' CSV
 files in tmp_path: a VAE study with FedAvg and federated evaluation; a
 marginals study; a VAE study under SecAgg+ with the privacy reports that follow
 it. The nodes run the real `node.client_app` handlers inside a ClientApp whose
@@ -35,21 +35,21 @@ import pytest
 from flwr.common import bytes_to_ndarray
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 
-from coordinator import simulation
+from simulation import engine as simulation
 from coordinator.checkpoints import load_checkpoint
 from protocols import messages as keys
-from protocols import secure_aggregation as contract
-from protocols.encoding import build_encoding
-from protocols.generator import build_generator
+from protocols.privacy import secure_aggregation as contract
 from protocols.evaluation.release import cell_sigmas, evaluation_layout
-from protocols.manifest import CSV_NAME
-from protocols.marginals import build_layout, noise_scales, release_noise_multiplier
+from protocols.generators import family_for
+from protocols.release.manifest import CSV_NAME
+from protocols.count_tables import build_layout
+from protocols.generators.marginals.tables import noise_scales, release_noise_multiplier
 from protocols.plan import StudyPlan
 from protocols.schema import Schema, load_schema
 
 # Helpers beside this file (tests/node/ is on sys.path, as pytest puts it for rootless tests).
-from message_recorder import (FACTORY, LOG_ENV, read_log, record_values, typed_scalars,
-                              value_kinds)
+from message_recorder import (LOG_ENV, build_recording_client_app, read_log, record_values,
+                              typed_scalars, value_kinds)
 from site_secrets import SiteTruth, normal_text, site_truth, statistic_in
 
 pytestmark = pytest.mark.integration
@@ -132,9 +132,9 @@ def _run(name: str, site_files, tmp_path_factory) -> RecordedStudy:
     schema_path, paths = site_files
     log_dir, out = tmp_path_factory.mktemp(f"{name}-log"), tmp_path_factory.mktemp(name)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(simulation, "CLIENT_APP_FACTORY", FACTORY)
         patch.setenv(LOG_ENV, str(log_dir))
-        simulation.simulate_study(schema_path, paths, PLANS[name], out, lambda line: None)
+        simulation.simulate_study(schema_path, paths, PLANS[name], out, lambda line: None,
+                                  client_app=build_recording_client_app)
     messages = read_log(log_dir)
     for message in messages:
         message["site"] = SITES[int(message["partition"])]
@@ -157,17 +157,15 @@ def secure_study(site_files, tmp_path_factory) -> RecordedStudy:
 
 
 ALL_STUDIES = ("vae_study", "marginals_study", "secure_study")
+# What a round releases: the VAE's local DP-SGD steps, or one stage of the marginal tables.
+STEPS_PER_ROUND = {"vae_study": PLANS["vae"].local_steps, "marginals_study": 1}
 PLAIN_STUDIES = ("vae_study", "marginals_study")
 
 
 def _expected_arrays(schema: Schema, plan: StudyPlan) -> dict[str, tuple[tuple[int, ...], str]]:
     """name -> (shape, dtype) of the global model, from the contract, not from a message."""
-    if plan.generator == "marginals":
-        return {name: (shape, "float64")
-                for name, shape in build_layout(schema).table_shapes().items()}
-    model = build_generator(build_encoding(schema), plan.hidden, plan.latent, plan.seed)
-    return {name: (tuple(t.shape), str(t.detach().numpy().dtype))
-            for name, t in model.state_dict().items()}
+    return {name: (tuple(value.shape), str(value.dtype))
+            for name, value in family_for(plan).global_arrays(schema, plan).items()}
 
 
 def _secure_stage(message: dict[str, Any]) -> str:
@@ -246,7 +244,7 @@ def test_the_whitelisted_scalars_say_only_what_the_plan_and_the_ledger_know(stud
         replies = [record_values(m, keys.METRICS) for m in recorded.of("train")
                    if m["site"] == site]
         assert len(replies) == plan.rounds
-        steps = 1 if plan.generator == "marginals" else plan.local_steps
+        steps = STEPS_PER_ROUND[study]
         assert [r[keys.STEPS] for r in replies] == [steps] * plan.rounds
         assert [r[keys.STEPS_TOTAL] for r in replies] == [steps * (i + 1)
                                                           for i in range(plan.rounds)]

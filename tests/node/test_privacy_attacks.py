@@ -9,7 +9,7 @@ on neighbouring sites, and learns nothing beyond the accounted noise:
 3. federated evaluation as a membership oracle (a 4-row "cohort" holding one
    patient, then again and again).
 (The floating-point attack is in tests/protocols/test_dp_noise.py, the socket table
-in tests/coordinator/test_loopback.py, the neighbouring whole studies in
+in tests/simulation/test_loopback.py, the neighbouring whole studies in
 test_message_whitelist.py.)
 """
 
@@ -25,13 +25,13 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import ConfigRecord, Message, RecordDict
 
-from coordinator.generator_family import initial_arrays
+from coordinator.server_app import initial_arrays
 from node.client_app import SiteRefusal, build_client_app
 from protocols import messages as keys
 from protocols.encoding import build_encoding
 from protocols.evaluation.release import cell_sigmas, evaluation_layout
-from protocols.manifest import CSV_NAME, build_manifest, render_manifest
-from protocols.manifest_signing import public_key_pem, sign_manifest
+from protocols.release.manifest import CSV_NAME, build_manifest, render_manifest
+from protocols.release.signing import public_key_pem, sign_manifest
 from protocols.plan import StudyPlan
 
 # Helpers beside this file (tests/node/ is on sys.path, as pytest puts it for rootless tests).
@@ -91,14 +91,7 @@ def test_the_reported_epsilon_is_the_same_for_every_site_size(make_site, demo_sc
     """The review read n = 100..115 off the epsilon of round 1 (every value distinct)."""
     answers = set()
     for n in range(100, 116):
-        if plan.generator == "marginals":
-            content = RecordDict({keys.ARRAYS: initial_arrays(demo_schema, plan),
-                                  keys.PLAN: ConfigRecord({**plan.to_config(),
-                                                           keys.SCHEMA_SHA256: demo_schema.sha256,
-                                                           keys.SERVER_ROUND: 1})})
-            message = Message(content=content, dst_node_id=1, message_type="train")
-        else:
-            message = train_message(demo_schema, plan)[0]
+        message = train_message(demo_schema, plan, arrays=initial_arrays(demo_schema, plan))[0]
         kind, content = _answer(build_client_app(), message, make_site(n))
         assert kind == "replied"
         answers.add(json.dumps(content, sort_keys=True))
@@ -274,7 +267,7 @@ def test_an_evaluation_closes_the_study_so_no_later_epsilon_leaves_it_out(
     """Found in review: an evaluation asked for after round 1 of 3 was left out of the
     epsilon of rounds 2 and 3 and of the privacy report. Now no round follows it, and the
     report's epsilon includes it."""
-    from protocols.accounting import dpsgd_epsilon
+    from protocols.generators.vae.accounting import dpsgd_epsilon
 
     plan = StudyPlan(epsilon=2.0, rounds=3, local_steps=2, hidden=8, latent=2,
                      evaluation_epsilon=0.5)

@@ -7,10 +7,14 @@ import pytest
 import torch
 
 from node.site_config import resolve_site
-from node.training import GRADIENT_NORMALISER, SitePrivacy, poisson_batches, train_round
-from protocols.accounting import EPSILON_TOLERANCE, dpsgd_epsilon
+from protocols.generators import family_for
+from protocols.generators.family import SitePrivacy
+from protocols.generators.vae.accounting import dpsgd_epsilon
+from protocols.generators.vae.training import (GRADIENT_NORMALISER, poisson_batches,
+                                               train_round)
+from protocols.privacy.accounting import EPSILON_TOLERANCE
 from protocols.errors import BudgetError
-from protocols.generator import build_generator, per_record_loss
+from protocols.generators.vae.model import build_generator, per_record_loss
 from protocols.plan import StudyPlan
 
 # Helpers beside this file (tests/node/ is on sys.path, as pytest puts it for rootless tests).
@@ -29,7 +33,7 @@ def site():
 
 def _run_study(site, plan):
     model = build_generator(site.encoding, plan.hidden, plan.latent, plan.seed)
-    privacy = SitePrivacy.for_plan(plan)
+    privacy = family_for(plan).site_privacy(plan)
     steps, outcome = 0, None
     for _ in range(plan.rounds):
         outcome = train_round(model, site.encoded, plan, privacy, steps)
@@ -43,21 +47,22 @@ def test_accountant_epsilon_for_the_steps_actually_run_stays_within_the_plan(sit
     assert outcome.steps_total == plan.total_steps
     assert plan.epsilon - EPSILON_TOLERANCE <= outcome.epsilon <= plan.epsilon
     assert outcome.epsilon == dpsgd_epsilon(plan, outcome.steps_total)
-    assert privacy == SitePrivacy.for_plan(plan)  # the plan's, whatever the site
+    assert privacy == family_for(plan).site_privacy(plan)  # the plan's, whatever the site
 
 
 def test_the_mechanism_is_the_plans_at_every_site():
     """q is the plan's sample rate and σ a function of the plan: not batch / n."""
     plan = StudyPlan(epsilon=2.0, **SMALL)
-    privacy = SitePrivacy.for_plan(plan)
+    privacy = family_for(plan).site_privacy(plan)
     assert privacy.sample_rate == plan.sample_rate
-    assert privacy == SitePrivacy.for_plan(StudyPlan(epsilon=2.0, **SMALL))
+    again = StudyPlan(epsilon=2.0, **SMALL)
+    assert privacy == family_for(again).site_privacy(again)
 
 
 def test_epsilon_accumulates_over_rounds_not_per_round(site):
     plan = StudyPlan(epsilon=2.0, **SMALL)
     model = build_generator(site.encoding, plan.hidden, plan.latent, plan.seed)
-    privacy = SitePrivacy.for_plan(plan)
+    privacy = family_for(plan).site_privacy(plan)
     first = train_round(model, site.encoded, plan, privacy, 0)
     second = train_round(model, site.encoded, plan, privacy, first.steps_total)
     assert first.epsilon < second.epsilon <= plan.epsilon
@@ -66,7 +71,7 @@ def test_epsilon_accumulates_over_rounds_not_per_round(site):
 def test_node_refuses_to_run_more_steps_than_the_plan_allows(site):
     plan = StudyPlan(epsilon=1.0, **SMALL)
     model = build_generator(site.encoding, plan.hidden, plan.latent, plan.seed)
-    privacy = SitePrivacy.for_plan(plan)
+    privacy = family_for(plan).site_privacy(plan)
     with pytest.raises(BudgetError, match="exceed"):
         train_round(model, site.encoded, plan, privacy, plan.total_steps)
 
@@ -88,7 +93,7 @@ def test_dp_noise_comes_from_no_seeded_generator(site):
 def test_a_step_adds_gaussian_noise_of_the_plans_scale_on_a_public_normaliser(site):
     """On an empty Poisson sample the update is noise alone: N(0, (σC)²) per coordinate,
     divided by the public normaliser, never by the site's expected batch q·n."""
-    from node.training import dp_setup, train_step
+    from protocols.generators.vae.training import dp_setup, train_step
 
     plan = StudyPlan(epsilon=1.0, max_grad_norm=0.5, **SMALL)
     privacy = SitePrivacy(sample_rate=plan.sample_rate, noise_multiplier=2.0)
@@ -130,7 +135,7 @@ def test_ghost_clipping_gives_the_same_clipped_update_as_per_sample_gradients(si
     from opacus.grad_sample import GradSampleModule
     from opacus.optimizers import DPOptimizer
 
-    from node.training import dp_setup, train_step
+    from protocols.generators.vae.training import dp_setup, train_step
 
     plan = StudyPlan(epsilon=1.0, max_grad_norm=0.05, learning_rate=1e-2, **SMALL)
     privacy = SitePrivacy(sample_rate=0.5, noise_multiplier=0.0)
@@ -158,7 +163,7 @@ def test_ghost_clipping_gives_the_same_clipped_update_as_per_sample_gradients(si
 
 
 def test_continuous_bins_are_a_fixed_grid_over_the_declared_range():
-    from protocols.generator import CONTINUOUS_BINS, bin_edges, value_bins
+    from protocols.generators.vae.model import CONTINUOUS_BINS, bin_edges, value_bins
 
     edges = bin_edges()
     assert len(edges) == CONTINUOUS_BINS + 1
@@ -171,7 +176,7 @@ def test_continuous_bins_are_a_fixed_grid_over_the_declared_range():
 def test_decoder_head_of_a_column_reads_only_the_columns_before_it(site):
     """Autoregressive decoder: changing column j and later ones leaves the heads of
     columns up to j unchanged, so ancestral sampling is exact."""
-    from protocols.generator import _head_width
+    from protocols.generators.vae.model import _head_width
 
     model = build_generator(site.encoding, 16, 4, 0)
     blocks = site.encoding.blocks
@@ -190,7 +195,7 @@ def test_decoder_head_of_a_column_reads_only_the_columns_before_it(site):
 
 
 def test_samples_stay_in_the_unit_range_and_missing_numbers_read_as_encoded(site):
-    from protocols.generator import sample_encoded
+    from protocols.generators.vae.model import sample_encoded
 
     model = build_generator(site.encoding, 16, 4, 0)
     sample = sample_encoded(model, 500, seed=1)
@@ -214,6 +219,6 @@ def test_a_record_whose_loss_overflows_contributes_nothing_instead_of_poisoning_
                      latent=2)
     model = build_generator(site.encoding, plan.hidden, plan.latent, plan.seed)
     model.load_state_dict(tripwire_state(site.encoding, plan, site.encoded[0], 1e20))
-    outcome = train_round(model, site.encoded, plan, SitePrivacy.for_plan(plan), 0)
+    outcome = train_round(model, site.encoded, plan, family_for(plan).site_privacy(plan), 0)
     assert all(torch.isfinite(v).all() for v in model.state_dict().values())
     assert outcome.steps == plan.local_steps

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from coordinator.cli import main as coordinator_main
+from simulation.cli import main as coordinator_main
 from coordinator.cohort import release_cohort
-from coordinator.signing_key import load_signing_key
+from coordinator.provisioning.signing_key import load_signing_key
 from node.cli import main as node_main
-from protocols.manifest import SitePrivacySpent
+from protocols.release.manifest import SitePrivacySpent
 from protocols.plan import StudyPlan
 
 

@@ -8,24 +8,22 @@ import math
 import numpy as np
 import pytest
 
-from protocols.accounting import (
+from protocols.generators import check_site_size, family_for
+from protocols.generators.vae.accounting import (MAX_NOISE_TO_SIGNAL, dpsgd_epsilon,
+                                                 noise_multiplier_for, noise_to_signal)
+from protocols.privacy.accounting import (
     EPSILON_TOLERANCE,
-    MAX_NOISE_TO_SIGNAL,
     RDP_ORDERS,
     GaussianRelease,
-    check_site_size,
     composed_epsilon,
-    dpsgd_epsilon,
     evaluation_release,
-    minimum_site_records,
-    noise_multiplier_for,
-    noise_to_signal,
 )
-from protocols.dp_noise import discrete_gaussian_rho
+from protocols.privacy.dp_noise import discrete_gaussian_rho
 from protocols.errors import PlanError
-from protocols.marginals import build_layout, release_noise_multiplier, stages_epsilon
+from protocols.count_tables import build_layout
+from protocols.generators.marginals.tables import release_noise_multiplier, stages_epsilon
 from protocols.plan import StudyPlan
-from protocols.site_limits import MAX_SITE_RECORDS, MIN_SITE_RECORDS
+from protocols.privacy.site_limits import MAX_SITE_RECORDS, MIN_SITE_RECORDS
 
 pytestmark = pytest.mark.filterwarnings("ignore:Optimal order is the largest alpha")
 
@@ -124,29 +122,33 @@ def test_unreachable_epsilon_is_a_plan_error() -> None:
         noise_multiplier_for(StudyPlan(epsilon=1e-6, rounds=30, local_steps=10))
 
 
-@pytest.mark.parametrize("generator", ["vae", "marginals"])
 @pytest.mark.parametrize("evaluation", [0.3, 1.0, 2.5])
-def test_training_and_evaluation_together_stay_within_epsilon(generator: str,
-                                                              evaluation: float,
-                                                              demo_schema) -> None:
-    plan = StudyPlan(epsilon=3.0, generator=generator, rounds=2 if generator == "marginals"
-                     else 5, local_steps=10, evaluation_epsilon=evaluation)
+def test_dpsgd_and_evaluation_together_stay_within_epsilon(evaluation: float) -> None:
+    plan = StudyPlan(epsilon=3.0, rounds=5, local_steps=10, evaluation_epsilon=evaluation)
     alone = composed_epsilon([evaluation_release(plan)], plan.delta)
     assert evaluation - EPSILON_TOLERANCE <= alone <= evaluation
-    if generator == "vae":
-        total = dpsgd_epsilon(plan, plan.total_steps, evaluated=True)
-        without = StudyPlan(epsilon=3.0, rounds=5, local_steps=10)
-        assert noise_multiplier_for(plan) > noise_multiplier_for(without)
-    else:
-        total = stages_epsilon(build_layout(demo_schema), plan, 2, evaluated=True)
-        assert release_noise_multiplier(plan) > release_noise_multiplier(
-            StudyPlan(generator="marginals", rounds=2))
+    total = dpsgd_epsilon(plan, plan.total_steps, evaluated=True)
+    without = StudyPlan(epsilon=3.0, rounds=5, local_steps=10)
+    assert noise_multiplier_for(plan) > noise_multiplier_for(without)
+    assert plan.epsilon - EPSILON_TOLERANCE <= total <= plan.epsilon
+
+
+@pytest.mark.parametrize("evaluation", [0.3, 1.0, 2.5])
+def test_marginal_tables_and_evaluation_together_stay_within_epsilon(
+        evaluation: float, demo_schema) -> None:
+    plan = StudyPlan(epsilon=3.0, generator="marginals", rounds=2,
+                     evaluation_epsilon=evaluation)
+    alone = composed_epsilon([evaluation_release(plan)], plan.delta)
+    assert evaluation - EPSILON_TOLERANCE <= alone <= evaluation
+    total = stages_epsilon(build_layout(demo_schema), plan, 2, evaluated=True)
+    assert release_noise_multiplier(plan) > release_noise_multiplier(
+        StudyPlan(generator="marginals", rounds=2))
     assert plan.epsilon - EPSILON_TOLERANCE <= total <= plan.epsilon
 
 
 def test_the_minimum_site_is_where_noise_stops_outweighing_the_signal() -> None:
     plan = StudyPlan(epsilon=1.0, rounds=5)
-    smallest = minimum_site_records(plan)
+    smallest = family_for(plan).minimum_site_records(plan)
     assert smallest >= MIN_SITE_RECORDS
     assert noise_to_signal(plan, smallest) <= MAX_NOISE_TO_SIGNAL
     assert noise_to_signal(plan, smallest - 1) > MAX_NOISE_TO_SIGNAL
@@ -160,7 +162,7 @@ def test_the_minimum_site_is_where_noise_stops_outweighing_the_signal() -> None:
 @pytest.mark.parametrize("plan", [StudyPlan(epsilon=math.inf),
                                   StudyPlan(generator="marginals", rounds=2)])
 def test_only_the_floor_applies_to_references_and_marginals(plan: StudyPlan) -> None:
-    assert minimum_site_records(plan) == MIN_SITE_RECORDS
+    assert family_for(plan).minimum_site_records(plan) == MIN_SITE_RECORDS
     check_site_size(plan, MIN_SITE_RECORDS, "hospital-07.csv")
 
 

@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from coordinator.cli import main as coordinator_main
+from simulation.cli import main as coordinator_main
 from node.cli import main as node_main
 from protocols.records import check_file
 from protocols.schema import load_schema

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from protocols.dp_noise import (discrete_gaussian, discrete_gaussian_rho, poisson_mask,
+from protocols.privacy.dp_noise import (discrete_gaussian, discrete_gaussian_rho, poisson_mask,
                                 secure_normal, secure_uniform)
 
 

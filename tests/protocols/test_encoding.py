@@ -27,6 +27,7 @@ from protocols.records import check_file, validate_records
 from protocols.schema import Column, Schema, parse_schema
 
 EPOCH = dt.date(1970, 1, 1)
+LAST_DATE = dt.date(2262, 4, 11)  # pandas' last whole day; the schema refuses later bounds
 FEATURE_TYPES = ("numeric", "integer", "categorical", "boolean", "date")
 TRUE_SPELLINGS = ("true", "1", "yes", "t", "y", "TRUE", "Yes", " T ")
 FALSE_SPELLINGS = ("false", "0", "no", "f", "n", "FALSE", "No", " n ")
@@ -53,7 +54,7 @@ def column_docs(draw: st.DrawFn, name: str, kind: str) -> dict:
         doc.update(min=low, max=low + draw(st.integers(0, 10**6)))
     elif kind == "date":
         low = draw(st.dates(dt.date(1800, 1, 1), dt.date(2200, 1, 1)))
-        high = low + dt.timedelta(days=draw(st.integers(0, 40_000)))
+        high = min(low + dt.timedelta(days=draw(st.integers(0, 40_000))), LAST_DATE)
         doc.update(min=low.isoformat(), max=high.isoformat())
     elif kind == "categorical":
         doc["categories"] = draw(st.lists(_LABELS, min_size=1, max_size=5, unique=True))

@@ -6,7 +6,7 @@ from dataclasses import replace
 import pytest
 
 from protocols.errors import BudgetError
-from protocols.ledger import (EVALUATION, GENESIS, RESERVE, ROUND, LedgerEntry, SiteBudget,
+from protocols.privacy.ledger import (EVALUATION, GENESIS, RESERVE, ROUND, LedgerEntry, SiteBudget,
                               check_budget, committed_delta, committed_epsilon, entry_line,
                               last_hash, parse_ledger, study_spend)
 

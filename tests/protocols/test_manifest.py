@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from protocols.manifest import (MECHANISMS, NEIGHBOURING, SitePrivacySpent, build_manifest,
+from protocols.generators import family_for
+from protocols.release.manifest import (NEIGHBOURING, SitePrivacySpent, build_manifest,
                                 privacy_sentence)
 from protocols.plan import StudyPlan
 
@@ -21,7 +22,7 @@ def test_the_statement_names_relation_mechanism_epsilon_delta_and_trust(plan):
     assert sentence.count(". ") == 0 and sentence.endswith(".")  # one sentence
     assert f"({plan.epsilon:g}, {plan.delta:g})-differential privacy" in sentence
     assert "adding or removing one patient's record at that hospital" in sentence
-    assert MECHANISMS[plan.generator] in sentence
+    assert family_for(plan).mechanism in sentence
     assert "trusting only that each hospital runs its own installed fedsynth node" in sentence
     assert ("evaluation release" in sentence) == plan.evaluated
     assert ("SecAgg+" in sentence) == plan.secure_aggregation

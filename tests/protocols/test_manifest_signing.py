@@ -17,13 +17,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from protocols.errors import FedsynthError
-from protocols.manifest import (MANIFEST_NAME, SitePrivacySpent, build_manifest,
+from protocols.release.manifest import (MANIFEST_NAME, SitePrivacySpent, build_manifest,
                                 write_manifest)
-from protocols.manifest_signing import (SIGNATURE, SignatureError, canonical_bytes,
+from protocols.release.signing import (SIGNATURE, SignatureError, canonical_bytes,
                                         check_signature, key_fingerprint, public_key_pem,
                                         sign_manifest)
 from protocols.plan import StudyPlan
-from protocols.release_verification import load_trusted_key, verify_release
+from protocols.release.verification import load_trusted_key, verify_release
 
 CSV, PARQUET = "synthetic.csv", "synthetic.parquet"
 

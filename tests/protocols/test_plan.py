@@ -113,14 +113,6 @@ def test_flower_app_config_holds_exactly_the_plan_defaults() -> None:
     assert StudyPlan.from_config(config) == StudyPlan()
 
 
-def test_plan_knows_its_generator_families():
-    assert StudyPlan(generator="marginals", rounds=2).generator == "marginals"
-    with pytest.raises(PlanError, match="generator must be one of"):
-        StudyPlan(generator="gan")
-    with pytest.raises(PlanError, match="rounds must be 2"):
-        StudyPlan(generator="marginals", rounds=3)
-
-
 def test_a_plan_built_with_whole_numbers_is_the_same_study_as_its_config():
     """3 and 3.0 are one epsilon: the fingerprint that names the study at every node
     must not depend on how the plan was typed."""

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from protocols.report_html import render_report, write_report
+from protocols.evaluation.report.html import render_report, write_report
 
 DANGEROUS = "<script>alert(1)</script>"
 AMPERSAND_COLUMN = "height & weight"

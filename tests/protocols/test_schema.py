@@ -7,9 +7,11 @@ import datetime as dt
 import textwrap
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from protocols.errors import FedsynthError, SchemaError
+from protocols.records import validate_records
 from protocols.schema import Schema, load_schema, parse_schema
 
 VALID = """
@@ -326,3 +328,18 @@ def test_schema_says_yaml_indents_with_spaces_when_a_tab_breaks_it() -> None:
     with pytest.raises(SchemaError, match=r"line 3, character 1: not valid YAML: .*the line "
                                           r"reads 'type: boolean'; YAML indents with spaces"):
         parse_schema("columns:\n  - name: a\n\ttype: boolean\n")
+
+
+@pytest.mark.parametrize("low, high", [("2000-01-01", "2262-04-12"), ("1677-09-21", "2000-01-01")])
+def test_schema_refuses_date_bounds_pandas_cannot_read_naming_the_column(low, high):
+    """A record inside such bounds (2262-04-12) could not be parsed as a date: the
+    schema, not the record, is at fault, so the schema says so."""
+    with pytest.raises(SchemaError, match="column 'seen'.*outside the dates fedsynth can read"):
+        parse_schema(f"columns:\n  - {{name: seen, type: date, min: '{low}', max: '{high}'}}\n")
+
+
+def test_schema_accepts_the_last_date_pandas_can_read_and_records_on_it_validate():
+    schema = parse_schema("columns:\n  - {name: seen, type: date, min: '2262-01-01', "
+                          "max: '2262-04-11'}\n")
+    validation = validate_records(pd.DataFrame({"seen": ["2262-04-11"]}), schema, source="t")
+    assert validation.ok

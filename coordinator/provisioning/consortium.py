@@ -1,0 +1,212 @@
+"""Provisioning a consortium: the coordinator's kit and one kit per hospital.
+
+`provision` creates (or, when `OUT/coordinator/` exists, reuses) the consortium CA,
+the SuperLink's TLS certificate and the manifest-signing key, and writes a kit for
+each new site: its node-auth key pair (the private half exists only in that kit),
+the CA, the manifest-verification key and a filled `node.toml`. Adding a hospital
+later is the same command with the new site name; keys are never overwritten.
+Every check runs before anything is written, and writing goes through a staging
+folder (`coordinator.provisioning.kit_staging`), so a refused or failed run leaves nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from coordinator.provisioning import certificates as certs
+from coordinator.provisioning.kit_readmes import coordinator_readme, site_readme
+from coordinator.provisioning.kit_staging import KitFile, move_into_place, staging_folder, write_tree
+from coordinator.provisioning.kit_texts import consortium_toml, node_toml
+from protocols import kit_layout as kit
+from protocols.kit_layout import KitError, SuperLinkAddress, check_site_name, parse_address
+from protocols.schema import load_schema
+
+DEFAULT_SUPERLINK = "localhost:9092"
+CONSORTIUM_TOML = "consortium.toml"
+ENROLLED = "enrolled"
+_COORDINATOR_PUBLIC = (kit.CA_CERT, "superlink.pem", kit.MANIFEST_SIGNING_PUB, CONSORTIUM_TOML)
+
+
+@dataclass(frozen=True)
+class ProvisionRequest:
+    """What the coordinator asked for on the command line."""
+
+    sites: tuple[str, ...]
+    out: Path
+    superlink: str | None = None  # None: the existing consortium's, else DEFAULT_SUPERLINK
+    schema: Path | None = None
+    epsilon_budget: float = 10.0
+    delta_budget: float = 1e-4
+    valid_days: int = 365
+
+
+@dataclass(frozen=True)
+class Consortium:
+    """The public facts a new site kit needs; no private key of the coordinator's."""
+
+    address: SuperLinkAddress
+    ca_pem: bytes
+    signing_pub: bytes
+    sites: tuple[str, ...]
+    created: dt.datetime
+    valid_until: dt.datetime
+
+
+@dataclass(frozen=True)
+class Provisioned:
+    """What `provision` did, for the CLI to report."""
+
+    out: Path
+    consortium: Consortium
+    new_sites: tuple[str, ...]
+    reused: bool
+
+
+def provision(request: ProvisionRequest, now: dt.datetime | None = None) -> Provisioned:
+    """Check the request, then write the kits; raise `KitError` before writing anything."""
+    now = now or dt.datetime.now(dt.timezone.utc)
+    out, coordinator_dir = request.out, request.out / kit.COORDINATOR_KIT
+    sites = _check_request(request, coordinator_dir)
+    existing = read_consortium(coordinator_dir) if coordinator_dir.exists() else None
+    address = _address(request.superlink, existing)
+    schema_bytes = request.schema.read_bytes() if request.schema else None
+    with staging_folder(out) as staging:
+        # When fresh, staging/coordinator becomes the coordinator kit; otherwise it only
+        # holds the additions (enrolled keys, rewritten summaries) for the existing one.
+        staged_coordinator = staging / kit.COORDINATOR_KIT
+        if existing is None:
+            consortium, secrets = new_consortium(address, now, request.valid_days)
+            write_tree(staged_coordinator, secrets)
+        else:
+            consortium = existing
+        for site in sites:
+            files, public_key = site_kit(site, consortium, schema_bytes, request.epsilon_budget,
+                                         request.delta_budget)
+            write_tree(staging / site, files)
+            write_tree(staged_coordinator / ENROLLED, {f"{site}.pub": KitFile(public_key)})
+        consortium = replace(consortium, sites=tuple(sorted({*consortium.sites, *sites})))
+        docs = coordinator_docs(consortium, coordinator_dir, request.schema)
+        write_tree(staged_coordinator, docs)
+        move_into_place(_moves(staging, out, sites, fresh=existing is None))
+        if existing is not None:
+            _replace_docs(staged_coordinator, coordinator_dir, docs)
+    return Provisioned(out, consortium, sites, reused=existing is not None)
+
+
+def new_consortium(address: SuperLinkAddress, now: dt.datetime, valid_days: int
+                   ) -> tuple[Consortium, dict[str, KitFile]]:
+    """A fresh CA, SuperLink certificate and signing key: the coordinator's secret files."""
+    ca = certs.new_ca(f"fedsynth {address.host}", now, valid_days)
+    superlink = certs.superlink_certificate(ca, address, now, valid_days)
+    signing = certs.manifest_signing_key_pair()
+    files = {kit.CA_CERT: KitFile(ca.cert_pem), "ca.key": KitFile(ca.key_pem, secret=True),
+             "superlink.pem": KitFile(superlink.cert_pem),
+             "superlink.key": KitFile(superlink.key_pem, secret=True),
+             "manifest-signing.key": KitFile(signing.private, secret=True),
+             kit.MANIFEST_SIGNING_PUB: KitFile(signing.public)}
+    valid_until = certs.certificate_expiry(superlink.cert_pem)
+    return Consortium(address, ca.cert_pem, signing.public, (), now, valid_until), files
+
+
+def site_kit(site: str, consortium: Consortium, schema: bytes | None, epsilon_budget: float,
+             delta_budget: float = 1e-4) -> tuple[dict[str, KitFile], bytes]:
+    """A hospital's kit files and the public key the coordinator enrols."""
+    auth = certs.node_auth_key_pair()
+    files = {kit.CA_CERT: KitFile(consortium.ca_pem),
+             kit.NODE_AUTH_KEY: KitFile(auth.private, secret=True),
+             kit.NODE_AUTH_PUB: KitFile(auth.public),
+             kit.MANIFEST_SIGNING_PUB: KitFile(consortium.signing_pub),
+             kit.NODE_TOML: KitFile(node_toml(site, consortium.address, schema is not None,
+                                              epsilon_budget, delta_budget).encode()),
+             kit.KIT_README: KitFile(site_readme(site, consortium.address).encode())}
+    if schema is not None:
+        files[kit.SCHEMA_COPY] = KitFile(schema)
+    return files, auth.public
+
+
+def coordinator_docs(consortium: Consortium, coordinator_dir: Path, schema: Path | None
+                     ) -> dict[str, KitFile]:
+    """consortium.toml and README.md, rewritten whenever the set of sites changes."""
+    toml = consortium_toml(consortium.address, consortium.sites, consortium.created,
+                           consortium.valid_until)
+    readme = coordinator_readme(coordinator_dir, consortium.address, consortium.sites, schema)
+    return {CONSORTIUM_TOML: KitFile(toml.encode()), kit.KIT_README: KitFile(readme.encode())}
+
+
+def read_consortium(coordinator_dir: Path) -> Consortium:
+    """The existing consortium's public facts, from its coordinator kit."""
+    missing = [n for n in _COORDINATOR_PUBLIC if not (coordinator_dir / n).is_file()]
+    if missing:
+        raise KitError(f"{coordinator_dir} exists but lacks {', '.join(missing)}: it is not a "
+                       "complete coordinator kit. Restore it, or provision into a new --out.")
+    path = coordinator_dir / CONSORTIUM_TOML
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+        address = parse_address(doc["superlink"]["address"])
+        sites = tuple(str(s) for s in doc["consortium"]["sites"])
+        created = dt.datetime.fromisoformat(doc["consortium"]["created"])
+    except (tomllib.TOMLDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise KitError(f"{path} cannot be read ({exc}); it was written by `fedsynth-coordinator "
+                       "provision` and should not be edited by hand.") from None
+    ca_pem = (coordinator_dir / kit.CA_CERT).read_bytes()
+    expiry = certs.certificate_expiry((coordinator_dir / "superlink.pem").read_bytes())
+    signing_pub = (coordinator_dir / kit.MANIFEST_SIGNING_PUB).read_bytes()
+    return Consortium(address, ca_pem, signing_pub, sites, created, expiry)
+
+
+def _check_request(request: ProvisionRequest, coordinator_dir: Path) -> tuple[str, ...]:
+    sites = tuple(check_site_name(s) for s in request.sites)
+    if not sites:
+        raise KitError("Name at least one site to provision (--sites siteA,siteB).")
+    repeated = sorted({s for s in sites if sites.count(s) > 1})
+    if repeated:
+        raise KitError(f"Site name(s) {', '.join(repeated)} given more than once.")
+    if request.superlink is not None:
+        parse_address(request.superlink)
+    if not (math.isfinite(request.epsilon_budget) and request.epsilon_budget > 0):
+        raise KitError(f"--epsilon-budget must be a finite number above 0, not "
+                       f"{request.epsilon_budget}.")
+    if not (0 < request.delta_budget < 1):
+        raise KitError(f"--delta-budget must lie between 0 and 1, not {request.delta_budget}.")
+    if request.valid_days < 1:
+        raise KitError(f"--valid-days must be at least 1, not {request.valid_days}.")
+    if request.schema is not None:
+        load_schema(request.schema)  # a schema error names the file and the rule
+    for site in sites:
+        for path in (request.out / site, coordinator_dir / ENROLLED / f"{site}.pub"):
+            if path.exists():
+                raise KitError(f"Site {site!r} is already provisioned ({path} exists); its keys "
+                               "are never overwritten. Nothing was written.")
+    return sites
+
+
+def _address(requested: str | None, existing: Consortium | None) -> SuperLinkAddress:
+    if existing is None:
+        return parse_address(requested or DEFAULT_SUPERLINK)
+    if requested is not None and parse_address(requested) != existing.address:
+        raise KitError(f"This consortium's SuperLink is {existing.address} (its certificate "
+                       f"names that host), not {requested}. Leave out --superlink to add sites, "
+                       "or provision a new consortium into another --out.")
+    return existing.address
+
+
+def _moves(staging: Path, out: Path, sites: Sequence[str], fresh: bool) -> list[tuple[Path, Path]]:
+    """Site kits first, then the coordinator kit (fresh) or each newly enrolled key."""
+    moves = [(staging / site, out / site) for site in sites]
+    coordinator_dir, staged = out / kit.COORDINATOR_KIT, staging / kit.COORDINATOR_KIT
+    if fresh:
+        return moves + [(staged, coordinator_dir)]
+    (coordinator_dir / ENROLLED).mkdir(mode=0o700, exist_ok=True)
+    return moves + [(staged / ENROLLED / f"{site}.pub", coordinator_dir / ENROLLED / f"{site}.pub")
+                    for site in sites]
+
+
+def _replace_docs(staged: Path, coordinator_dir: Path, docs: dict[str, KitFile]) -> None:
+    """The summaries are the only files replaced: they describe, they hold no key."""
+    for name in docs:
+        (staged / name).replace(coordinator_dir / name)

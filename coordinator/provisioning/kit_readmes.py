@@ -1,0 +1,199 @@
+"""The README.md of each kit: the commands its holder runs, with this kit's paths.
+
+The coordinator's README is for the consortium's operator (start the SuperLink,
+enrol sites, launch a study); a site's README is for hospital IT and says what
+the node needs from the network (one outbound port) and which file is secret.
+Pure functions; `coordinator.provisioning.consortium` writes what they return.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Sequence
+from pathlib import Path
+
+from protocols import kit_layout as kit
+from protocols.kit_layout import SuperLinkAddress
+
+SUPERLINK_LOCAL_PORT = 9092
+FEDERATION = "consortium"
+
+
+def coordinator_readme(directory: Path, address: SuperLinkAddress, sites: Sequence[str],
+                       schema: Path | None) -> str:
+    """How the coordinator runs the SuperLink, enrols `sites` and launches a study."""
+    d = directory.resolve()
+
+    def q(name: str) -> str:
+        return shlex.quote(str(d / name))
+
+    local_port = address.port if address.is_loopback else SUPERLINK_LOCAL_PORT
+    register = "\n".join(f"flwr supernode register {q('enrolled/' + s + '.pub')} {FEDERATION}"
+                         f" --name {shlex.quote(s)}" for s in sorted(sites))
+    names = ", ".join(dict.fromkeys([address.host, "localhost", "127.0.0.1"]))
+    schema_arg = str(schema.resolve()) if schema else "/path/to/consortium-schema.yaml"
+    run_config = (f'engine="deployment" schema-path="{schema_arg}" '
+                  f'out-dir="{d.parent / "study-out"}" '
+                  f'superlink-address="127.0.0.1:{local_port}" root-certificates="{d / "ca.pem"}" '
+                  f'signing-key="{d / "manifest-signing.key"}"')
+    return f"""\
+# Coordinator kit — stays with the consortium coordinator, never shipped
+
+| file | what it is |
+|---|---|
+| `ca.pem`, `ca.key` | the consortium CA; `ca.key` signs certificates: keep it offline if you can |
+| `superlink.pem`, `superlink.key` | the SuperLink's TLS certificate and key (valid for {names}) |
+| `manifest-signing.key`, `manifest-signing.pub` | Ed25519 key pair that signs released cohort manifests; the `.key` is **secret** (whoever holds it can sign cohorts in the consortium's name), every site kit holds the `.pub` |
+| `enrolled/<site>.pub` | each site's node-auth public key, to register with the SuperLink |
+| `consortium.toml` | SuperLink address ({address}), sites, creation date, expiry |
+
+Sites dial **{address}**. To add a hospital later, run `fedsynth-coordinator provision
+--sites NEWSITE --out {shlex.quote(str(d.parent))}` again: this CA, certificate and signing
+key are reused and only the new site's kit is written.
+
+## 1. Start the SuperLink
+
+```
+flower-superlink \\
+  --ssl-ca-certfile {q(kit.CA_CERT)} \\
+  --ssl-certfile {q('superlink.pem')} \\
+  --ssl-keyfile {q('superlink.key')} \\
+  --enable-supernode-auth \\
+  --database {q('superlink-state.db')} \\
+  --disable-runtime-dependency-installation \\
+  --host 127.0.0.1 --port {local_port}
+```
+
+`--database` keeps the enrolled nodes across restarts. This one port carries three
+APIs: `/v1/fleet/` (what hospitals dial), `/v1/control/` (the `flwr` CLI: it launches
+studies and enrols nodes, and is **unauthenticated**) and `/v1/runtime/` (the local
+ServerApp). `/v1/control/` and `/v1/runtime/` must never be reachable from outside,
+so the SuperLink listens on 127.0.0.1 only. {_public_entry(address)}
+Hospitals need no inbound port.
+
+## 2. Tell the `flwr` CLI about the consortium
+
+In `$FLWR_HOME/config.toml` (default `~/.flwr/config.toml`):
+
+```
+[superlink]
+default = "{FEDERATION}"
+
+[superlink.{FEDERATION}]
+address = "127.0.0.1:{local_port}"
+root-certificates = "{d / kit.CA_CERT}"
+```
+
+## 3. Enrol the sites (once per site; persists in the database)
+
+```
+{register}
+```
+
+## 4. Launch a study
+
+From the fedsynth project folder (the one with `pyproject.toml`), once the sites' nodes run:
+
+```
+flwr run . {FEDERATION} --run-config {shlex.quote(run_config)}
+```
+
+Add `secure-aggregation=true` to the run config to have the SuperLink see only the
+sum of the sites' updates. The cohort, its manifest and its report land in `out-dir`;
+the manifest is signed with `manifest-signing.key` (run config `signing-key`).
+
+## 5. Verify a released cohort
+
+```
+fedsynth-coordinator verify {shlex.quote(str(d.parent / "study-out"))} --public-key {q(kit.MANIFEST_SIGNING_PUB)}
+```
+
+Exit 0 only when the manifest's signature is this consortium key's and every cohort file's
+sha256 and size match; otherwise one line per problem. The sites run the same check with
+`fedsynth-node verify DIR --kit KIT`.
+"""
+
+
+def _public_entry(address: SuperLinkAddress) -> str:
+    if address.is_loopback:
+        return ("This consortium's address is on this machine (a trial), so nodes here dial "
+                "the SuperLink directly.")
+    clash = (f" (both use port {address.port}: bind the proxy to the public IP, "
+             f"`listen PUBLIC_IP:{address.port} ssl;`)"
+             if address.port == SUPERLINK_LOCAL_PORT else "")
+    return (f"The public entry, {address}, is a reverse proxy on this machine that forwards "
+            f"`/v1/fleet/` only to 127.0.0.1:{SUPERLINK_LOCAL_PORT}{clash}: see "
+            "`deploy/reverse-proxy.md` and `deploy/nginx-superlink.conf` in the fedsynth "
+            "repository.")
+
+
+def site_readme(site: str, address: SuperLinkAddress) -> str:
+    """What hospital IT needs to know to run site `site`'s node."""
+    return f"""\
+# fedsynth node kit for site {site}
+
+This folder is everything your node needs to join the consortium's studies.
+
+| file | what it is |
+|---|---|
+| `{kit.NODE_TOML}` | this node's configuration (SuperLink address, paths, privacy budget) |
+| `{kit.CA_CERT}` | the consortium CA: the node only talks to a SuperLink it certified |
+| `{kit.NODE_AUTH_KEY}` | **secret**: proves to the SuperLink that this node is site {site}. The coordinator generated it and should have deleted its copy after handing you the kit; keep it readable by the node's user alone (`chmod 600`), never copy or email it |
+| `{kit.NODE_AUTH_PUB}` | its public half (the coordinator already has it) |
+| `{kit.MANIFEST_SIGNING_PUB}` | the consortium's manifest-signing public key: `fedsynth-node verify` checks a released cohort against it |
+| `{kit.SCHEMA_COPY}` | the consortium's data dictionary (if the coordinator included it) |
+
+## Start the node
+
+```
+fedsynth-node check --schema {kit.SCHEMA_COPY} --data /path/to/records.csv   # optional: validate first
+fedsynth-node start --kit . --data /path/to/records.csv
+```
+
+`start` checks the kit and every record before it connects; add `--dry-run` to see
+the exact `flower-supernode` command without running it. Patient records never
+leave this machine: only model updates, trained with differential privacy, do.
+
+**What you trust.** As in any Flower deployment, the node runs the fedsynth app
+code the coordinator sends with each study (Flower installs it for the run). The
+ledger, the budget check and the reply whitelist are in that code: agree with the
+consortium on the fedsynth release, and run studies only from a coordinator you
+trust to ship it unchanged.
+
+## See the privacy budget
+
+```
+fedsynth-node budget --kit .
+```
+
+It lists every study on this node's privacy ledger (`state/privacy-ledger.jsonl`) and
+what is committed, spent and left of `epsilon-budget` and `delta-budget`. A study that
+would overspend either is refused before any step. Whatever the reason the node declines,
+the coordinator sees one fixed text; the reason is in this node's log. If the ledger's hash chain is broken (exit status 2), the node
+refuses every study until you restore the ledger from your backup.
+
+## Check a released cohort
+
+```
+fedsynth-node verify /path/to/cohort-folder --kit .
+```
+
+It exits 0 only when the cohort's manifest is signed by the consortium's key in this kit
+and every file it lists (`synthetic.csv`, `synthetic.parquet`) has the sha256 and size the
+manifest states; otherwise it prints one line per file that differs. `report.html` is not
+covered by the signature.
+
+## Network
+
+The node needs only **outbound TCP port {address.port} to {address.host}** (TLS).
+It opens no inbound port: the node's local runtime port ({kit.DEFAULT_RUNTIME_PORT}) listens on
+127.0.0.1 only.
+
+## The `{kit.DEFAULT_STATE_DIR}/` folder
+
+Created on first start, readable by the node's user only. It holds this site's
+privacy ledger (the epsilon every study has spent, append-only and hash-chained; a
+study that would exceed the budget in `{kit.NODE_TOML}` is refused) and study state. Back
+it up and never delete it: the chain catches an edited or removed entry, but not a
+ledger cut short or deleted, which would forget what was already spent.
+"""

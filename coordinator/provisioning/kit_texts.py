@@ -1,0 +1,75 @@
+"""The configuration files of a kit, as text: a site's node.toml and consortium.toml.
+
+Pure functions; `coordinator.provisioning.consortium` writes what they return. TOML strings
+are written with JSON escapes, which TOML basic strings share.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Sequence
+
+from protocols import kit_layout as kit
+from protocols.kit_layout import SuperLinkAddress
+
+
+def node_toml(site: str, address: SuperLinkAddress, has_schema: bool,
+              epsilon_budget: float, delta_budget: float,
+              runtime_port: int = kit.DEFAULT_RUNTIME_PORT) -> str:
+    """A site's node configuration; relative paths resolve against the kit folder."""
+    schema = kit.SCHEMA_COPY if has_schema else kit.SCHEMA_PLACEHOLDER
+    return f"""\
+# fedsynth node configuration for site {site}, written by `fedsynth-coordinator provision`.
+# Relative paths are relative to this kit folder. Start the node with:
+#   fedsynth-node start --kit . --data /path/to/site-records.csv
+
+[site]
+name = {_s(site)}
+
+[superlink]
+address = {_s(str(address))}
+root-certificates = {_s(kit.CA_CERT)}
+auth-private-key = {_s(kit.NODE_AUTH_KEY)}
+
+[data]
+schema = {_s(schema)}
+records = {_s(kit.RECORDS_PLACEHOLDER)}  # placeholder; `fedsynth-node start --data` overrides it
+
+[node]
+state-dir = {_s(kit.DEFAULT_STATE_DIR)}  # the node's privacy ledger and study state live here
+runtime-port = {runtime_port}
+federated-evaluation = true  # a study's plan decides whether it asks (and charges) for one
+
+[privacy]
+epsilon-budget = {float(epsilon_budget)!r}  # total epsilon this site will spend across all studies
+delta-budget = {float(delta_budget)!r}  # total delta across all studies (they add up, like epsilon)
+"""
+
+
+def consortium_toml(address: SuperLinkAddress, sites: Sequence[str], created: dt.datetime,
+                    valid_until: dt.datetime) -> str:
+    """The coordinator's record of what was provisioned and until when it is valid."""
+    site_list = ", ".join(_s(s) for s in sorted(sites))
+    return f"""\
+# The consortium as provisioned by `fedsynth-coordinator provision`. Re-run it with
+# new --sites to add hospitals; the CA, SuperLink certificate and signing key are reused.
+
+[superlink]
+address = {_s(str(address))}
+host = {_s(address.host)}
+port = {address.port}
+
+[consortium]
+sites = [{site_list}]
+created = {_s(_utc(created))}
+valid-until = {_s(_utc(valid_until))}  # the CA and SuperLink certificate expire then
+"""
+
+
+def _s(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _utc(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
