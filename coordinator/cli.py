@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from coordinator.provisioning.consortium import (DEFAULT_SUPERLINK, ProvisionRequest,
@@ -52,15 +53,16 @@ def run(args: argparse.Namespace) -> int:
     return commands[args.command](args)
 
 
-def run_reporting_errors(command) -> int:
-    """`command()`'s exit status; a user error as one paragraph on stderr and status 2."""
+def run_reporting_errors(command: Callable[[], int], interrupted: str = "interrupted.") -> int:
+    """`command()`'s exit status; a user error as one paragraph on stderr and status 2,
+    an interruption as `interrupted` and status 130."""
     try:
         return command()
     except FedsynthError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; no cohort was released.", file=sys.stderr)
+        print(f"{PROG}: {interrupted}", file=sys.stderr)
         return 130
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from protocols.config import read_path, read_positive, read_text
 from protocols.demo_registry import simulate_registry
 from protocols.errors import PlanError
 from protocols.plan import StudyPlan
@@ -45,37 +46,22 @@ class StudySettings:
         """The settings of `run_config`; `schema` (already parsed) saves reading
         `schema-path` again."""
         if schema is None:
-            schema = _schema(str(run_config.get("schema-path", "") or ""))
-        engine = str(run_config.get("engine", "simulation"))
+            schema = _schema(read_text(run_config.get("schema-path")))
+        engine = read_text(run_config.get("engine")) or "simulation"
         if engine not in ENGINES:
             raise PlanError(f"Run config: engine = {engine!r} is not one of "
                             f"{', '.join(ENGINES)}.")
         return cls(schema=schema, plan=StudyPlan.from_config(dict(run_config)),
-                   out_dir=Path(str(run_config.get("out-dir", "fedsynth-out"))),
+                   out_dir=read_path(run_config.get("out-dir")) or Path("fedsynth-out"),
                    engine=engine,
-                   round_timeout=_seconds(run_config.get("round-timeout", 600.0)),
-                   superlink_address=str(run_config.get("superlink-address", "") or ""),
-                   root_certificates=str(run_config.get("root-certificates", "") or ""),
-                   signing_key=_optional_path(run_config.get("signing-key", "")))
+                   round_timeout=read_positive(run_config.get("round-timeout", 600.0),
+                                               "Run config: round-timeout", PlanError),
+                   superlink_address=read_text(run_config.get("superlink-address")) or "",
+                   root_certificates=read_text(run_config.get("root-certificates")) or "",
+                   signing_key=read_path(run_config.get("signing-key")))
 
 
-def _schema(path: str) -> Schema:
+def _schema(path: str | None) -> Schema:
     if path:
         return load_schema(path)
     return parse_schema(simulate_registry().schema_yaml, "built-in demo registry")
-
-
-def _optional_path(value: Any) -> Path | None:
-    text = str(value or "").strip()
-    return Path(text).expanduser() if text else None
-
-
-def _seconds(value: Any) -> float:
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        seconds = -1.0
-    if not seconds > 0:
-        raise PlanError(f"Run config: round-timeout = {value!r} is not a positive number of "
-                        "seconds.")
-    return seconds

@@ -46,6 +46,7 @@ from node.site_config import SiteSource, resolve_site
 from node.site_data import SiteData
 from node.site_evaluation import evaluation_release
 from protocols import messages as keys
+from protocols.config import read_flag
 from protocols.errors import FedsynthError, PlanError
 from protocols.generators import family_for
 from protocols.generators.family import SitePrivacy
@@ -237,7 +238,8 @@ def _evaluate(msg: Message, context: Context, source: SiteSource) -> Message:
     A hospital that does not want to take part sets `federated-evaluation = false`
     in its node config and the node declines."""
     torch.set_num_threads(1)
-    if str(context.node_config.get("federated-evaluation", "true")).lower() == "false":
+    if not read_flag(context.node_config.get("federated-evaluation", True),
+                     "The node config's federated-evaluation"):
         raise PlanError(f"Site {source.site_name} declines federated evaluation (node config).")
     schema = source.load_schema()
     plan = _plan_for(schema, msg.content[keys.PLAN], "evaluate")

@@ -25,7 +25,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 
 from protocols import kit_layout as layout
-from protocols.kit_layout import KitError, SuperLinkAddress, check_site_name, parse_address
+from protocols.config import read_flag, read_positive, read_text, read_whole_number
+from protocols.kit_layout import (KitError, SuperLinkAddress, TomlKey, check_site_name,
+                                  parse_address)
 from protocols.release.provenance import refuse_synthetic_records
 from protocols.records import check_file
 from protocols.schema import load_schema
@@ -73,17 +75,18 @@ def read_kit(directory: Path) -> NodeKit:
     setting = _Settings(doc, path)
     return NodeKit(
         directory=directory,
-        site=setting.site_name(),
-        superlink=setting.address(),
-        root_certificates=directory / setting.text("superlink", "root-certificates"),
-        auth_private_key=directory / setting.text("superlink", "auth-private-key"),
-        schema=directory / setting.text("data", "schema"),
-        records=directory / setting.text("data", "records"),
-        state_dir=directory / setting.text("node", "state-dir"),
-        runtime_port=setting.port("node", "runtime-port"),
-        federated_evaluation=setting.flag("node", "federated-evaluation"),
-        epsilon_budget=setting.budget("privacy", "epsilon-budget"),
-        delta_budget=setting.delta_budget("privacy", "delta-budget"))
+        site=setting.parsed(layout.SITE_NAME, "the site's name, in quotes", check_site_name),
+        superlink=setting.parsed(layout.SUPERLINK_ADDRESS, 'HOST:PORT in quotes ("host:9092")',
+                                 parse_address),
+        root_certificates=directory / setting.file(layout.ROOT_CERTIFICATES),
+        auth_private_key=directory / setting.file(layout.AUTH_PRIVATE_KEY),
+        schema=directory / setting.file(layout.SCHEMA),
+        records=directory / setting.file(layout.RECORDS),
+        state_dir=directory / setting.file(layout.STATE_DIR),
+        runtime_port=setting.port(layout.RUNTIME_PORT),
+        federated_evaluation=setting.flag(layout.FEDERATED_EVALUATION),
+        epsilon_budget=setting.budget(layout.EPSILON_BUDGET),
+        delta_budget=setting.budget(layout.DELTA_BUDGET, below=1.0))
 
 
 def check_kit(kit: NodeKit) -> int:
@@ -145,62 +148,53 @@ def _check_ca(path: Path) -> None:
 
 
 class _Settings:
-    """Typed access to node.toml, each refusal naming the file, section and key."""
+    """Typed access to node.toml by the contract's keys, through the one parser of each
+    kind of value (`protocols.config`); each refusal names the file, section and key."""
 
     def __init__(self, doc: dict[str, Any], path: Path) -> None:
         self._doc, self._path = doc, path
 
-    def _value(self, section: str, key: str, kind: type | tuple[type, ...], what: str) -> Any:
-        table = self._doc.get(section)
-        value = table.get(key) if isinstance(table, dict) else None
+    def _value(self, key: TomlKey, what: str) -> Any:
+        table = self._doc.get(key.section)
+        value = table.get(key.key) if isinstance(table, dict) else None
         if value is None:
-            raise KitError(f"{self._path}: [{section}] {key} is missing; it must be {what}.")
-        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-            raise KitError(f"{self._path}: [{section}] {key} = {value!r} is invalid; it must "
-                           f"be {what}.")
+            raise KitError(f"{self._path}: {key} is missing; it must be {what}.")
         return value
 
-    def text(self, section: str, key: str) -> str:
-        value = self._value(section, key, str, "a non-empty string (a path relative to the kit)")
-        if not value.strip():
-            raise KitError(f"{self._path}: [{section}] {key} is empty; it must name a file.")
-        return value
+    def _where(self, key: TomlKey) -> str:
+        return f"{self._path}: {key}"
 
-    def site_name(self) -> str:
-        return self._parsed("site", "name", "the site's name, in quotes", check_site_name)
+    def file(self, key: TomlKey) -> str:
+        value = self._value(key, "a non-empty string (a path relative to the kit)")
+        if not isinstance(value, str):
+            raise KitError(f"{self._where(key)} = {value!r} is invalid; it must be a "
+                           "non-empty string (a path relative to the kit).")
+        text = read_text(value)
+        if text is None:
+            raise KitError(f"{self._where(key)} is empty; it must name a file.")
+        return text
 
-    def address(self) -> SuperLinkAddress:
-        return self._parsed("superlink", "address", 'HOST:PORT in quotes ("host:9092")',
-                            parse_address)
-
-    def _parsed(self, section: str, key: str, what: str, parse: Callable[[str], T]) -> T:
+    def parsed(self, key: TomlKey, what: str, parse: Callable[[str], T]) -> T:
         """A text value run through the shared contract's parser, refusals prefixed with
         the file, section and key."""
-        text = self._value(section, key, str, what)
+        value = self._value(key, what)
+        if not isinstance(value, str):
+            raise KitError(f"{self._where(key)} = {value!r} is invalid; it must be {what}.")
         try:
-            return parse(text)
+            return parse(value)
         except KitError as exc:
-            raise KitError(f"{self._path}: [{section}] {key}: {exc}") from None
+            raise KitError(f"{self._where(key)}: {exc}") from None
 
-    def port(self, section: str, key: str) -> int:
-        port = self._value(section, key, int, "a TCP port number (1-65535)")
+    def port(self, key: TomlKey) -> int:
+        rule = "a TCP port number (1-65535)"
+        port = read_whole_number(self._value(key, rule), self._where(key), KitError, rule)
         if not 1 <= port <= 65535:
-            raise KitError(f"{self._path}: [{section}] {key} = {port} is outside 1-65535.")
+            raise KitError(f"{self._where(key)} = {port} is outside 1-65535.")
         return port
 
-    def flag(self, section: str, key: str) -> bool:
-        return self._value(section, key, bool, "true or false")
+    def flag(self, key: TomlKey) -> bool:
+        return read_flag(self._value(key, "true or false"), self._where(key), KitError)
 
-    def delta_budget(self, section: str, key: str) -> float:
-        value = self.budget(section, key)
-        if value >= 1:
-            raise KitError(f"{self._path}: [{section}] {key} = {value} must be below 1.")
-        return value
-
-    def budget(self, section: str, key: str) -> float:
-        value = float(self._value(section, key, (int, float), "a number above 0"))
-        if not (math.isfinite(value) and value > 0):
-            raise KitError(f"{self._path}: [{section}] {key} = {value} must be a finite number "
-                           "above 0.")
-        return value
-
+    def budget(self, key: TomlKey, below: float = math.inf) -> float:
+        return read_positive(self._value(key, "a number above 0"), self._where(key), KitError,
+                             below)

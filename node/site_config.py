@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from node.site_data import SiteData, encode_site, load_site
+from protocols.config import read_flag, read_positive, read_text, read_whole_number
 from protocols.demo_registry import DemoRegistry, simulate_registry
 from protocols.errors import FedsynthError
 from protocols.privacy.ledger import SiteBudget
@@ -110,23 +111,27 @@ def resolve_site(node_config: Mapping[str, Any], run_config: Mapping[str, Any],
             if node_config.get(key) in (None, ""):
                 raise FedsynthError(f"This node has no '{key}' in its node config: a deployed "
                                     f"node needs {why} (--node-config).")
-        budget = SiteBudget(_budget(node_config, "epsilon-budget", math.inf),
-                            _budget(node_config, "delta-budget", 1.0))  # 1: no limit
+        budget = SiteBudget(
+            read_positive(node_config["epsilon-budget"], "The node config's epsilon-budget",
+                          infinite=True),
+            read_positive(node_config["delta-budget"], "The node config's delta-budget",
+                          below=1.0))
         return SiteSource(str(node_config.get("schema-path", "")), data,
                           str(node_config.get("site-name") or Path(data).stem),
                           state_dir=str(node_config["state-dir"]), budget=budget,
-                          train_on_synthetic=_flag(node_config, "train-on-synthetic"),
-                          manifest_public_key=_optional(node_config, "manifest-public-key"))
+                          train_on_synthetic=_flag(node_config, "train-on-synthetic", "node"),
+                          manifest_public_key=read_text(node_config.get("manifest-public-key")))
     if "partition-id" not in node_config:
         raise FedsynthError("This node has no 'data-path' in its node config: tell the "
                             "SuperNode where the site's records are (--node-config).")
-    partition = int(node_config["partition-id"])
+    partition = read_whole_number(node_config["partition-id"], "The node config's partition-id")
     files = [f for f in str(run_config.get("site-data", "")).split(os.pathsep) if f]
     state_root = str(run_config.get("node-state-dir", "") or "")
     state_dir = os.path.join(state_root, f"node-{partition}") if state_root else None
-    key = _optional(run_config, "manifest-public-key")
+    key = read_text(run_config.get("manifest-public-key"))
     if not files:
-        sites = int(node_config.get("num-partitions", 1))
+        sites = read_whole_number(node_config.get("num-partitions", 1),
+                                  "The node config's num-partitions")
         return SiteSource(None, None, _demo_site_name(partition, sites), demo_partition=partition,
                           demo_sites=sites, state_dir=state_dir, manifest_public_key=key)
     if partition >= len(files):
@@ -134,33 +139,13 @@ def resolve_site(node_config: Mapping[str, Any], run_config: Mapping[str, Any],
                             f"{len(files)} site file(s).")
     return SiteSource(str(run_config["schema-path"]), files[partition],
                       Path(files[partition]).stem, state_dir=state_dir,
-                      train_on_synthetic=_flag(run_config, "train-on-synthetic"),
+                      train_on_synthetic=_flag(run_config, "train-on-synthetic", "run"),
                       manifest_public_key=key,
                       preloaded=preloaded[partition] if preloaded else None)
 
 
-def _flag(config: Mapping[str, Any], key: str) -> bool:
-    value = config.get(key, False)
-    text = str(value).strip().lower()
-    if isinstance(value, bool) or text in ("true", "false", ""):
-        return value if isinstance(value, bool) else text == "true"
-    raise FedsynthError(f"The config's {key} = {value!r} is not true or false.")
-
-
-def _optional(config: Mapping[str, Any], key: str) -> str | None:
-    return str(config[key]) if config.get(key) not in (None, "") else None
-
-
-def _budget(config: Mapping[str, Any], key: str, most: float) -> float:
-    value = config[key]
-    try:
-        budget = float(value)
-    except (TypeError, ValueError):
-        budget = math.nan
-    if not 0 < budget <= most:
-        raise FedsynthError(f"The node config's {key} = {value!r} is not a positive number"
-                            + ("." if math.isinf(most) else f" of at most {most:g}."))
-    return budget
+def _flag(config: Mapping[str, Any], key: str, which: str) -> bool:
+    return read_flag(config.get(key, False), f"The {which} config's {key}")
 
 
 @functools.lru_cache(maxsize=4)

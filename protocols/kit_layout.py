@@ -28,6 +28,32 @@ DEFAULT_STATE_DIR = "state"
 RECORDS_PLACEHOLDER = "/path/to/site-records.csv"
 SCHEMA_PLACEHOLDER = "/path/to/consortium-schema.yaml"
 
+
+
+@dataclass(frozen=True)
+class TomlKey:
+    """A key of node.toml: the coordinator's kit writer and the node's reader use these
+    names, so the two cannot drift apart."""
+
+    section: str
+    key: str
+
+    def __str__(self) -> str:
+        return f"[{self.section}] {self.key}"
+
+
+SITE_NAME = TomlKey("site", "name")
+SUPERLINK_ADDRESS = TomlKey("superlink", "address")
+ROOT_CERTIFICATES = TomlKey("superlink", "root-certificates")
+AUTH_PRIVATE_KEY = TomlKey("superlink", "auth-private-key")
+SCHEMA = TomlKey("data", "schema")
+RECORDS = TomlKey("data", "records")
+STATE_DIR = TomlKey("node", "state-dir")
+RUNTIME_PORT = TomlKey("node", "runtime-port")
+FEDERATED_EVALUATION = TomlKey("node", "federated-evaluation")
+EPSILON_BUDGET = TomlKey("privacy", "epsilon-budget")
+DELTA_BUDGET = TomlKey("privacy", "delta-budget")
+
 _SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _DNS_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 

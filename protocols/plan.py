@@ -14,6 +14,7 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from protocols.config import read_flag, read_number, read_whole_number
 from protocols.errors import PlanError
 from protocols.privacy.site_limits import MAX_SITE_RECORDS
 
@@ -104,23 +105,15 @@ class StudyPlan:
 
 
 def _coerce(name: str, value: Any, default: Any) -> Any:
+    """`value` read as the kind of `name`'s default, by the one parser of that kind."""
+    what = f"Study plan: {name.replace('_', '-')}"
     if isinstance(default, str):
         return str(value).strip()
     if isinstance(default, bool):
-        text = str(value).strip().lower()
-        if isinstance(value, bool) or text in ("true", "false", "1", "0"):
-            return value if isinstance(value, bool) else text in ("true", "1")
-        raise PlanError(f"Study plan: {name.replace('_', '-')} = {value!r} is not true or "
-                        "false.")
-    try:
-        if isinstance(default, int) and not isinstance(default, bool):
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return int(value)
-        return float(value)
-    except (TypeError, ValueError):
-        raise PlanError(f"Study plan: {name.replace('_', '-')} = {value!r} is not a "
-                        f"valid {type(default).__name__}.") from None
+        return read_flag(value, what, PlanError)
+    if isinstance(default, int):
+        return read_whole_number(value, what, PlanError)
+    return read_number(value, what, PlanError)
 
 
 def check_plan(plan: StudyPlan) -> None:

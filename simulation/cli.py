@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     coordinator_cli.configure_logging(getattr(args, "verbose", False))
     if args.command not in ("demo", "simulate"):
         return coordinator_cli.run_reporting_errors(lambda: coordinator_cli.run(args))
-    return coordinator_cli.run_reporting_errors(lambda: _study(args))
+    return coordinator_cli.run_reporting_errors(lambda: _study(args),
+                                                "interrupted; no cohort was released.")
 
 
 def _study(args: argparse.Namespace) -> int:

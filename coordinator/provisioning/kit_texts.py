@@ -17,34 +17,38 @@ from protocols.kit_layout import SuperLinkAddress
 def node_toml(site: str, address: SuperLinkAddress, has_schema: bool,
               epsilon_budget: float, delta_budget: float,
               runtime_port: int = kit.DEFAULT_RUNTIME_PORT) -> str:
-    """A site's node configuration; relative paths resolve against the kit folder."""
+    """A site's node configuration; relative paths resolve against the kit folder. Its
+    sections and keys are the contract's (`protocols.kit_layout`), as the node reads them."""
     schema = kit.SCHEMA_COPY if has_schema else kit.SCHEMA_PLACEHOLDER
-    return f"""\
-# fedsynth node configuration for site {site}, written by `fedsynth-coordinator provision`.
-# Relative paths are relative to this kit folder. Start the node with:
-#   fedsynth-node start --kit . --data /path/to/site-records.csv
-
-[site]
-name = {_s(site)}
-
-[superlink]
-address = {_s(str(address))}
-root-certificates = {_s(kit.CA_CERT)}
-auth-private-key = {_s(kit.NODE_AUTH_KEY)}
-
-[data]
-schema = {_s(schema)}
-records = {_s(kit.RECORDS_PLACEHOLDER)}  # placeholder; `fedsynth-node start --data` overrides it
-
-[node]
-state-dir = {_s(kit.DEFAULT_STATE_DIR)}  # the node's privacy ledger and study state live here
-runtime-port = {runtime_port}
-federated-evaluation = true  # a study's plan decides whether it asks (and charges) for one
-
-[privacy]
-epsilon-budget = {float(epsilon_budget)!r}  # total epsilon this site will spend across all studies
-delta-budget = {float(delta_budget)!r}  # total delta across all studies (they add up, like epsilon)
-"""
+    settings = [
+        (kit.SITE_NAME, _s(site), ""),
+        (kit.SUPERLINK_ADDRESS, _s(str(address)), ""),
+        (kit.ROOT_CERTIFICATES, _s(kit.CA_CERT), ""),
+        (kit.AUTH_PRIVATE_KEY, _s(kit.NODE_AUTH_KEY), ""),
+        (kit.SCHEMA, _s(schema), ""),
+        (kit.RECORDS, _s(kit.RECORDS_PLACEHOLDER),
+         "placeholder; `fedsynth-node start --data` overrides it"),
+        (kit.STATE_DIR, _s(kit.DEFAULT_STATE_DIR),
+         "the node's privacy ledger and study state live here"),
+        (kit.RUNTIME_PORT, str(runtime_port), ""),
+        (kit.FEDERATED_EVALUATION, "true",
+         "a study's plan decides whether it asks (and charges) for one"),
+        (kit.EPSILON_BUDGET, repr(float(epsilon_budget)),
+         "total epsilon this site will spend across all studies"),
+        (kit.DELTA_BUDGET, repr(float(delta_budget)),
+         "total delta across all studies (they add up, like epsilon)"),
+    ]
+    lines = [f"# fedsynth node configuration for site {site}, written by "
+             "`fedsynth-coordinator provision`.",
+             "# Relative paths are relative to this kit folder. Start the node with:",
+             "#   fedsynth-node start --kit . --data /path/to/site-records.csv"]
+    section = None
+    for key, value, comment in settings:
+        if key.section != section:
+            section = key.section
+            lines += ["", f"[{section}]"]
+        lines.append(f"{key.key} = {value}" + (f"  # {comment}" if comment else ""))
+    return "\n".join(lines) + "\n"
 
 
 def consortium_toml(address: SuperLinkAddress, sites: Sequence[str], created: dt.datetime,

@@ -1,9 +1,11 @@
 """The deployment engine with real processes on loopback: TLS, node authentication, faults.
 
-Every test provisions its own consortium, starts a real `flower-superlink`
-with TLS and `--enable-supernode-auth`, real nodes with `fedsynth-node
-start`, and runs studies with `flwr run`; the fixture ends every process
-group it started, also when a test fails.
+A consortium is provisioned, a real `flower-superlink` started with TLS and
+`--enable-supernode-auth`, real nodes with `fedsynth-node start`, and studies run
+with `flwr run`; each fixture ends every process group it started, also when a
+test fails. The tests that leave every process running share one federation
+(`running`: three enrolled sites, and a fourth provisioned but never enrolled);
+those that kill a process or need another SuperLink get their own (`federation`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from federation import Federation, free_port, tool
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 SITES = ["hospital-01", "hospital-02", "hospital-03"]
+STRANGER = "hospital-04"  # provisioned, so it holds a key, but never enrolled
 SMALL = {"local-steps": 2, "rows": 100, "hidden": 16}
 
 
@@ -35,6 +38,20 @@ def federation(tmp_path: Path, demo_registry) -> Iterator[Federation]:
         demo_registry.sites[site].to_csv(tmp_path / f"{site}.csv", index=False)
     fed.provision()
     try:
+        yield fed
+    finally:
+        fed.stop()
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory, demo_registry) -> Iterator[Federation]:
+    root = tmp_path_factory.mktemp("running")
+    fed = Federation(root, [*SITES, STRANGER], demo_registry.schema_yaml)
+    for site in [*SITES, STRANGER]:
+        demo_registry.sites[site].to_csv(root / f"{site}.csv", index=False)
+    fed.provision()
+    try:
+        _start(fed, SITES)
         yield fed
     finally:
         fed.stop()
@@ -64,9 +81,9 @@ def _round_entries(fed: Federation, site: str) -> list[int]:
     return [e["round"] for e in fed.ledger(site) if e["kind"] == "round"]
 
 
-def test_a_tls_federation_with_secure_aggregation_produces_a_cohort(federation):
+def test_a_tls_federation_with_secure_aggregation_produces_a_cohort(running):
     """(deploy/demo-deployment.sh's test covers the same federation without SecAgg+.)"""
-    _start(federation, SITES)
+    federation = running
     out = federation.root / "study"
     code, log = federation.run_study(out, timeout=500, rounds=1, **SMALL,
                                      **{"secure-aggregation": True})
@@ -86,21 +103,21 @@ def test_a_tls_federation_with_secure_aggregation_produces_a_cohort(federation):
         assert spent == federation.ledger(site)[-1]["epsilon"] and 0 < spent <= 3.0
 
 
-def test_an_unenrolled_node_key_is_refused(federation):
-    _start(federation, SITES[:2])
-    stranger = federation.start_node(SITES[2], federation.root / f"{SITES[2]}.csv")
+def test_an_unenrolled_node_key_is_refused(running):
+    federation = running
+    stranger = federation.start_node(STRANGER, federation.root / f"{STRANGER}.csv")
     stranger.wait(timeout=120)
     assert stranger.returncode != 0
-    assert "Failed to activate SuperNode" in federation.log(SITES[2])
+    assert "Failed to activate SuperNode" in federation.log(STRANGER)
     listed = subprocess.run([tool("flwr"), "supernode", "ls", "--format", "json"],
                             capture_output=True, text=True, timeout=60,
                             env=federation._env(federation.root / "flwr-home"))
     nodes = json.loads(listed.stdout[listed.stdout.index("{"):])["nodes"]
-    assert [node["status"] for node in nodes] == ["online", "online"]  # the enrolled two
+    assert [node["status"] for node in nodes] == ["online"] * len(SITES)  # the enrolled
 
 
-def test_a_plaintext_connection_is_refused(federation):
-    _start(federation, SITES[:1])
+def test_a_plaintext_connection_is_refused(running):
+    federation = running
     federation.tls_handshake()  # the consortium CA verifies the SuperLink
     # Plain HTTP to the Fleet API gets no HTTP answer from the TLS port.
     connection = http.client.HTTPConnection("127.0.0.1", federation.port, timeout=10)

@@ -89,7 +89,7 @@ def test_invalid_node_toml_value_is_named(kit, records, capsys):
     toml = kit / "node.toml"
     toml.write_text(toml.read_text().replace("runtime-port = 9094", 'runtime-port = "high"'))
     err = _refused(capsys, "--kit", str(kit), "--data", str(records), "--dry-run")
-    assert "[node] runtime-port = 'high' is invalid" in err
+    assert "[node] runtime-port = 'high' is not a TCP port number (1-65535)" in err
 
 
 def test_a_folder_without_node_toml_is_refused(tmp_path, records, capsys):

@@ -43,7 +43,7 @@ def sites(tmp_path_factory, demo_registry):
 def _simulate(sites, out, *extra):
     schema, paths = sites
     data = [arg for p in paths for arg in ("--data", p)]
-    return _cli("coordinator", "simulate", "--schema", schema, *data, "--out", out,
+    return _cli("simulation", "simulate", "--schema", schema, *data, "--out", out,
                 *SMALL_PLAN, *extra)
 
 

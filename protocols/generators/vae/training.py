@@ -7,7 +7,7 @@ plan's `sample_rate`), with per-record gradient clipping to
 `GradSampleModuleFastGradientClipping` + a `DPOptimizerFastGradientClipping`
 whose noise comes from `protocols.privacy.dp_noise`).
 
-Guarantee: q and σ come from the plan alone (`protocols.privacy.accounting`), fixed
+Guarantee: q and σ come from the plan alone (`accounting`), fixed
 before round 1 for all `rounds × local_steps` steps, so the ε a node reports
 after each round is the same at every site whatever its size; the steps of
 earlier rounds carry over, and a node never runs more steps than the plan
