@@ -21,8 +21,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from coordinator.provisioning.consortium import (DEFAULT_SUPERLINK, ProvisionRequest,
-                                                 Provisioned, provision)
+from coordinator.provisioning.consortium import (DEFAULT_SUPERLINK, ProvisionRequest, Provisioned,
+                                                 provision)
 from protocols.errors import FedsynthError
 from protocols.evaluation.report.files import evaluate_files, score_lines
 from protocols.release.signing import key_fingerprint, parse_public_key

@@ -27,8 +27,8 @@ from protocols import messages as keys
 from protocols.evaluation import study_report
 from protocols.evaluation.federated import federated_summary
 from protocols.evaluation.release import EvaluationLayout, evaluation_layout
-from protocols.plan import StudyPlan
 from protocols.evaluation.report.html import write_report
+from protocols.plan import StudyPlan
 from protocols.schema import Schema
 
 log = logging.getLogger(__name__)

@@ -18,8 +18,8 @@ from flwr.serverapp import Grid
 
 from coordinator.strategy import flag_problem, record_problem, scalar_problem
 from protocols import messages as keys
-from protocols.release.manifest import SitePrivacySpent
 from protocols.plan import StudyPlan
+from protocols.release.manifest import SitePrivacySpent
 
 log = logging.getLogger(__name__)
 

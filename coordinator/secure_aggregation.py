@@ -33,10 +33,10 @@ from flwr.serverapp import Grid
 
 from coordinator.strategy import wait_for_sites
 from protocols import messages as keys
-from protocols.privacy import secure_aggregation as contract
 from protocols.errors import FedsynthError
-from protocols.plan import StudyPlan
 from protocols.generators import family_for
+from protocols.plan import StudyPlan
+from protocols.privacy import secure_aggregation as contract
 
 log = logging.getLogger(__name__)
 AfterRound = Callable[[int, ArrayRecord, list[int]], None]

@@ -29,8 +29,8 @@ from flwr.serverapp.strategy import FedAvg
 from protocols import messages as keys
 from protocols.errors import FedsynthError
 from protocols.generators import family_for
-from protocols.release.manifest import SitePrivacySpent
 from protocols.plan import StudyPlan
+from protocols.release.manifest import SitePrivacySpent
 
 log = logging.getLogger(__name__)
 

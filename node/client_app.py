@@ -50,8 +50,8 @@ from protocols.config import read_flag
 from protocols.errors import FedsynthError, PlanError
 from protocols.generators import family_for
 from protocols.generators.family import SitePrivacy
-from protocols.privacy.ledger import study_rounds, study_spend
 from protocols.plan import StudyPlan
+from protocols.privacy.ledger import study_rounds, study_spend
 from protocols.schema import Schema
 
 log = logging.getLogger(__name__)

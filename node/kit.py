@@ -28,10 +28,10 @@ from protocols import kit_layout as layout
 from protocols.config import read_flag, read_positive, read_text, read_whole_number
 from protocols.kit_layout import (KitError, SuperLinkAddress, TomlKey, check_site_name,
                                   parse_address)
-from protocols.release.provenance import refuse_synthetic_records
-from protocols.records import check_file
-from protocols.schema import load_schema
 from protocols.privacy.site_limits import MIN_SITE_RECORDS
+from protocols.records import check_file
+from protocols.release.provenance import refuse_synthetic_records
+from protocols.schema import load_schema
 
 T = TypeVar("T")
 

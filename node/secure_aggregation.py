@@ -39,8 +39,8 @@ from flwr.common.secure_aggregation.secaggplus_constants import (RECORD_KEY_CONF
 from flwr.compat.common import recorddict_compat as compat
 
 from protocols import messages as keys
-from protocols.privacy import secure_aggregation as contract
 from protocols.errors import FedsynthError
+from protocols.privacy import secure_aggregation as contract
 
 TrainReply = Callable[[RecordDict], RecordDict]
 

@@ -31,8 +31,8 @@ from protocols.config import read_flag, read_positive, read_text, read_whole_num
 from protocols.demo_registry import DemoRegistry, simulate_registry
 from protocols.errors import FedsynthError
 from protocols.privacy.ledger import SiteBudget
-from protocols.release.provenance import refuse_synthetic_records
 from protocols.records import validate_records
+from protocols.release.provenance import refuse_synthetic_records
 from protocols.schema import Schema, load_schema, parse_schema
 
 

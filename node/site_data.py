@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 
 from protocols.encoding import TableEncoding, build_encoding
-from protocols.release.provenance import refuse_synthetic_records
 from protocols.records import check_file
+from protocols.release.provenance import refuse_synthetic_records
 from protocols.schema import Schema
 
 

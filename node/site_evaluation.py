@@ -29,9 +29,9 @@ from node.ledger.round_charging import RoundRequest, charge_evaluation
 from node.site_config import SiteSource
 from protocols.errors import PlanError, RecordError
 from protocols.evaluation.release import evaluation_layout, noisy_evaluation_tables
-from protocols.privacy.ledger import StudySpend
 from protocols.generators import family_for
 from protocols.plan import StudyPlan
+from protocols.privacy.ledger import StudySpend
 from protocols.records import drop_identifiers, read_table, validate_records
 from protocols.release.verification import load_trusted_key, verify_study_cohort
 from protocols.schema import Schema

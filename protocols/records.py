@@ -27,9 +27,9 @@ import pandas as pd
 from protocols.errors import RecordError
 from protocols.identifier_columns import (first_identifier_value, identifier_kind_of_header,
                                           identifier_kind_of_value, identifier_rule, mask)
+from protocols.privacy.site_limits import MAX_SITE_RECORDS
 from protocols.record_files import MAX_RECORDS_BYTES, quoted, read_table
 from protocols.schema import Column, Schema, days_to_iso
-from protocols.privacy.site_limits import MAX_SITE_RECORDS
 
 __all__ = ["MAX_LISTED_PROBLEMS", "MAX_RECORDS_BYTES", "Problem", "Validation", "check_file",
            "drop_identifiers", "read_table", "validate_records"]

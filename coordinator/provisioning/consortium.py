@@ -20,7 +20,8 @@ from pathlib import Path
 
 from coordinator.provisioning import certificates as certs
 from coordinator.provisioning.kit_readmes import coordinator_readme, site_readme
-from coordinator.provisioning.kit_staging import KitFile, move_into_place, staging_folder, write_tree
+from coordinator.provisioning.kit_staging import (KitFile, move_into_place, staging_folder,
+                                                  write_tree)
 from coordinator.provisioning.kit_texts import consortium_toml, node_toml
 from protocols import kit_layout as kit
 from protocols.kit_layout import KitError, SuperLinkAddress, check_site_name, parse_address

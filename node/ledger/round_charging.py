@@ -25,12 +25,12 @@ from pathlib import Path
 
 from node.ledger.privacy_ledger import PrivacyLedger, exclusive, now_utc
 from node.ledger.round_replay import StoredAnswer, store_answer, stored_answer
-from protocols.generators.family import SitePrivacy
 from protocols import messages as keys
 from protocols.errors import BudgetError
-from protocols.privacy.ledger import (EVALUATION, RESERVE, ROUND, LedgerEntry, SiteBudget, StudySpend,
-                              check_budget, study_spend)
+from protocols.generators.family import SitePrivacy
 from protocols.plan import StudyPlan
+from protocols.privacy.ledger import (EVALUATION, RESERVE, ROUND, LedgerEntry, SiteBudget,
+                                      StudySpend, check_budget, study_spend)
 
 
 @dataclass(frozen=True)

@@ -22,14 +22,13 @@ import numpy as np
 import pandas as pd
 
 from protocols.evaluation.bias import category_balance
-from protocols.evaluation.fidelity import (association_matrix, column_shapes,
-                                           marginal_figures, pair_trends,
-                                           strong_associations_kept)
+from protocols.evaluation.federated import FEDERATED_SCORES
+from protocols.evaluation.fidelity import (association_matrix, column_shapes, marginal_figures,
+                                           pair_trends, strong_associations_kept)
 from protocols.evaluation.methods import METHODS
 from protocols.evaluation.privacy_risk import distance_risks, exact_copies
 from protocols.evaluation.survival import survival_agreement
 from protocols.evaluation.utility import tstr
-from protocols.evaluation.federated import FEDERATED_SCORES
 from protocols.schema import Schema
 
 REPORT_VERSION = 2

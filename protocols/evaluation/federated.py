@@ -36,11 +36,11 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
+from protocols.count_tables import one_name, pair_name
 from protocols.evaluation.bias import SHRUNK_BELOW
 from protocols.evaluation.fidelity import strong_associations_kept
 from protocols.evaluation.release import (ERROR_BINS, EvaluationLayout, cell_sigmas,
                                           survival_name, utility_name)
-from protocols.count_tables import one_name, pair_name
 from protocols.plan import StudyPlan
 
 FEDERATED_SCORES = ("column_shapes", "pairwise", "strong_associations_kept", "tstr_auc",

@@ -41,14 +41,14 @@ import numpy as np
 import pandas as pd
 from sklearn.linear_model import LogisticRegression, Ridge
 
-from protocols.privacy.accounting import evaluation_release
-from protocols.privacy.dp_noise import discrete_gaussian
+from protocols.count_tables import (PAIR_NOISE_RATIO, MarginalLayout, build_layout,
+                                    group_fine_bins, one_name, value_bins)
 from protocols.encoding import build_encoding
 from protocols.evaluation.survival import event_indicator
 from protocols.evaluation.utility import design_matrix
-from protocols.count_tables import (PAIR_NOISE_RATIO, MarginalLayout, build_layout,
-                                 group_fine_bins, one_name, value_bins)
 from protocols.plan import StudyPlan
+from protocols.privacy.accounting import evaluation_release
+from protocols.privacy.dp_noise import discrete_gaussian
 from protocols.schema import Column, Schema
 
 COLUMN_BINS = 8  # per bounded column: enough for its shape, few enough to rise above the noise

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from protocols.errors import FedsynthError
 from protocols.release.manifest import CSV_NAME, MANIFEST_NAME, file_sha256, render_manifest
 from protocols.release.signing import (SignatureError, check_signature, key_fingerprint,
-                                        parse_public_key)
+                                       parse_public_key)
 
 # Top-level files with these suffixes look like cohort data: unlisted, they are a problem.
 DATA_SUFFIXES = frozenset({".csv", ".tsv", ".parquet", ".pq", ".feather", ".arrow", ".xlsx"})

@@ -5,8 +5,8 @@ import json
 import pandas as pd
 import pytest
 
-from simulation.cli import main as coordinator_main
 from node.cli import main as node_main
+from simulation.cli import main as coordinator_main
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 
 from coordinator.federated_evaluation import read_reply
 from protocols import messages as keys
-from protocols.evaluation.federated import (FEDERATED_SCORES, federated_scores,
-                                            federated_summary, pooled, pooled_noise_sd)
+from protocols.evaluation.federated import (FEDERATED_SCORES, federated_scores, federated_summary,
+                                            pooled, pooled_noise_sd)
 from protocols.evaluation.release import evaluation_layout, noisy_evaluation_tables
 from protocols.plan import StudyPlan
 

@@ -28,15 +28,15 @@ from flwr.simulation import run_simulation
 
 from coordinator import secure_aggregation as secure_coordinator
 from coordinator.server_app import initial_arrays
-from simulation.engine import loopback_backend_config, ray_environment
 from node.secure_aggregation import is_secure_message, secure_train
 from node.site_config import resolve_site
 from protocols import messages as keys
-from protocols.generators.vae.family import VaeFamily
-from protocols.privacy import secure_aggregation as contract
 from protocols.errors import FedsynthError
+from protocols.generators.vae.family import VaeFamily
 from protocols.generators.vae.model import build_generator
 from protocols.plan import StudyPlan
+from protocols.privacy import secure_aggregation as contract
+from simulation.engine import loopback_backend_config, ray_environment
 
 # The simulated nodes run in Ray workers: ship this module's functions by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])

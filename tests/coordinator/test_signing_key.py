@@ -10,13 +10,13 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from simulation.cli import main as coordinator_main
 from coordinator.cohort import release_cohort
 from coordinator.provisioning.signing_key import default_key_path, load_signing_key, signing_key
 from protocols.errors import FedsynthError
+from protocols.plan import StudyPlan
 from protocols.release.manifest import SitePrivacySpent
 from protocols.release.signing import key_fingerprint
-from protocols.plan import StudyPlan
+from simulation.cli import main as coordinator_main
 
 
 @pytest.fixture

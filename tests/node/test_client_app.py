@@ -11,9 +11,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 from node.client_app import SiteRefusal, build_client_app
 from node.site_config import resolve_site
-from protocols.errors import BudgetError, FedsynthError
 from protocols import messages as keys
 from protocols.encoding import build_encoding
+from protocols.errors import BudgetError, FedsynthError
 from protocols.generators.vae.model import build_generator
 from protocols.plan import StudyPlan
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from simulation.cli import main as coordinator_main
 from node.cli import main as node_main
 from protocols.demo_registry import simulate_registry
+from simulation.cli import main as coordinator_main
 
 
 @pytest.fixture(scope="module")

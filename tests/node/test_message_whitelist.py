@@ -35,17 +35,17 @@ import pytest
 from flwr.common import bytes_to_ndarray
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 
-from simulation import engine as simulation
 from coordinator.checkpoints import load_checkpoint
 from protocols import messages as keys
-from protocols.privacy import secure_aggregation as contract
+from protocols.count_tables import build_layout
 from protocols.evaluation.release import cell_sigmas, evaluation_layout
 from protocols.generators import family_for
-from protocols.release.manifest import CSV_NAME
-from protocols.count_tables import build_layout
 from protocols.generators.marginals.tables import noise_scales, release_noise_multiplier
 from protocols.plan import StudyPlan
+from protocols.privacy import secure_aggregation as contract
+from protocols.release.manifest import CSV_NAME
 from protocols.schema import Schema, load_schema
+from simulation import engine as simulation
 
 # Helpers beside this file (tests/node/ is on sys.path, as pytest puts it for rootless tests).
 from message_recorder import (LOG_ENV, build_recording_client_app, read_log, record_values,

@@ -30,9 +30,9 @@ from node.client_app import SiteRefusal, build_client_app
 from protocols import messages as keys
 from protocols.encoding import build_encoding
 from protocols.evaluation.release import cell_sigmas, evaluation_layout
+from protocols.plan import StudyPlan
 from protocols.release.manifest import CSV_NAME, build_manifest, render_manifest
 from protocols.release.signing import public_key_pem, sign_manifest
-from protocols.plan import StudyPlan
 
 # Helpers beside this file (tests/node/ is on sys.path, as pytest puts it for rootless tests).
 from client_calls import node_context, train_message, tripwire_state

@@ -7,15 +7,14 @@ import pytest
 import torch
 
 from node.site_config import resolve_site
+from protocols.errors import BudgetError
 from protocols.generators import family_for
 from protocols.generators.family import SitePrivacy
 from protocols.generators.vae.accounting import dpsgd_epsilon
-from protocols.generators.vae.training import (GRADIENT_NORMALISER, poisson_batches,
-                                               train_round)
-from protocols.privacy.accounting import EPSILON_TOLERANCE
-from protocols.errors import BudgetError
 from protocols.generators.vae.model import build_generator, per_record_loss
+from protocols.generators.vae.training import GRADIENT_NORMALISER, poisson_batches, train_round
 from protocols.plan import StudyPlan
+from protocols.privacy.accounting import EPSILON_TOLERANCE
 
 # Helpers beside this file (tests/node/ is on sys.path, as pytest puts it for rootless tests).
 from client_calls import tripwire_state

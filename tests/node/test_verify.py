@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from simulation.cli import main as coordinator_main
 from coordinator.cohort import release_cohort
 from coordinator.provisioning.signing_key import load_signing_key
 from node.cli import main as node_main
-from protocols.release.manifest import SitePrivacySpent
 from protocols.plan import StudyPlan
+from protocols.release.manifest import SitePrivacySpent
+from simulation.cli import main as coordinator_main
 
 
 @pytest.fixture(scope="module")

@@ -8,21 +8,16 @@ import math
 import numpy as np
 import pytest
 
+from protocols.count_tables import build_layout
+from protocols.errors import PlanError
 from protocols.generators import check_site_size, family_for
+from protocols.generators.marginals.tables import release_noise_multiplier, stages_epsilon
 from protocols.generators.vae.accounting import (MAX_NOISE_TO_SIGNAL, dpsgd_epsilon,
                                                  noise_multiplier_for, noise_to_signal)
-from protocols.privacy.accounting import (
-    EPSILON_TOLERANCE,
-    RDP_ORDERS,
-    GaussianRelease,
-    composed_epsilon,
-    evaluation_release,
-)
-from protocols.privacy.dp_noise import discrete_gaussian_rho
-from protocols.errors import PlanError
-from protocols.count_tables import build_layout
-from protocols.generators.marginals.tables import release_noise_multiplier, stages_epsilon
 from protocols.plan import StudyPlan
+from protocols.privacy.accounting import (EPSILON_TOLERANCE, RDP_ORDERS, GaussianRelease,
+                                          composed_epsilon, evaluation_release)
+from protocols.privacy.dp_noise import discrete_gaussian_rho
 from protocols.privacy.site_limits import MAX_SITE_RECORDS, MIN_SITE_RECORDS
 
 pytestmark = pytest.mark.filterwarnings("ignore:Optimal order is the largest alpha")

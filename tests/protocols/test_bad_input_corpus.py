@@ -23,10 +23,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from simulation.cli import main as coordinator_main
 from node.cli import main as node_main
 from protocols.records import check_file
 from protocols.schema import load_schema
+from simulation.cli import main as coordinator_main
 
 CORPUS = Path(__file__).parents[1] / "corpus"
 CASES = yaml.safe_load((CORPUS / "cases.yaml").read_text(encoding="utf-8"))

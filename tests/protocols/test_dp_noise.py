@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from protocols.privacy.dp_noise import (discrete_gaussian, discrete_gaussian_rho, poisson_mask,
-                                secure_normal, secure_uniform)
+                                        secure_normal, secure_uniform)
 
 
 def _float_release(count: int, sigma: float, rng: np.random.Generator) -> float:

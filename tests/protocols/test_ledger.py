@@ -6,9 +6,10 @@ from dataclasses import replace
 import pytest
 
 from protocols.errors import BudgetError
-from protocols.privacy.ledger import (EVALUATION, GENESIS, RESERVE, ROUND, LedgerEntry, SiteBudget,
-                              check_budget, committed_delta, committed_epsilon, entry_line,
-                              last_hash, parse_ledger, study_spend)
+from protocols.privacy.ledger import (EVALUATION, GENESIS, RESERVE, ROUND, LedgerEntry,
+                                      SiteBudget, check_budget, committed_delta,
+                                      committed_epsilon, entry_line, last_hash, parse_ledger,
+                                      study_spend)
 
 
 def _chain(entries):

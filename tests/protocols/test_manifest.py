@@ -7,9 +7,9 @@ import math
 import pytest
 
 from protocols.generators import family_for
-from protocols.release.manifest import (NEIGHBOURING, SitePrivacySpent, build_manifest,
-                                privacy_sentence)
 from protocols.plan import StudyPlan
+from protocols.release.manifest import (NEIGHBOURING, SitePrivacySpent, build_manifest,
+                                        privacy_sentence)
 
 
 @pytest.mark.parametrize("plan", [

@@ -17,12 +17,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from protocols.errors import FedsynthError
-from protocols.release.manifest import (MANIFEST_NAME, SitePrivacySpent, build_manifest,
-                                write_manifest)
-from protocols.release.signing import (SIGNATURE, SignatureError, canonical_bytes,
-                                        check_signature, key_fingerprint, public_key_pem,
-                                        sign_manifest)
 from protocols.plan import StudyPlan
+from protocols.release.manifest import (MANIFEST_NAME, SitePrivacySpent, build_manifest,
+                                        write_manifest)
+from protocols.release.signing import (SIGNATURE, SignatureError, canonical_bytes,
+                                       check_signature, key_fingerprint, public_key_pem,
+                                       sign_manifest)
 from protocols.release.verification import load_trusted_key, verify_release
 
 CSV, PARQUET = "synthetic.csv", "synthetic.parquet"

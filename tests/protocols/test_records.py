@@ -19,15 +19,8 @@ from hypothesis import strategies as st
 from protocols.demo_registry import DemoRegistry
 from protocols.errors import RecordError
 from protocols.identifier_columns import mask
-from protocols.records import (
-    MAX_LISTED_PROBLEMS,
-    MAX_RECORDS_BYTES,
-    Problem,
-    Validation,
-    check_file,
-    read_table,
-    validate_records,
-)
+from protocols.records import (MAX_LISTED_PROBLEMS, MAX_RECORDS_BYTES, Problem, Validation,
+                               check_file, read_table, validate_records)
 from protocols.schema import Schema, load_schema
 
 WriteCsv = Callable[..., Path]

@@ -17,8 +17,8 @@ import threading
 import psutil
 import pytest
 
-from simulation import engine as simulation
 from protocols.plan import StudyPlan
+from simulation import engine as simulation
 
 pytestmark = pytest.mark.integration
 PLAN = StudyPlan(epsilon=2.0, rounds=2, local_steps=2, hidden=8, latent=2, rows=50)

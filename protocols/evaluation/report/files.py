@@ -18,9 +18,9 @@ import pandas as pd
 
 from protocols.errors import FedsynthError, RecordError
 from protocols.evaluation import evaluate_cohort
-from protocols.release.manifest import MANIFEST_NAME
-from protocols.records import check_file
 from protocols.evaluation.report.html import write_report
+from protocols.records import check_file
+from protocols.release.manifest import MANIFEST_NAME
 from protocols.schema import Schema, load_schema
 
 MIN_ROWS = 20

@@ -15,10 +15,11 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from protocols.count_tables import build_layout
 from protocols.errors import BudgetError
 from protocols.generators.family import LocalRelease, SiteRecords
-from protocols.count_tables import build_layout
-from protocols.generators.marginals.tables import noisy_column_tables, noisy_pair_tables, release_noise_multiplier, stages_epsilon
+from protocols.generators.marginals.tables import (noisy_column_tables, noisy_pair_tables,
+                                                   release_noise_multiplier, stages_epsilon)
 from protocols.plan import StudyPlan
 from protocols.schema import Schema
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from protocols.generators.marginals.tables import MarginalLayout
 from protocols.count_tables import fine_to_encoded, one_name, pair_name
+from protocols.generators.marginals.tables import MarginalLayout
 from protocols.schema import Column
 
 _SMOOTHING = 1e-3  # keeps every declared value possible where the noise left nothing

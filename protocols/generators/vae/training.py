@@ -37,13 +37,13 @@ from opacus.optimizers import DPOptimizerFastGradientClipping
 from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
 from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
 
+from protocols.errors import BudgetError
 from protocols.generators.family import SitePrivacy
 from protocols.generators.vae.accounting import dpsgd_epsilon
-from protocols.privacy.dp_noise import poisson_mask, secure_normal
-from protocols.errors import BudgetError
+from protocols.generators.vae.bounds import ADAM_BETAS
 from protocols.generators.vae.model import TabularVAE, per_record_loss
 from protocols.plan import StudyPlan
-from protocols.generators.vae.bounds import ADAM_BETAS
+from protocols.privacy.dp_noise import poisson_mask, secure_normal
 
 # What the noisy gradient sum is divided by: a public constant (see the module docstring).
 GRADIENT_NORMALISER = 1

@@ -3,10 +3,10 @@
 import pandas as pd
 import pytest
 
-from protocols.generators.marginals.tree import fit_tree, sample_tree
-from protocols.evaluation import evaluate_cohort
 from protocols.count_tables import build_layout
+from protocols.evaluation import evaluate_cohort
 from protocols.generators.marginals.tables import noisy_column_tables, noisy_pair_tables
+from protocols.generators.marginals.tree import fit_tree, sample_tree
 from protocols.records import check_file
 
 

@@ -7,10 +7,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from protocols.privacy.accounting import GaussianRelease, composed_epsilon
 from protocols.count_tables import FINE_BINS, build_layout, fine_to_encoded, one_name, pair_name
-from protocols.generators.marginals.tables import noise_scales, noisy_column_tables, noisy_pair_tables, release_noise_multiplier, stage_multipliers, stages_epsilon
+from protocols.generators.marginals.tables import (noise_scales, noisy_column_tables,
+                                                   noisy_pair_tables, release_noise_multiplier,
+                                                   stage_multipliers, stages_epsilon)
 from protocols.plan import StudyPlan
+from protocols.privacy.accounting import GaussianRelease, composed_epsilon
 
 PLAN = StudyPlan(epsilon=3.0, delta=1e-5, generator="marginals", rounds=2)
 

@@ -11,15 +11,15 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from protocols.generators.marginals.release import release_marginals
 from node.site_data import encode_site
-from protocols.generators import family_for
-from protocols.generators.vae.training import train_round
-from protocols.encoding import build_encoding
-from protocols.generators.vae.model import build_generator
 from protocols.count_tables import build_layout
-from protocols.plan import StudyPlan
+from protocols.encoding import build_encoding
+from protocols.generators import family_for
+from protocols.generators.marginals.release import release_marginals
 from protocols.generators.vae.bounds import ADAM_BETAS, adam_step_bound, largest_weight_change
+from protocols.generators.vae.model import build_generator
+from protocols.generators.vae.training import train_round
+from protocols.plan import StudyPlan
 
 pytestmark = pytest.mark.filterwarnings("ignore:Optimal order is the largest alpha")
 
