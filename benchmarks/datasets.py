@@ -12,6 +12,7 @@ tests.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -54,6 +55,16 @@ class BenchmarkData:
     @property
     def pooled(self) -> pd.DataFrame:
         return pd.concat(self.sites.values(), ignore_index=True)
+
+    def write_sites(self, folder: Path) -> tuple[Path, list[Path]]:
+        """The schema and one CSV per site into `folder`, as `simulate` takes them."""
+        folder.mkdir(parents=True, exist_ok=True)
+        schema_path = folder / "schema.yaml"
+        schema_path.write_text(self.schema_yaml, encoding="utf-8")
+        paths = [folder / f"{name}.csv" for name in self.sites]
+        for path, frame in zip(paths, self.sites.values()):
+            frame.to_csv(path, index=False)
+        return schema_path, paths
 
 
 def gbsg2(seed: int = 0) -> BenchmarkData:

@@ -185,13 +185,7 @@ def independent_marginals(real: pd.DataFrame, rows: int, seed: int) -> pd.DataFr
 
 
 def _write_inputs(data: datasets.BenchmarkData, folder: Path) -> tuple[Path, list[Path], Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    schema_path = folder / "schema.yaml"
-    schema_path.write_text(data.schema_yaml, encoding="utf-8")
-    paths = []
-    for name, frame in data.sites.items():
-        frame.to_csv(folder / f"{name}.csv", index=False)
-        paths.append(folder / f"{name}.csv")
+    schema_path, paths = data.write_sites(folder)
     data.pooled.to_csv(folder / "pooled.csv", index=False)
     data.holdout.to_csv(folder / "holdout.csv", index=False)
     return schema_path, paths, folder / "holdout.csv"

@@ -13,7 +13,6 @@ import os
 import shutil
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -21,20 +20,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from protocols.release.manifest import (CSV_NAME, MANIFEST_NAME, PARQUET_NAME, SitePrivacySpent,
-                                build_manifest, write_manifest)
-from protocols.release.signing import sign_manifest
 from protocols.plan import StudyPlan
+from protocols.release.manifest import (CSV_NAME, MANIFEST_NAME, PARQUET_NAME, Release,
+                                        SitePrivacySpent, build_manifest, write_manifest)
 from protocols.release.provenance import marked_table
+from protocols.release.signing import sign_manifest
 from protocols.schema import Schema
-
-@dataclass(frozen=True)
-class Release:
-    """Where the released files are, and the manifest that describes them."""
-
-    directory: Path
-    manifest: dict
-
 
 def release_cohort(cohort: pd.DataFrame, out_dir: Path, *, schema: Schema, plan: StudyPlan,
                    sites: Mapping[str, SitePrivacySpent],

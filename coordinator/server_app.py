@@ -24,21 +24,21 @@ from flwr.serverapp import Grid, ServerApp
 
 from coordinator.checkpoints import (Checkpoint, checkpoint_dir, clear_checkpoints,
                                      load_checkpoint, mark_released, resumable, save_checkpoint)
-from coordinator.cohort import Release, release_cohort
+from coordinator.cohort import release_cohort
 from coordinator.federated_evaluation import REPORT_NAME, evaluate_at_sites, write_study_report
 from coordinator.privacy_reports import collect_privacy_reports
+from coordinator.provisioning.signing_key import signing_key
 from coordinator.rounds import run_rounds
 from coordinator.secure_aggregation import secure_rounds
-from coordinator.provisioning.signing_key import signing_key
 from coordinator.strategy import StudyStrategy
 from coordinator.study import StudySettings
 from coordinator.transport import verify_tls
 from protocols import messages as keys
 from protocols.errors import FedsynthError
 from protocols.generators import family_for
-from protocols.release.manifest import CSV_NAME, MANIFEST_NAME
 from protocols.plan import StudyPlan
 from protocols.records import check_file
+from protocols.release.manifest import CSV_NAME, MANIFEST_NAME, Release
 from protocols.schema import Schema
 
 # Under `flwr run` only Flower's own logger reaches the operator's console.

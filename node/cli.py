@@ -11,7 +11,9 @@ in the site kit, and the sha256 and size of every file it lists; it exits 0
 only when all match, 1 naming each file that does not, 3 when no trusted key
 was given (the signer is then not pinned). `budget` shows what
 the site's privacy ledger has spent and committed, and what is left of its
-budget; it exits 2 when the ledger's hash chain is broken. User errors end with
+budget; it exits 2 when the ledger's hash chain is broken. `blend` measures, on
+the site's own patients, how much of a released cohort to mix into its training
+set, and writes blend.html and blend.json; nothing leaves. User errors end with
 one paragraph on stderr and exit 2, never a traceback.
 """
 
@@ -23,15 +25,16 @@ import json
 import sys
 from pathlib import Path
 
-from node.ledger.budget_report import read_budget, report_text
+from node.blend import add_blend_parser, blend_command
 from node.kit import NodeKit, check_kit, prepare_state_dir, read_kit
+from node.ledger.budget_report import read_budget, report_text
 from node.supernode_launch import (exec_supernode, find_flower_supernode, shell_command,
                                    starting_line, supernode_argv)
-from protocols.evaluation.report.files import evaluate_files, score_lines
 from protocols.errors import FedsynthError
+from protocols.evaluation.report.files import evaluate_files, score_lines
 from protocols.kit_layout import MANIFEST_SIGNING_PUB
-from protocols.release.provenance import synthetic_provenance
 from protocols.records import check_file
+from protocols.release.provenance import synthetic_provenance
 from protocols.release.verification import load_trusted_key, verify_release
 from protocols.schema import load_schema
 
@@ -51,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
             return _verify(args)
         if args.command == "budget":
             return _budget(args)
+        if args.command == "blend":
+            return blend_command(args)
         return _check(args.schema, args.data)
     except FedsynthError as exc:
         print(f"fedsynth-node: error: {exc}", file=sys.stderr)
@@ -63,6 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     _start_parser(sub)
     _verify_parser(sub)
     _budget_parser(sub)
+    add_blend_parser(sub)
     check = sub.add_parser("check", help="validate a records file against the schema")
     check.add_argument("--schema", type=Path, required=True, help="the consortium schema (YAML)")
     check.add_argument("--data", type=Path, required=True, help="records, CSV or Parquet")

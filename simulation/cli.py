@@ -22,9 +22,9 @@ import sys
 from pathlib import Path
 
 from coordinator import cli as coordinator_cli
-from coordinator.cohort import Release
 from protocols.generators import FAMILIES
 from protocols.plan import StudyPlan
+from protocols.release.manifest import Release
 from simulation.demo import run_demo
 from simulation.engine import simulate_study
 

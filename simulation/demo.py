@@ -7,7 +7,9 @@ leaves the cohort, its manifest, the checkpoints and report.html beside them.
 
 A fifth of every simulated hospital's patients is kept out of training, in
 DIR/holdout, so that the report can measure privacy risk (distance to closest
-record, membership inference). Because the demo simulated the hospitals itself,
+record, membership inference). The report also shows what `fedsynth-node blend`
+advises the smallest hospital: how much of the cohort to mix into its own
+training set, measured on its own patients. Because the demo simulated the hospitals itself,
 its report also compares the cohort with their pooled records, figures
 included, which a real coordinator can never do: in a real consortium the
 report holds only the sites' federated scores.
@@ -20,15 +22,18 @@ from pathlib import Path
 
 import numpy as np
 
-from coordinator.cohort import CSV_NAME, Release
 from coordinator.federated_evaluation import REPORT_NAME
 from coordinator.server_app import ProgressFn
-from simulation.engine import simulate_study
-from protocols.evaluation.report.files import evaluate_files
 from protocols.demo_registry import simulate_registry
 from protocols.errors import FedsynthError
-from protocols.release.manifest import MANIFEST_NAME
+from protocols.evaluation.blend import blend_curve
+from protocols.evaluation.report.blend import blend_report
+from protocols.evaluation.report.files import evaluate_files
 from protocols.plan import StudyPlan
+from protocols.records import check_file
+from protocols.release.manifest import CSV_NAME, MANIFEST_NAME, Release
+from protocols.schema import load_schema
+from simulation.engine import simulate_study
 
 HOLDOUT_SHARE = 0.2
 
@@ -43,12 +48,22 @@ def run_demo(out_dir: Path, plan: StudyPlan, progress: ProgressFn, n_sites: int 
     release = simulate_study(schema_path, list(paths), plan, out_dir, progress,
                              signing_key_path=signing_key_path)
     report_path = out_dir / REPORT_NAME
+    blend = _blend_advice(schema_path, min(paths, key=paths.get), out_dir / CSV_NAME)
+    progress(f"blending advice for {blend['site']}: {blend['sentence']}")
     extra = {"title": "Demo cohort: built-in simulated registry",
-             "federated": _federated_section(report_path)}
+             "federated": _federated_section(report_path), "blend": blend}
     evaluate_files(schema_path, list(paths), out_dir / CSV_NAME, report_path,
                    holdout_paths=holdout, extra=extra)
     progress(f"report: {report_path}")
     return release
+
+
+def _blend_advice(schema_path: Path, site_path: Path, cohort_path: Path) -> dict:
+    """What `fedsynth-node blend` tells the hospital at `site_path` about the cohort."""
+    schema = load_schema(schema_path)
+    real, synthetic = (check_file(path, schema).parsed for path in (site_path, cohort_path))
+    result = blend_curve(schema, real, synthetic, schema.roles.target, schema.roles.survival)
+    return {**blend_report(result), "site": site_path.stem}
 
 
 def _write_registry(out_dir: Path, seed: int, n_sites: int

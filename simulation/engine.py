@@ -41,16 +41,15 @@ from flwr.clientapp import ClientApp
 from flwr.simulation import run_simulation
 
 from coordinator.checkpoints import resumable
-from coordinator.cohort import CSV_NAME, PARQUET_NAME, Release
-from coordinator.server_app import ProgressFn, build_server_app
 from coordinator.provisioning.signing_key import signing_key
+from coordinator.server_app import ProgressFn, build_server_app
 from node.client_app import build_client_app
 from node.site_data import SiteData, load_site
-from protocols.generators import check_site_size, family_for
 from protocols.errors import FedsynthError, PlanError
-from protocols.release.manifest import MANIFEST_NAME
-from protocols.release.signing import public_key_pem
+from protocols.generators import check_site_size, family_for
 from protocols.plan import StudyPlan
+from protocols.release.manifest import CSV_NAME, MANIFEST_NAME, PARQUET_NAME, Release
+from protocols.release.signing import public_key_pem
 from protocols.schema import Schema, load_schema
 
 NODE_STATE = ".simulated-nodes"

@@ -26,13 +26,21 @@ from typing import Any
 
 from protocols import __version__
 from protocols.generators import family_for
-from protocols.privacy.accounting import ACCOUNTANT
 from protocols.plan import StudyPlan
+from protocols.privacy.accounting import ACCOUNTANT
 
 MANIFEST_NAME = "manifest.json"
 CSV_NAME = "synthetic.csv"
 PARQUET_NAME = "synthetic.parquet"
 PROVENANCE = "fedsynth synthetic cohort: generated, not real patient records"
+
+
+@dataclass(frozen=True)
+class Release:
+    """A released cohort: the folder its files are in, and the manifest that lists them."""
+
+    directory: Path
+    manifest: dict[str, Any]
 
 
 @dataclass(frozen=True)

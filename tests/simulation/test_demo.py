@@ -27,4 +27,11 @@ def test_demo_releases_a_cohort_with_its_manifest_and_a_full_report(tmp_path):
     assert report["figures"]["km"] is not None
     page = (out / "report.html").read_text()
     assert "data:image/png;base64," in page and "http://" not in page
+    # the blending advice for the smallest hospital: its curve, one recommendation per outcome
+    blend = report["blend"]
+    assert blend["site"] == "hospital-01" and blend["ratios"][0] == 0.0
+    assert [rec["outcome"] for rec in blend["recommendations"]] == [
+        "treated", "survival_months / death"]
+    assert "How much of the cohort hospital-01 should mix" in page
+    assert blend["sentence"].split(" (")[0] in page
     assert len(list((out / "holdout").glob("*.csv"))) == 6

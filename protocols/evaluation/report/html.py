@@ -22,10 +22,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from protocols.evaluation.report.blend import blend_fragment
 from protocols.evaluation.report.figures import association_figure, km_figure, marginal_figure
 from protocols.evaluation.report.tables import (SCORE_ROWS, bias_section, esc, federated_section,
-                                     general_text, p_text, privacy_section, scores_section,
-                                     share_text, table, utility_section, value_text)
+                                                general_text, p_text, privacy_section,
+                                                scores_section, share_text, table,
+                                                utility_section, value_text)
 
 WORST_PAIRS_SHOWN = 15
 _CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
@@ -40,6 +42,8 @@ th,td{border:1px solid #d0d7de;padding:.3em .6em;text-align:left;vertical-align:
 th{background:#f6f8fa}tr.flagged td{background:#ffebe9;font-weight:600}
 .grid{display:flex;flex-wrap:wrap;gap:.8em}figure{margin:.5em 0}img{max-width:100%}
 dt{font-weight:600;margin-top:.7em}dd{margin-left:1.2em}code{word-break:break-all}
+.advice{border-left:4px solid #1a7f37;background:#dafbe1;padding:.5em .8em;font-weight:600}
+tr.chosen td{background:#dafbe1}
 """
 
 
@@ -47,7 +51,7 @@ def render_report(report: Mapping[str, Any]) -> str:
     """The report as one HTML page; a section whose data is absent is left out."""
     sections = (_header, _privacy_statement, scores_section, _marginals, _associations,
                 utility_section, _survival, privacy_section, bias_section, federated_section,
-                _methods)
+                _blend, _methods)
     body = "\n".join(part for part in (section(report) for section in sections) if part)
     title = esc(report.get("title") or "Synthetic cohort evaluation")
     return ('<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
@@ -204,6 +208,18 @@ def _survival(report: Mapping[str, Any]) -> str:
         parts.append(table(("Covariate", "Hazard ratio (real)", "p (real)",
                              "Hazard ratio (synthetic)", "Same direction"), rows))
     return "\n".join(parts)
+
+
+def _blend(report: Mapping[str, Any]) -> str:
+    """A hospital's blending advice (`fedsynth-node blend`), when the report carries one:
+    computed at that hospital from its own records, so only the simulated demo shows it."""
+    blend = report.get("blend")
+    if not blend:
+        return ""
+    return (f"<h2>How much of the cohort {esc(blend.get('site', 'a hospital'))} should mix "
+            "into its own training set</h2>\n<p>Measured at that hospital on its own patients "
+            "(<code>fedsynth-node blend</code>); in a real consortium this stays at the "
+            "hospital.</p>\n" + blend_fragment(blend))
 
 
 def _methods(report: Mapping[str, Any]) -> str:
