@@ -31,15 +31,6 @@ from protocols.release.verification import load_trusted_key, verify_release
 PROG = "fedsynth-coordinator"
 
 
-def main(argv: list[str] | None = None) -> int:
-    """The coordinator's commands alone (the full command: `simulation.cli.main`)."""
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
-    add_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    configure_logging(getattr(args, "verbose", False))
-    return run_reporting_errors(lambda: run(args))
-
-
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Add `evaluate`, `provision` and `verify` to a command's subparsers."""
     _evaluate_parser(sub)
@@ -158,7 +149,3 @@ def configure_logging(verbose: bool) -> None:
                         format="%(levelname)s %(name)s: %(message)s")
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.ERROR)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -2,7 +2,7 @@
 
 Before averaging, every reply is checked: its arrays must have exactly the
 global model's names, shapes and dtypes, be finite and lie within what one
-honest round of the plan can change (`protocols.generators.vae.bounds`); its scalars
+honest round of the plan can change (the family's `update_problem`); its scalars
 must be the whitelisted ones, its FedAvg weight the one the plan allows, and
 the ε it reports within the plan. A reply that fails is dropped and logged;
 the round goes on if at least `min_sites` remain, and the study stops

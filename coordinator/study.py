@@ -23,6 +23,7 @@ from typing import Any
 from protocols.config import read_path, read_positive, read_text
 from protocols.demo_registry import simulate_registry
 from protocols.errors import PlanError
+from protocols.generators import family_for
 from protocols.plan import StudyPlan
 from protocols.schema import Schema, load_schema, parse_schema
 
@@ -51,7 +52,9 @@ class StudySettings:
         if engine not in ENGINES:
             raise PlanError(f"Run config: engine = {engine!r} is not one of "
                             f"{', '.join(ENGINES)}.")
-        return cls(schema=schema, plan=StudyPlan.from_config(dict(run_config)),
+        plan = StudyPlan.from_config(dict(run_config))
+        family_for(plan)  # the family's own rules, before the study's key or TLS is touched
+        return cls(schema=schema, plan=plan,
                    out_dir=read_path(run_config.get("out-dir")) or Path("fedsynth-out"),
                    engine=engine,
                    round_timeout=read_positive(run_config.get("round-timeout", 600.0),

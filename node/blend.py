@@ -4,7 +4,8 @@ training set, measured on its own patients.
 Every input is checked before anything is computed, and refused with one paragraph
 naming the file, what is wrong and the rule: the synthetic input must be a fedsynth
 cohort (a folder whose manifest.json marks it synthetic and lists the file; or that
-file itself); with a kit, the release must verify against the consortium key in it;
+file itself); its signature and files must verify (against the consortium key in
+the kit, when one is given);
 the manifest's schema hash must be this schema's; the site's records must be real
 records (not a cohort) that conform to the schema; the schema (or --target) must
 name an outcome. The curve is computed by `protocols.evaluation.blend`, then
@@ -94,17 +95,20 @@ def _manifest(path: Path) -> dict[str, Any] | None:
 
 
 def _verify(cohort: Release, kit: Path | None) -> str:
-    """Check the release against the kit's consortium key; say what was checked."""
-    if kit is None:
-        return "not checked (no --kit given)"
-    check = verify_release(cohort.directory, load_trusted_key(kit / MANIFEST_SIGNING_PUB))
+    """Check the release's signature and files (against the kit's consortium key when
+    `kit` is given); say what was checked."""
+    trusted = load_trusted_key(kit / MANIFEST_SIGNING_PUB) if kit else None
+    check = verify_release(cohort.directory, trusted)
     if not check.ok:
         problems = "; ".join(str(problem) for problem in check.problems)
+        against = f"the consortium key in {kit / MANIFEST_SIGNING_PUB}" if kit else "its manifest"
         raise FedsynthError(
-            f"{cohort.directory} does not verify against the consortium key in "
-            f"{kit / MANIFEST_SIGNING_PUB}: {problems}. A cohort is blended in only when the "
-            "consortium signed it and no file changed since (check it with "
+            f"{cohort.directory} does not verify against {against}: {problems}. A cohort is "
+            "blended in only when it is signed and no file changed since (check it with "
             "`fedsynth-node verify`).")
+    if kit is None:
+        return (f"files match the manifest, signed by key {check.fingerprint}; the signer "
+                "was not checked against the consortium key (no --kit given)")
     return f"verified: signed by the consortium key {check.fingerprint}"
 
 

@@ -60,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     except FedsynthError as exc:
         print(f"fedsynth-node: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("fedsynth-node: interrupted; nothing was written.", file=sys.stderr)
+        return 130
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import functools
 import logging
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -57,18 +57,17 @@ from protocols.schema import Schema
 log = logging.getLogger(__name__)
 
 
-def build_client_app(overrides: Mapping[str, Any] | None = None,
-                     sites: Sequence[tuple[Schema, SiteData]] = ()) -> ClientApp:
+def build_client_app(overrides: Mapping[str, Any] | None = None) -> ClientApp:
     """A ClientApp whose run config is `overrides` on top of Flower's run config.
 
-    `sites`: in a simulation, each simulated site's schema and records, already
-    validated by the harness, by partition; a deployed node reads its own files."""
+    A simulated node reads its own file, as a deployed node does: it never takes its
+    records from the harness (and Flower's Ray backend ships the app's closure with
+    every message, so records held in it would travel to every node every round)."""
     app = ClientApp()
     fixed = dict(overrides or {})
-    preloaded = tuple(sites)
 
     def site(context: Context) -> SiteSource:
-        return resolve_site(context.node_config, {**context.run_config, **fixed}, preloaded)
+        return resolve_site(context.node_config, {**context.run_config, **fixed})
 
     @app.train()
     @_without_details

@@ -21,8 +21,8 @@ from __future__ import annotations
 import functools
 import math
 import os
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,13 +49,9 @@ class SiteSource:
     budget: SiteBudget = SiteBudget(math.inf, math.inf)
     train_on_synthetic: bool = False  # the operator's explicit choice (--train-on-synthetic)
     manifest_public_key: str | None = None
-    # A simulated site's schema and records, validated once by the simulation harness.
-    preloaded: tuple[Schema, SiteData] | None = field(default=None, compare=False, repr=False)
 
     def load_schema(self) -> Schema:
         """The consortium's schema alone: public, read before any record is."""
-        if self.preloaded is not None:
-            return self.preloaded[0]
         if self.demo_partition is not None:
             return _demo_schema(self.demo_sites)
         return _schema_cached(self.schema_path, _file_stamp(self.schema_path))
@@ -63,14 +59,12 @@ class SiteSource:
     def refuse_a_cohort(self) -> None:
         """Refuse a records file marked as a fedsynth cohort (unless the operator allowed
         it): the mark is the file's provenance, read before any record is."""
-        if self.data_path and self.preloaded is None:  # the harness checked a preloaded one
+        if self.data_path:
             refuse_synthetic_records(Path(self.data_path), self.train_on_synthetic)
 
     def load(self) -> tuple[Schema, SiteData]:
         """The validated, encoded site. A node process answers every round of a
         study, so the result is kept until either file changes on disk."""
-        if self.preloaded is not None:
-            return self.preloaded
         return _load_cached(self, _file_stamp(self.schema_path), _file_stamp(self.data_path))
 
 
@@ -99,10 +93,8 @@ def _load_cached(source: SiteSource, schema_stamp: object, data_stamp: object
                              allow_synthetic=source.train_on_synthetic)
 
 
-def resolve_site(node_config: Mapping[str, Any], run_config: Mapping[str, Any],
-                 preloaded: Sequence[tuple[Schema, SiteData]] = ()) -> SiteSource:
-    """Decide which records this node trains on, from its node and run config
-    (`preloaded`: in a simulation, the parsed sites by partition, one per file)."""
+def resolve_site(node_config: Mapping[str, Any], run_config: Mapping[str, Any]) -> SiteSource:
+    """Decide which records this node trains on, from its node and run config."""
     if node_config.get("data-path"):
         data = str(node_config["data-path"])
         for key, why in (("state-dir", "a folder for its privacy ledger"),
@@ -115,7 +107,7 @@ def resolve_site(node_config: Mapping[str, Any], run_config: Mapping[str, Any],
             read_positive(node_config["epsilon-budget"], "The node config's epsilon-budget",
                           infinite=True),
             read_positive(node_config["delta-budget"], "The node config's delta-budget",
-                          below=1.0))
+                          at_most=1.0))  # 1: no limit
         return SiteSource(str(node_config.get("schema-path", "")), data,
                           str(node_config.get("site-name") or Path(data).stem),
                           state_dir=str(node_config["state-dir"]), budget=budget,
@@ -140,8 +132,7 @@ def resolve_site(node_config: Mapping[str, Any], run_config: Mapping[str, Any],
     return SiteSource(str(run_config["schema-path"]), files[partition],
                       Path(files[partition]).stem, state_dir=state_dir,
                       train_on_synthetic=_flag(run_config, "train-on-synthetic", "run"),
-                      manifest_public_key=key,
-                      preloaded=preloaded[partition] if preloaded else None)
+                      manifest_public_key=key)
 
 
 def _flag(config: Mapping[str, Any], key: str, which: str) -> bool:

@@ -4,8 +4,8 @@ Settings reach fedsynth from four places: the study plan (in every message, and
 `[tool.flwr.app.config]`), the coordinator's run config, a SuperNode's
 `--node-config` and a site kit's `node.toml`. Each arrives as a TOML value or as
 text, depending on who wrote it. Every kind of value is read here, once, by the
-same rule everywhere: a flag is `true` or `false` (a TOML boolean, or that text
-in any case); `"no"`, `"1"` or `"yes"` are refused, never read as true in one
+same rule everywhere: a flag is `true` or `false` (a TOML boolean, that text in
+any case, or 1 / 0); `"no"` or `"yes"` are refused, never read as true in one
 place and as an error in another. Each refusal names where the value came from
 (`what`) and is raised as the caller's error type, so a plan's bad value is a
 `PlanError` and a kit's a `KitError`.
@@ -23,12 +23,12 @@ ErrorType = type[FedsynthError]
 
 
 def read_flag(value: Any, what: str, error: ErrorType = FedsynthError) -> bool:
-    """`true` or `false`: a boolean, or that text in any case."""
+    """`true` or `false`: a boolean, that text in any case, or 1 / 0."""
     if isinstance(value, bool):
         return value
-    text = value.strip().lower() if isinstance(value, str) else None
-    if text in ("true", "false"):
-        return text == "true"
+    text = str(value).strip().lower() if isinstance(value, (str, int)) else None
+    if text in ("true", "false", "1", "0"):
+        return text in ("true", "1")
     raise error(f"{what} = {value!r} is not true or false.")
 
 
@@ -37,10 +37,14 @@ def read_whole_number(value: Any, what: str, error: ErrorType = FedsynthError,
     """A whole number: an integer, a float with no fraction, or such text (`rule`: what
     a refusal says it must be)."""
     if isinstance(value, str):
+        text = value.strip()
         try:
-            value = float(value.strip()) if value.strip() else value
+            return int(text)  # exact, however large
         except ValueError:
-            pass
+            try:
+                value = float(text) if text else value
+            except ValueError:
+                pass
     if isinstance(value, float) and value.is_integer():
         return int(value)
     if isinstance(value, int) and not isinstance(value, bool):
@@ -61,12 +65,14 @@ def read_number(value: Any, what: str, error: ErrorType = FedsynthError) -> floa
 
 
 def read_positive(value: Any, what: str, error: ErrorType = FedsynthError,
-                  below: float = math.inf, infinite: bool = False) -> float:
-    """A number above 0 and below `below`; finite unless `infinite` (then `inf` means
-    "no limit")."""
+                  below: float = math.inf, at_most: float = math.inf,
+                  infinite: bool = False) -> float:
+    """A number above 0, below `below` and at most `at_most`; finite unless `infinite`
+    (then `inf` means "no limit")."""
     number = read_number(value, what, error)
-    if not (0 < number < below or (infinite and number == math.inf)):
-        bound = "" if math.isinf(below) else f" and below {below:g}"
+    if not (0 < number < below and number <= at_most or (infinite and number == math.inf)):
+        bound = ("" if math.isinf(below) else f" and below {below:g}") + (
+            "" if math.isinf(at_most) else f" and at most {at_most:g}")
         kind = "a number (or inf)" if infinite else "a finite number"
         raise error(f"{what} = {value!r} must be {kind} above 0{bound}.")
     return number

@@ -29,7 +29,6 @@ RECORDS_PLACEHOLDER = "/path/to/site-records.csv"
 SCHEMA_PLACEHOLDER = "/path/to/consortium-schema.yaml"
 
 
-
 @dataclass(frozen=True)
 class TomlKey:
     """A key of node.toml: the coordinator's kit writer and the node's reader use these

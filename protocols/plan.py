@@ -18,6 +18,7 @@ from protocols.config import read_flag, read_number, read_whole_number
 from protocols.errors import PlanError
 from protocols.privacy.site_limits import MAX_SITE_RECORDS
 
+
 @dataclass(frozen=True)
 class StudyPlan:
     """Study-wide settings. `epsilon=inf` trains the same generator without DP.

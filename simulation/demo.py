@@ -29,6 +29,7 @@ from protocols.errors import FedsynthError
 from protocols.evaluation.blend import blend_curve
 from protocols.evaluation.report.blend import blend_report
 from protocols.evaluation.report.files import evaluate_files
+from protocols.generators import family_for
 from protocols.plan import StudyPlan
 from protocols.records import check_file
 from protocols.release.manifest import CSV_NAME, MANIFEST_NAME, Release
@@ -40,6 +41,7 @@ HOLDOUT_SHARE = 0.2
 
 def run_demo(out_dir: Path, plan: StudyPlan, progress: ProgressFn, n_sites: int = 6,
              signing_key_path: Path | None = None) -> Release:
+    family_for(plan)  # the family's own rules on the plan, before anything is written
     _refuse_foreign_folder(out_dir)
     schema_path, paths, holdout = _write_registry(out_dir, plan.seed, n_sites)
     sizes = ", ".join(f"{path.stem} ({rows})" for path, rows in paths.items())

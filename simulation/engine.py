@@ -1,16 +1,15 @@
 """Running a study in Flower's simulation engine, one simulated node per site file.
 
-Everything a user gave is checked before the engine starts (schema, every row
-of every file, δ against each site's size, distinct site names), so bad input
-fails fast with one clear message and leaves no output behind. The simulated
-nodes then load their own files inside the engine exactly as deployed nodes do.
-
-Each input is validated once, here: the schema and every site's records are
-parsed and encoded before the engine starts and handed, parsed, to the
-coordinator's ServerApp (the schema) and to each simulated node (its own site),
-so the engine runs the same ClientApp as a deployed node without reading any
-file again. This harness is the one place that imports both `node` and
-`coordinator`.
+Everything a user gave is checked here, once, before the engine starts (the
+plan's generator family, the schema, every row of every file, each site's size
+against the plan, distinct site names), so bad input fails fast with one clear
+message and leaves no output behind; the parsed schema is handed to the
+coordinator's ServerApp. The simulated nodes then read their own files inside
+the engine exactly as deployed nodes do: a node never takes its records from
+the coordinator's side of the harness (and Flower's Ray backend ships the
+ClientApp's closure with every message, so records held in it would travel to
+every node every round). This harness is the one place that imports both `node`
+and `coordinator`.
 
 The engine's Ray cluster holds every site's records in its workers, so it
 must be reachable from this machine only: `ray_environment` makes Ray bind
@@ -33,7 +32,6 @@ import secrets
 import shutil
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +42,7 @@ from coordinator.checkpoints import resumable
 from coordinator.provisioning.signing_key import signing_key
 from coordinator.server_app import ProgressFn, build_server_app
 from node.client_app import build_client_app
-from node.site_data import SiteData, load_site
+from node.site_data import load_site
 from protocols.errors import FedsynthError, PlanError
 from protocols.generators import check_site_size, family_for
 from protocols.plan import StudyPlan
@@ -55,18 +53,9 @@ from protocols.schema import Schema, load_schema
 NODE_STATE = ".simulated-nodes"
 
 
-# Builds the hospitals' ClientApp from the run config's overrides and the parsed sites
+# Builds the hospitals' ClientApp from the run config's overrides
 # (`node.client_app.build_client_app`; a test may wrap it).
-ClientAppFactory = Callable[..., ClientApp]
-
-
-@dataclass(frozen=True)
-class StudyInputs:
-    """What the user gave, each validated once: the schema and every site's records
-    (parsed and encoded, one per data file, in order)."""
-
-    schema: Schema
-    sites: tuple[SiteData, ...]
+ClientAppFactory = Callable[[dict[str, Any]], ClientApp]
 
 
 def simulate_study(schema_path: Path, data_paths: Sequence[Path], plan: StudyPlan,
@@ -75,12 +64,12 @@ def simulate_study(schema_path: Path, data_paths: Sequence[Path], plan: StudyPla
                    client_app: ClientAppFactory = build_client_app) -> Release:
     """Check every input (the manifest-signing key too: `signing_key_path`, or this
     user's own key, made on first use), then run the whole study in the engine."""
-    inputs = check_inputs(schema_path, data_paths, plan, train_on_synthetic)
+    schema = check_inputs(schema_path, data_paths, plan, train_on_synthetic)
     _refuse_overwriting_inputs(data_paths, out_dir)
     signer = signing_key(signing_key_path)
     if signer.created:
         progress(f"generated this coordinator's manifest-signing key {signer.path}")
-    state = _simulated_node_state(inputs.schema, plan, out_dir)
+    state = _simulated_node_state(schema, plan, out_dir)
     overrides: dict[str, Any] = {
         **plan.to_config(),
         "schema-path": str(schema_path.resolve()),
@@ -95,8 +84,8 @@ def simulate_study(schema_path: Path, data_paths: Sequence[Path], plan: StudyPla
         "manifest-public-key": str(_trusted_key_file(signer.key, state)),
     }
     outcome: dict[str, Any] = {}
-    server = build_server_app(overrides, progress, outcome, schema=inputs.schema)
-    client = client_app(overrides, sites=[(inputs.schema, site) for site in inputs.sites])
+    server = build_server_app(overrides, progress, outcome, schema=schema)
+    client = client_app(overrides)
     with warnings.catch_warnings(), ray_environment():
         warnings.simplefilter("ignore")
         run_simulation(server_app=server, client_app=client, num_supernodes=len(data_paths),
@@ -130,9 +119,9 @@ def _simulated_node_state(schema: Schema, plan: StudyPlan, out_dir: Path) -> Pat
 
 
 def check_inputs(schema_path: Path, data_paths: Sequence[Path], plan: StudyPlan,
-                 train_on_synthetic: bool = False) -> StudyInputs:
+                 train_on_synthetic: bool = False) -> Schema:
     """Refuse bad input before anything runs (one message naming file, row, column,
-    rule); return it parsed."""
+    rule); return the parsed schema."""
     family_for(plan)  # the family's own rules on the plan, before any file is read
     schema = load_schema(schema_path)
     names = [p.stem for p in data_paths]
@@ -143,11 +132,10 @@ def check_inputs(schema_path: Path, data_paths: Sequence[Path], plan: StudyPlan,
     if len(data_paths) < plan.min_sites:
         raise PlanError(f"The plan needs at least {plan.min_sites} sites (min-sites) but "
                         f"{len(data_paths)} data file(s) were given.")
-    sites = []
     for path in data_paths:
-        sites.append(load_site(path, schema, allow_synthetic=train_on_synthetic))
-        check_site_size(plan, sites[-1].n_records, str(path))
-    return StudyInputs(schema, tuple(sites))
+        site = load_site(path, schema, allow_synthetic=train_on_synthetic)
+        check_site_size(plan, site.n_records, str(path))
+    return schema
 
 
 def _refuse_overwriting_inputs(data_paths: Sequence[Path], out_dir: Path) -> None:

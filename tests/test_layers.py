@@ -40,3 +40,13 @@ def test_no_module_is_loaded_by_a_name_in_a_string(package):
     for path in (ROOT / package).rglob("*.py"):
         text = path.read_text(encoding="utf-8")
         assert "import_module(" not in text and "__import__(" not in text, path
+
+
+def test_only_the_node_runs_a_familys_release_on_records():
+    """A family's `release` (DP-SGD steps, noisy tables) runs on a site's records: the
+    coordinator, which must never hold them, never calls it."""
+    for path in (ROOT / "coordinator").rglob("*.py"):
+        calls = [node for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+                 if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                 and node.func.attr == "release"]
+        assert not calls, f"{path.relative_to(ROOT)}:{calls[0].lineno}"

@@ -8,13 +8,8 @@ curve). `blend_curve` measures that curve on the site's own patients:
 - repeated stratified k-fold over the REAL records only: every test fold holds
   real records only, and a split's synthetic records join its training fold,
   never its test fold (`make_folds`, `training_and_test`);
-- the schema's target: logistic regression scored by ROC AUC (macro one-vs-rest
-  for more than two classes) and Brier score (the binary one for two classes,
-  summed over classes otherwise) for a discrete target, ridge regression scored by
-  mean absolute error for a numeric one; the survival pair: a penalised Cox model
-  scored by Harrell's concordance index. Features are every other modelled column
-  in the schema's own encoding (`utility.design_matrix`), as for the utility
-  score; the Cox model codes categories against their first declared level.
+- the schema's target and survival pair, each scored by its models
+  (`blend_models`: AUC and Brier score, MAE, or the concordance index).
 The recommended ratio follows the one-standard-error rule: the smallest ratio
 whose mean score is within one standard error of the best ratio's mean. The
 standard error is over the repeated splits, which share records, so it
@@ -28,20 +23,16 @@ site: it is computed from its records and is not a DP release.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from lifelines import CoxPHFitter
-from lifelines.exceptions import ConvergenceError
-from lifelines.utils import concordance_index
-from sklearn.linear_model import LogisticRegression, Ridge
-from sklearn.metrics import mean_absolute_error, roc_auc_score
 from sklearn.model_selection import RepeatedStratifiedKFold
 
-from protocols.encoding import TableEncoding, build_encoding
+from protocols.encoding import build_encoding
 from protocols.errors import FedsynthError
+from protocols.evaluation.blend_models import (METRICS, MODELS, Task, features,
+                                               outcome_columns, scores, target_task)
 from protocols.evaluation.survival import event_indicator
 from protocols.evaluation.utility import design_matrix
 from protocols.schema import Schema
@@ -49,10 +40,6 @@ from protocols.schema import Schema
 RATIO_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 FOLDS = 5
 REPEATS = 5
-COX_PENALIZER = 0.01  # as in the survival agreement: a rare level still converges
-MODELS = {"classification": "scikit-learn LogisticRegression (lbfgs, C=1, max_iter=2000)",
-          "regression": "scikit-learn Ridge (alpha=1)",
-          "survival": f"lifelines CoxPHFitter (penalizer {COX_PENALIZER})"}
 
 
 @dataclass(frozen=True)
@@ -182,8 +169,8 @@ def blend_curve(schema: Schema, real: pd.DataFrame, synthetic: pd.DataFrame,
                             f"({', '.join(outcome)}) known: there is nothing to mix in.")
     ratios = ratio_grid(len(real), len(synthetic))
     splits = make_folds(strata, len(synthetic), folds, repeats, seed)
-    tasks = ([_target_task(schema, target)] if target else []) + (
-        [_Task("survival", survival)] if survival else [])
+    tasks = ([target_task(schema, target)] if target else []) + (
+        [Task("survival", survival)] if survival else [])
     per_task = [_curves(task, schema, real, synthetic, ratios, splits) for task in tasks]
     return BlendResult(ratios, tuple(curve for curves in per_task for curve in curves),
                        tuple(recommend(curves[0], ratios) for curves in per_task),
@@ -191,7 +178,13 @@ def blend_curve(schema: Schema, real: pd.DataFrame, synthetic: pd.DataFrame,
 
 
 def recommend(curve: Curve, ratios: tuple[float, ...]) -> Recommendation:
-    """The smallest ratio whose mean is within one standard error of the best mean."""
+    """The smallest ratio whose mean is within one standard error of the best mean; a
+    `FedsynthError` when no split could be scored at all."""
+    if not np.isfinite(curve.mean).any():
+        raise FedsynthError(
+            f"No split could score the {curve.metric} for {curve.outcome}: every model fit "
+            "failed or every test fold lacked a comparable pair. The blending advice "
+            "needs more records with the outcome known, or another --target.")
     best, within = within_one_se(curve)
     chosen = int(np.argmax(within))  # the first True; the best ratio itself always is
     rule = (f"the smallest ratio whose mean {curve.metric} is within one standard error (over "
@@ -204,19 +197,6 @@ def ratio_label(ratio: float) -> str:
     names = {0.25: "¼", 0.5: "½"}
     text = names.get(ratio) or (f"{ratio:g}" if float(ratio).is_integer() else f"{ratio:.1f}")
     return text + "×"
-
-
-@dataclass(frozen=True)
-class _Task:
-    """One outcome to predict (its columns are left out of the features), and how."""
-
-    kind: str
-    columns: tuple[str, ...]
-    classes: tuple[str, ...] = ()
-
-    @property
-    def outcome(self) -> str:
-        return " / ".join(self.columns)
 
 
 def _strata(schema: Schema, real: pd.DataFrame, target: str | None,
@@ -232,99 +212,28 @@ def _strata(schema: Schema, real: pd.DataFrame, target: str | None,
         strata, what = (ranks * folds // len(real)).astype(int), f"quantile bins of {target}"
     counts = np.unique(strata, return_counts=True)[1]
     if len(counts) < 2 or counts.min() < 2:
+        smallest = f", the smallest of {counts.min()} record(s)" if len(counts) else ""
         raise FedsynthError(
             f"The site's {len(real)} records with the outcome known are too few to "
-            f"cross-validate: stratified by {what}, they form {len(counts)} group(s), the "
-            f"smallest of {counts.min()} record(s); at least 2 groups of at least 2 are "
-            "needed. The blending advice needs more records, or another --target.")
+            f"cross-validate: stratified by {what}, they form {len(counts)} group(s)"
+            f"{smallest}; at least 2 groups of at least 2 are needed. The blending advice "
+            "needs more records, or another --target.")
     return strata, what
 
 
-def _target_task(schema: Schema, target: str) -> _Task:
-    col = schema.column(target)
-    if col.is_discrete:
-        return _Task("classification", (target,), col.categories)
-    return _Task("regression", (target,))
-
-
-def _curves(task: _Task, schema: Schema, real: pd.DataFrame, synthetic: pd.DataFrame,
+def _curves(task: Task, schema: Schema, real: pd.DataFrame, synthetic: pd.DataFrame,
             ratios: tuple[float, ...], splits: list[Fold]) -> list[Curve]:
     """Each of the task's metrics at every ratio on every split."""
     encoding = build_encoding(schema)
-    kept = _features(encoding, task)
+    kept = features(encoding, task)
     rows = {name: np.column_stack([design_matrix(encoding, frame, set(task.columns))[:, kept],
-                                   _outcome_columns(task, frame)])
+                                   outcome_columns(task, frame)])
             for name, frame in (("real", real), ("synthetic", synthetic))}
-    scores = np.array([[_scores(task, *training_and_test(fold, rows["real"], rows["synthetic"],
+    table = np.array([[scores(task, *training_and_test(fold, rows["real"], rows["synthetic"],
                                                          ratio))
                         for fold in splits] for ratio in ratios])  # ratio × split × metric
-    return [Curve(metric, task.outcome, MODELS[task.kind], higher, scores[:, :, k])
-            for k, (metric, higher) in enumerate(_METRICS[task.kind])]
-
-
-def _features(encoding: TableEncoding, task: _Task) -> np.ndarray:
-    """Which of the design matrix's columns the task's model sees: all of them, except
-    that the Cox model (which has no intercept) codes each category against its first
-    declared level, as the survival agreement does; a full one-hot block sums to a
-    constant, which leaves a Cox fit ill-conditioned and slow to converge."""
-    blocks = [b for b in encoding.blocks if b.column not in task.columns]
-    offsets = np.cumsum([0] + [b.width for b in blocks])
-    keep = np.ones(offsets[-1], dtype=bool)
-    if task.kind == "survival":
-        keep[[offset for b, offset in zip(blocks, offsets) if b.kind == "onehot"]] = False
-    return np.flatnonzero(keep)
-
-
-_METRICS = {"classification": (("AUC", True), ("Brier score", False)),
-            "regression": (("MAE", False),),
-            "survival": (("concordance index", True),)}
-
-
-def _outcome_columns(task: _Task, frame: pd.DataFrame) -> np.ndarray:
-    """The outcome as the last column(s) of a row: class index, value, or (time, event)."""
-    if task.kind == "classification":
-        labels = {c: i for i, c in enumerate(task.classes)}
-        return frame[task.columns[0]].map(labels).to_numpy(float)
-    if task.kind == "regression":
-        return frame[task.columns[0]].to_numpy(float)
-    time, event = task.columns
-    return np.column_stack([frame[time].to_numpy(float), event_indicator(frame[event])])
-
-
-def _scores(task: _Task, train: np.ndarray, test: np.ndarray) -> tuple[float, ...]:
-    if task.kind == "survival":
-        return (_concordance(train, test),)
-    x_train, y_train, x_test, y_test = train[:, :-1], train[:, -1], test[:, :-1], test[:, -1]
-    if task.kind == "regression":
-        model = Ridge(alpha=1.0).fit(x_train, y_train)
-        return (float(mean_absolute_error(y_test, model.predict(x_test))),)
-    y_train, y_test = y_train.astype(int), y_test.astype(int)
-    model = LogisticRegression(max_iter=2000).fit(x_train, y_train)
-    proba = np.zeros((len(x_test), len(task.classes)))
-    proba[:, model.classes_] = model.predict_proba(x_test)
-    brier = np.mean(np.sum((proba - np.eye(len(task.classes))[y_test]) ** 2, axis=1))
-    present = np.unique(y_test)
-    ranked = proba[:, present] / proba[:, present].sum(axis=1, keepdims=True)
-    auc = (roc_auc_score(y_test == present[1], ranked[:, 1]) if len(present) == 2 else
-           roc_auc_score(y_test, ranked, multi_class="ovr", labels=present))
-    return float(auc), float(brier / 2 if len(task.classes) == 2 else brier)
-
-
-def _concordance(train: np.ndarray, test: np.ndarray) -> float:
-    """Harrell's C of a Cox model fitted on `train`, on `test`; NaN where the fold has no
-    comparable pair or the fit fails."""
-    varying = np.flatnonzero(train[:, :-2].std(axis=0) > 0)
-    names = [f"x{i}" for i in varying]
-    frame = pd.DataFrame(train[:, varying], columns=names).assign(time=train[:, -2],
-                                                                  event=train[:, -1])
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model = CoxPHFitter(penalizer=COX_PENALIZER).fit(frame, "time", "event")
-        hazard = model.predict_partial_hazard(pd.DataFrame(test[:, varying], columns=names))
-        return float(concordance_index(test[:, -2], -hazard, test[:, -1]))
-    except (ConvergenceError, ZeroDivisionError, np.linalg.LinAlgError):
-        return float("nan")
+    return [Curve(metric, task.outcome, MODELS[task.kind], higher, table[:, :, k])
+            for k, (metric, higher) in enumerate(METRICS[task.kind])]
 
 
 def within_one_se(curve: Curve) -> tuple[int, np.ndarray]:

@@ -100,3 +100,19 @@ def test_simulate_never_overwrites_an_input_file(files, capsys):
                              "--out", str(own.parent), "--min-sites", "1"])
     assert code == 2 and "would be overwritten" in capsys.readouterr().err
     assert own.read_bytes() == before
+
+
+@pytest.mark.parametrize("command", ["demo", "simulate"])
+def test_a_plan_its_generator_family_refuses_leaves_nothing_behind(files, tmp_path, capsys,
+                                                                   command):
+    """The family's own rules are checked before the demo writes its registry, so the
+    corrected command can run in the same folder."""
+    schema, good, _ = files
+    out = tmp_path / "out"
+    inputs = [] if command == "demo" else ["--schema", str(schema), "--data", str(good),
+                                           "--data", str(good)]
+    code = coordinator_main([command, *inputs, "--out", str(out), "--generator", "marginals",
+                             "--rounds", "3"])
+    assert code == 2
+    assert "rounds must be 2" in capsys.readouterr().err
+    assert not out.exists()

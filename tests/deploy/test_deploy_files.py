@@ -4,6 +4,7 @@ SuperLink's Control API or runs without TLS."""
 from __future__ import annotations
 
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,15 @@ def test_node_unit_starts_the_checked_node_from_its_kit():
     text = (DEPLOY / "systemd" / "fedsynth-node.service").read_text()
     assert re.search(r"ExecStart=\S*fedsynth-node start \\\n\s+--kit /etc/fedsynth/kit", text)
     assert "RestartPreventExitStatus=2" in text
+
+
+@pytest.mark.parametrize("image", ["Dockerfile.node", "Dockerfile.superlink"])
+def test_every_package_the_distribution_installs_is_copied_into_the_image(image):
+    """The console scripts need every package: `fedsynth-coordinator` enters through
+    `simulation`, so an image without it could not run the command it ships."""
+    project = tomllib.loads((DEPLOY.parent / "pyproject.toml").read_text())
+    packages = [p.rstrip("*") for p in project["tool"]["setuptools"]["packages"]["find"]
+                ["include"]]
+    text = (DEPLOY / image).read_text()
+    for package in packages:
+        assert f" {package} ./{package}\n" in text, package

@@ -21,7 +21,7 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +39,11 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 LOG_ENV = "FEDSYNTH_TEST_MESSAGE_LOG"
 
 
-def build_recording_client_app(overrides: Mapping[str, Any] | None = None,
-                               sites: Sequence[Any] = ()) -> ClientApp:
-    """The node's real ClientApp for `overrides` and `sites`, with every reply recorded
-    under the folder named by the environment variable `LOG_ENV` (read here, in the
-    coordinator's process, and carried to the workers inside the mod)."""
-    node_app = build_client_app(overrides, sites)
+def build_recording_client_app(overrides: Mapping[str, Any] | None = None) -> ClientApp:
+    """The node's real ClientApp for `overrides`, with every reply recorded under the
+    folder named by the environment variable `LOG_ENV` (read here, in the coordinator's
+    process, and carried to the workers inside the mod)."""
+    node_app = build_client_app(overrides)
     app = ClientApp(mods=[recording_mod(os.environ[LOG_ENV])])
 
     @app.train()

@@ -7,11 +7,13 @@ functions `blend_curve` itself runs.
 """
 
 import contextlib
+import math
 import json
 import re
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -236,6 +238,17 @@ def test_a_site_too_small_to_cross_validate_is_refused(demo_parsed, demo_schema)
     with pytest.raises(FedsynthError, match="too few to cross-validate"):
         blend_curve(demo_schema, demo_parsed[SITE].head(3), demo_parsed[COHORT_SOURCE],
                     "treated", None)
+
+
+def test_a_site_with_no_outcome_known_is_refused_not_a_traceback(demo_parsed, demo_schema):
+    unknown = demo_parsed[SITE].assign(treated=pd.NA)
+    with pytest.raises(FedsynthError, match="form 0 group"):
+        blend_curve(demo_schema, unknown, demo_parsed[COHORT_SOURCE], "treated", None)
+
+
+def test_a_curve_no_split_could_score_is_refused_not_a_traceback():
+    with pytest.raises(FedsynthError, match="No split could score the AUC"):
+        recommend(_curve([math.nan] * 5, 0.0), (0.0, 0.25, 0.5, 1.0, 2.0))
 
 
 def test_a_cohort_given_as_the_sites_records_is_refused(consortium, cohort, tmp_path, capsys):

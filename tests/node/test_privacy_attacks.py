@@ -30,6 +30,7 @@ from node.client_app import SiteRefusal, build_client_app
 from protocols import messages as keys
 from protocols.encoding import build_encoding
 from protocols.evaluation.release import cell_sigmas, evaluation_layout
+from protocols.generators import FAMILIES
 from protocols.plan import StudyPlan
 from protocols.release.manifest import CSV_NAME, build_manifest, render_manifest
 from protocols.release.signing import public_key_pem, sign_manifest
@@ -48,6 +49,8 @@ def task_identity():
 VAE = StudyPlan(epsilon=2.0, rounds=1, local_steps=2, hidden=8, latent=2,
                 evaluation_epsilon=0.5)
 MARGINALS = StudyPlan(epsilon=2.0, rounds=2, generator="marginals", evaluation_epsilon=0.5)
+# A small plan of every registered generator family: a family added without one fails here.
+FAMILY_PLANS = {"vae": VAE, "marginals": MARGINALS}
 
 
 @pytest.fixture
@@ -86,7 +89,7 @@ def _answer(app, message, context):
 
 # ---------------------------------------------------------------- 1. size from epsilon
 
-@pytest.mark.parametrize("plan", [VAE, MARGINALS], ids=["vae", "marginals"])
+@pytest.mark.parametrize("plan", [FAMILY_PLANS[name] for name in FAMILIES], ids=list(FAMILIES))
 def test_the_reported_epsilon_is_the_same_for_every_site_size(make_site, demo_schema, plan):
     """The review read n = 100..115 off the epsilon of round 1 (every value distinct)."""
     answers = set()

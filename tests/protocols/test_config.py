@@ -17,12 +17,13 @@ from protocols.plan import StudyPlan
 
 
 @pytest.mark.parametrize("value, flag", [(True, True), (False, False), ("true", True),
-                                         (" FALSE ", False), ("True", True)])
-def test_a_flag_is_true_or_false_in_any_case(value, flag):
+                                         (" FALSE ", False), ("True", True), ("1", True),
+                                         (0, False), (1, True)])
+def test_a_flag_is_true_or_false_in_any_case_or_one_or_zero(value, flag):
     assert read_flag(value, "x") is flag
 
 
-@pytest.mark.parametrize("value", ["no", "yes", "1", "0", "", 1, None])
+@pytest.mark.parametrize("value", ["no", "yes", "", 2, 0.5, None])
 def test_anything_else_is_not_a_flag(value):
     with pytest.raises(PlanError, match=r"^where = .* is not true or false\.$"):
         read_flag(value, "where", PlanError)
@@ -42,7 +43,8 @@ def test_no_is_refused_as_a_flag_by_the_plan_the_node_config_and_the_run_config(
                                            "train-on-synthetic": "no"})
 
 
-@pytest.mark.parametrize("value, number", [(3, 3), (3.0, 3), ("4", 4), (" 5.0 ", 5)])
+@pytest.mark.parametrize("value, number", [(3, 3), (3.0, 3), ("4", 4), (" 5.0 ", 5),
+                                           ("9007199254740993", 2**53 + 1)])
 def test_whole_numbers(value, number):
     assert read_whole_number(value, "x") == number
 
@@ -62,6 +64,7 @@ def test_numbers_include_infinity_and_positive_ones_exclude_it():
         with pytest.raises(FedsynthError, match="finite number above 0 and below 1"):
             read_positive(bad, "x", below=1.0)
     assert read_positive("inf", "budget", infinite=True) == math.inf  # a node's "no limit"
+    assert read_positive(1, "delta-budget", at_most=1.0) == 1.0
 
 
 def test_text_and_paths_treat_empty_as_absent():

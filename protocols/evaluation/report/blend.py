@@ -13,7 +13,6 @@ string taken from the JSON is HTML-escaped.
 
 from __future__ import annotations
 
-import html
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -23,6 +22,7 @@ from matplotlib.figure import Figure
 from protocols.evaluation.blend import (BlendResult, Curve, Recommendation, ratio_label,
                                         within_one_se)
 from protocols.evaluation.report.figures import REAL_COLOUR, SYNTHETIC_COLOUR, png_data_uri
+from protocols.evaluation.report.tables import esc
 
 _CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 _CSS = """
@@ -96,7 +96,7 @@ def render_blend_page(report: Mapping[str, Any]) -> str:
 def blend_fragment(report: Mapping[str, Any]) -> str:
     """The curves, the advice, the scores and the method, as embeddable HTML."""
     return "\n".join([
-        f'<p class="advice">{_esc(report["sentence"])}</p>',
+        f'<p class="advice">{esc(report["sentence"])}</p>',
         f'<figure><img src="{blend_figure(report)}" alt="score against the share of synthetic '
         'records mixed into training"></figure>',
         _scores_table(report),
@@ -134,7 +134,7 @@ def blend_figure(report: Mapping[str, Any]) -> str:
 def _scores_table(report: Mapping[str, Any]) -> str:
     """One row per ratio; a row recommended for some outcome is highlighted and says so."""
     metrics = report["metrics"]
-    head = "".join(f"<th>{_esc(name)} (mean ± SE; SD)</th>" for name in metrics)
+    head = "".join(f"<th>{esc(name)} (mean ± SE; SD)</th>" for name in metrics)
     rows = []
     for i, (ratio, added) in enumerate(zip(report["ratios"],
                                            report["synthetic_records_with_all_patients"])):
@@ -143,7 +143,7 @@ def _scores_table(report: Mapping[str, Any]) -> str:
         chosen = [rec["outcome"] for rec in report["recommendations"] if rec["ratio"] == ratio]
         marker = ' class="chosen"' if chosen else ""
         rows.append(f"<tr{marker}><td>{ratio_label(ratio)}</td><td>{added}</td>{cells}"
-                    f"<td>{_esc(', '.join(chosen))}</td></tr>")
+                    f"<td>{esc(', '.join(chosen))}</td></tr>")
     return ("<table><tr><th>Synthetic : real</th><th>Synthetic records added to all your "
             f"patients</th>{head}<th>Recommended for</th></tr>\n" + "\n".join(rows)
             + "</table>")
@@ -161,10 +161,14 @@ def _method(report: Mapping[str, Any]) -> str:
         ("Models", "; ".join(f"{outcome}: {model}" for outcome, model in models.items())),
         *((f"Recommendation for {rec['outcome']}", rec["rule"] + ".")
           for rec in report["recommendations"]),
+        ("Your patients and the cohort", "Your patients helped train the cohort, under its "
+                                         "differential-privacy guarantee: scoring on them "
+                                         "flatters the cohort a little (without DP, much "
+                                         "more), so read a small gain with care."),
         ("Where this stays", "Computed at this site from its own records; nothing was sent "
                              "anywhere and no privacy budget was spent."),
     ]
-    body = "".join(f"<dt>{_esc(name)}</dt><dd>{_esc(text)}</dd>" for name, text in items)
+    body = "".join(f"<dt>{esc(name)}</dt><dd>{esc(text)}</dd>" for name, text in items)
     return f"<h2>How this was measured</h2>\n<dl>{body}</dl>"
 
 
@@ -172,7 +176,7 @@ def _inputs(report: Mapping[str, Any]) -> str:
     """What the page is about: the files, the study and whether its signature was checked."""
     inputs = {**(report.get("inputs") or {}),
               "schema": (report.get("schema") or {}).get("name")}
-    rows = "".join(f"<tr><th>{label}</th><td>{_esc(inputs[key])}</td></tr>"
+    rows = "".join(f"<tr><th>{label}</th><td>{esc(inputs[key])}</td></tr>"
                    for key, label in _INPUT_LABELS if inputs.get(key))
     return f"<table>{rows}</table>" if rows else ""
 
@@ -185,7 +189,3 @@ def _cell(mean: float | None, se: float | None, sd: float | None) -> str:
 
 def _floats(values: Sequence[float | None]) -> np.ndarray:
     return np.array([np.nan if v is None else v for v in values], dtype=float)
-
-
-def _esc(value: Any) -> str:
-    return html.escape(str(value), quote=True)

@@ -23,7 +23,7 @@ NOISE_SIGMAS = 10.0
 
 
 def tables_problem(plan: StudyPlan, server_round: int, sent: Mapping[str, np.ndarray],
-                    reply: Mapping[str, np.ndarray]) -> str | None:
+                   reply: Mapping[str, np.ndarray]) -> str | None:
     n_one = sum(name.startswith("1|") for name in sent)
     sigmas = table_noise_scales(n_one, len(sent) - n_one, release_noise_multiplier(plan))
     released: dict[str, np.ndarray] = {}

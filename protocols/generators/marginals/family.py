@@ -25,6 +25,7 @@ from protocols.generators.marginals.tree import fit_tree, sample_tree
 from protocols.plan import StudyPlan
 from protocols.schema import Schema
 
+
 class MarginalsFamily(GeneratorFamily):
     name = "marginals"
     summary = "each site releases noisy column, then pair tables (2 rounds)"

@@ -25,6 +25,7 @@ from protocols.generators.vae.training import train_round
 from protocols.plan import StudyPlan
 from protocols.schema import Schema
 
+
 class VaeFamily(GeneratorFamily):
     name = "vae"
     summary = "DP-SGD on a small VAE over many rounds"

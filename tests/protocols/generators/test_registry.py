@@ -50,7 +50,7 @@ def test_every_family_runs_a_one_site_study_through_the_interface_alone(name, de
     privacy, history, released, spent = family.site_privacy(plan), {}, 0, []
     assert family.epsilon(plan, demo_schema, 0) == 0.0
     for server_round in range(1, plan.rounds + 1):
-        assert family.join_problem(plan, 1) is None
+        assert family.join_problem(plan, 1) is None  # every site joins from round 1
         release = family.release(demo_schema, site, plan, privacy, released, arrays)
         assert {k: v.shape for k, v in release.arrays.items()} == \
             {k: v.shape for k, v in arrays.items()}
