@@ -296,9 +296,11 @@ def marginals_trial(worlds: Worlds, plan: StudyPlan) -> Trial:
     from node.client_app import build_client_app
     from protocols import messages as keys
     from protocols.count_tables import build_layout
-    from protocols.generators.marginals.tables import noise_scales, release_noise_multiplier
+    from protocols.generators.marginals.tables import (noise_scales, site_noise_multiplier,
+                                                       table_counts)
     app, schema, layout = build_client_app(), worlds.schema, build_layout(worlds.schema)
-    sigma_one, sigma_two = noise_scales(layout, release_noise_multiplier(plan))
+    noise = site_noise_multiplier(plan, *table_counts(layout))
+    sigma_one, sigma_two = noise_scales(layout, noise)
 
     def trial(with_canary: bool, state_dir: Path) -> float:
         context = site_context(worlds, with_canary, state_dir)

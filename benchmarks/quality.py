@@ -126,6 +126,14 @@ def run_dataset(data: datasets.BenchmarkData, plan: StudyPlan, tmp: Path,
                 out = folder / f"federated-{family}-{eps:g}-{repeat}"
                 score(f"fedsynth {family}, federated", eps,
                       federated(schema_path, site_paths, run_plan, out, schema))
+                secure = run_plan.with_overrides(secure_aggregation=True,
+                                                 min_sites=len(site_paths), colluders=1)
+                if FAMILIES[family].exposed_epsilon(secure, schema) is not None:
+                    # its sites add shares of the noise behind SecAgg+: every site in every
+                    # sum, one of them possibly colluding with the coordinator
+                    out = folder / f"federated-{family}-secure-{eps:g}-{repeat}"
+                    score(f"fedsynth {family}, federated, SecAgg+ shares", eps,
+                          federated(schema_path, site_paths, secure, out, schema))
                 for path in site_paths:
                     cohort = train_alone(schema, [path], run_plan, folder / "alone.csv")
                     score(f"{path.stem} alone, {family}", eps, cohort)
@@ -169,7 +177,7 @@ def train_alone(schema: Schema, paths: list[Path], plan: StudyPlan,
                 f"{family_for(plan).minimum_site_records(plan)}")
     family = family_for(plan)
     arrays, history, released = family.global_arrays(schema, plan), {}, 0
-    privacy = family.site_privacy(plan)
+    privacy = family.site_privacy(plan, schema)
     for round_number in range(1, plan.rounds + 1):
         release = family.release(schema, site, plan, privacy, released, arrays)
         arrays, released = release.arrays, release.steps_total

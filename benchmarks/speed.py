@@ -51,7 +51,7 @@ from node.site_data import load_site
 from simulation.engine import loopback_backend_config
 from protocols.generators import family_for
 from protocols.generators.family import SitePrivacy
-from protocols.generators.vae.accounting import dpsgd_epsilon
+from protocols.generators.vae.accounting import dpsgd_epsilon, dpsgd_privacy
 from protocols.generators.vae.training import (GRADIENT_NORMALISER, dp_setup, poisson_batches,
                                                train_round, train_step)
 from protocols import messages
@@ -123,7 +123,7 @@ def _step_throughput(schema_path: Path, sites: list[Path], blocks: int = 10,
     schema = parse_schema(schema_path.read_text())
     site = load_site(sites[-1], schema)
     plan = StudyPlan()
-    privacy = family_for(plan).site_privacy(plan)
+    privacy = dpsgd_privacy(plan)
     data = torch.as_tensor(site.encoded)
     kinds = sorted({kind for _, kind in STEP_PATHS + NOISE_PATHS})
     setups = {kind: _step_setup(kind, site, plan, privacy) for kind in kinds}
@@ -313,7 +313,7 @@ def _round_breakdown(schema_path: Path, paths: list[Path], repeats: int = 3) -> 
     for repeat in range(repeats):
         for eps in (3.0, math.inf) if repeat % 2 == 0 else (math.inf, 3.0):
             plan = StudyPlan(epsilon=eps)
-            privacy = family_for(plan).site_privacy(plan)
+            privacy = dpsgd_privacy(plan)
             start = time.perf_counter()
             for site in sites:
                 model = build_generator(site.encoding, plan.hidden, plan.latent, 0)
@@ -323,7 +323,7 @@ def _round_breakdown(schema_path: Path, paths: list[Path], repeats: int = 3) -> 
     accounting = len(sites) * _median_seconds(lambda: dpsgd_epsilon(plan, plan.local_steps), 20)
     model = build_generator(sites[0].encoding, plan.hidden, plan.latent, 0)
     shapes = [tuple(p.shape) for p in model.parameters()]
-    std = plan.max_grad_norm * family_for(plan).site_privacy(plan).noise_multiplier
+    std = plan.max_grad_norm * dpsgd_privacy(plan).noise_multiplier
     extra_noise = len(sites) * plan.local_steps * (
         _median_seconds(lambda: [secure_normal(shape, std) for shape in shapes], 100)
         - _median_seconds(lambda: [torch.normal(0.0, std, size=shape) for shape in shapes], 100))

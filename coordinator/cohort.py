@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from protocols.generators import family_for
 from protocols.plan import StudyPlan
 from protocols.release.manifest import (CSV_NAME, MANIFEST_NAME, PARQUET_NAME, Release,
                                         SitePrivacySpent, build_manifest, write_manifest)
@@ -41,7 +42,8 @@ def release_cohort(cohort: pd.DataFrame, out_dir: Path, *, schema: Schema, plan:
         _write_parquet(cohort, files[PARQUET_NAME], schema.sha256)
         manifest = sign_manifest(build_manifest(
             schema_sha256=schema.sha256, plan=plan, sites=sites, contributions=contributions,
-            engine=engine, tls=tls, files=files, rows=len(cohort)), signing_key)
+            engine=engine, tls=tls, files=files, rows=len(cohort),
+            exposed_epsilon=family_for(plan).exposed_epsilon(plan, schema)), signing_key)
         write_manifest(manifest, staging / MANIFEST_NAME)
         for name in (CSV_NAME, PARQUET_NAME, MANIFEST_NAME):
             os.replace(staging / name, out_dir / name)

@@ -138,7 +138,7 @@ def train_reply(content: RecordDict, context: Context, source: SiteSource) -> Re
         if problem:
             raise PlanError(f"Site {source.site_name} refuses to join the {plan.generator} "
                             f"study in round {request.round}: {problem}.")
-        return family.site_privacy(plan)
+        return family.site_privacy(plan, schema)
 
     def train(privacy: SitePrivacy, released_before: int) -> StoredAnswer:
         _, site = source.load()  # the records are read only once the ledger has reserved

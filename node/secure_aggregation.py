@@ -40,9 +40,13 @@ from flwr.compat.common import recorddict_compat as compat
 
 from protocols import messages as keys
 from protocols.errors import FedsynthError
+from protocols.plan import StudyPlan
 from protocols.privacy import secure_aggregation as contract
 
 TrainReply = Callable[[RecordDict], RecordDict]
+# The node's state record of the study's min-sites, for the unmasking stage.
+SURVIVORS_STATE = "fedsynth.secure-sum"
+MIN_SITES = "min-sites"
 
 
 def is_secure_message(msg: Message) -> bool:
@@ -58,11 +62,13 @@ def secure_train(msg: Message, context: Context, train_reply: TrainReply) -> Mes
         _refuse_weak_setup(configs)
     if configs.get(Key.STAGE) == Stage.UNMASK:
         _refuse_double_unmask(configs)
+        _refuse_too_few_survivors(configs, context)
 
     def call_next(fit_msg: Message, ctxt: Context) -> Message:
         fitins = fit_msg.content
         names = [str(n) for n in cast(list, fitins.config_records["fitins.config"]
                                       [contract.ARRAY_NAMES])]
+        _remember_min_sites(fitins, ctxt)
         reply = train_reply(train_content(fitins, names))
         fitres = _fitres(reply, names, _ranges_agreed(ctxt))
         return Message(content=compat.fitres_to_recorddict(fitres, keep_input=False),
@@ -132,6 +138,27 @@ def _refuse_weak_setup(configs: ConfigRecord) -> None:
         raise FedsynthError(f"Secure aggregation refused: a threshold of {threshold} of "
                             f"{shares} shares would let the coordinator unmask one site's "
                             "update; it must exceed half the shares.")
+
+
+def _remember_min_sites(fitins: RecordDict, context: Context) -> None:
+    """Keep the plan's `min-sites` in the node's state for the unmasking stage."""
+    plan = StudyPlan.from_config(dict(fitins.config_records["fitins.config"]))
+    context.state.config_records[SURVIVORS_STATE] = ConfigRecord({MIN_SITES: plan.min_sites})
+
+
+def _refuse_too_few_survivors(configs: ConfigRecord, context: Context) -> None:
+    """Every secure sum must hold at least the plan's `min-sites` sites: a family whose
+    sites add only shares of the noise sizes them for that many (`colluders` of them
+    possibly dishonest). With fewer survivors the node sends no key share, so the sum is
+    never unmasked: enforced here, not on the coordinator's word."""
+    active = set(cast(list[int], configs[Key.ACTIVE_NODE_ID_LIST]))
+    remembered = context.state.config_records.get(SURVIVORS_STATE)
+    needed = int(cast(int, remembered[MIN_SITES])) if remembered else 0
+    if len(active) < needed:
+        raise FedsynthError(f"Secure aggregation refused: only {len(active)} site(s) are left "
+                            f"in the sum, fewer than the plan's min-sites ({needed}); the sum "
+                            "would carry less noise than the plan promises. No key share was "
+                            "sent.")
 
 
 def _refuse_double_unmask(configs: ConfigRecord) -> None:

@@ -38,7 +38,10 @@ class StudyPlan:
 
     `secure_aggregation`: the sites' updates are combined with Flower's SecAgg+,
     so the coordinator only ever holds their sum (and never a site's own ε
-    report, which the sites send separately after training).
+    report, which the sites send separately after training). `colluders`: how
+    many sites may side with the coordinator; a family whose sites add shares of
+    one central noise (`GeneratorFamily.exposed_epsilon`) sizes the shares so that
+    the `min_sites - colluders` honest sites' shares alone carry it.
     """
 
     epsilon: float = 3.0
@@ -56,6 +59,7 @@ class StudyPlan:
     generator: str = "vae"  # a family of protocols.generators, which checks its own rules
     secure_aggregation: bool = False
     evaluation_epsilon: float = 0.0
+    colluders: int = 0
 
     def __post_init__(self) -> None:
         # One type per field, however the plan was built (3 and 3.0 are one epsilon): the
@@ -130,6 +134,9 @@ def check_plan(plan: StudyPlan) -> None:
         (plan.hidden >= 4 and plan.latent >= 1, "hidden must be >= 4 and latent >= 1"),
         (plan.rows >= 1, "rows must be at least 1"),
         (plan.min_sites >= 1, "min-sites must be at least 1"),
+        (0 <= plan.colluders < plan.min_sites,
+         "colluders must be at least 0 and fewer than min-sites (every secure sum needs an "
+         "honest site)"),
         (not plan.private or plan.delta * MAX_SITE_RECORDS < 1,
          f"delta must be below 1/{MAX_SITE_RECORDS} (the largest site fedsynth accepts), so "
          "that a failure of probability delta cannot amount to releasing a record"),

@@ -49,6 +49,7 @@ def _study(args: argparse.Namespace) -> int:
                                        sample_rate=args.sample_rate, min_sites=args.min_sites,
                                        generator=args.generator,
                                        secure_aggregation=args.secure_aggregation or None,
+                                       colluders=args.colluders,
                                        evaluation_epsilon=_evaluation_epsilon(args))
     if args.command == "demo":
         release = run_demo(args.out, plan, _progress, signing_key_path=args.signing_key)
@@ -98,6 +99,10 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--secure-aggregation", action="store_true",
                        help="combine the sites' updates with Flower's SecAgg+, so the "
                             "coordinator only ever holds their sum")
+        p.add_argument("--colluders", type=int,
+                       help="under --secure-aggregation, how many sites may collude with the "
+                            "coordinator (default 0); the marginals family's sites then add "
+                            "shares of the noise that the honest ones alone make central")
         p.add_argument("--signing-key", type=Path,
                        help="the Ed25519 key that signs the manifest (a coordinator kit's "
                             "manifest-signing.key); default: this user's own key, made once "

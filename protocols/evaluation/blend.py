@@ -180,7 +180,7 @@ def blend_curve(schema: Schema, real: pd.DataFrame, synthetic: pd.DataFrame,
 def recommend(curve: Curve, ratios: tuple[float, ...]) -> Recommendation:
     """The smallest ratio whose mean is within one standard error of the best mean; a
     `FedsynthError` when no split could be scored at all."""
-    if not np.isfinite(curve.mean).any():
+    if not np.isfinite(curve.scores).any():
         raise FedsynthError(
             f"No split could score the {curve.metric} for {curve.outcome}: every model fit "
             "failed or every test fold lacked a comparable pair. The blending advice "

@@ -95,14 +95,21 @@ class GeneratorFamily(ABC):
         the only ones a node accepts or a coordinator averages."""
 
     @abstractmethod
-    def site_privacy(self, plan: StudyPlan) -> SitePrivacy:
-        """Every site's mechanism for the study, from the plan alone."""
+    def site_privacy(self, plan: StudyPlan, schema: Schema) -> SitePrivacy:
+        """Every site's mechanism for the study, from the plan and the public schema."""
 
     @abstractmethod
     def epsilon(self, plan: StudyPlan, schema: Schema, released: int,
                 evaluated: bool = False) -> float:
         """ε of a site after `released` units of the study (and the plan's evaluation
         release when `evaluated`); inf without DP. The same at every site."""
+
+    def exposed_epsilon(self, plan: StudyPlan, schema: Schema) -> float | None:
+        """When sites add only shares of one central noise (under secure aggregation): the
+        ε of one site's whole release, evaluation included, if the coordinator saw it
+        alone (secure aggregation failed, or more sites colluded than the plan allows).
+        None when every site adds its full noise, so its release is as private alone."""
+        return None
 
     def minimum_site_records(self, plan: StudyPlan) -> int:
         """The smallest site for which `plan` is worth joining (a public utility rule)."""

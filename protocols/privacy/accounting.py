@@ -32,6 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from opacus.accountants import RDPAccountant
+from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 
 from protocols.errors import PlanError
 from protocols.plan import StudyPlan
@@ -57,29 +58,41 @@ class GaussianRelease:
 
 def composed_epsilon(releases: Sequence[GaussianRelease], delta: float) -> float:
     """ε at `delta` of all `releases` together (0 for none, inf if one has no noise)."""
-    active = [r for r in releases if r.steps > 0]
-    if not active:
+    if not any(r.steps > 0 for r in releases):
         return 0.0
-    if any(r.noise_multiplier <= 0 for r in active):
+    return epsilon_from_rdp(rdp_curve(releases), delta)
+
+
+def epsilon_from_rdp(curve: Sequence[float], delta: float) -> float:
+    """ε at `delta` of a Rényi curve over `RDP_ORDERS` (the curves of several releases
+    added first), by Opacus' conversion (Balle et al. 2020, Theorem 21)."""
+    if min(curve) == math.inf:
         return math.inf
-    accountant = RDPAccountant()
-    accountant.history = [(r.noise_multiplier, r.sample_rate, r.steps) for r in active]
-    return float(accountant.get_epsilon(delta=delta, alphas=RDP_ORDERS))
+    if max(curve) == 0:  # nothing released
+        return 0.0
+    epsilon, _ = get_privacy_spent(orders=RDP_ORDERS, rdp=list(curve), delta=delta)
+    return float(epsilon)
 
 
 def calibrate(releases_for: Callable[[float], list[GaussianRelease]], epsilon: float,
               delta: float, what: str) -> float:
     """The smallest noise multiplier z (to `EPSILON_TOLERANCE` in ε) for which
     `releases_for(z)` composes to at most `epsilon` at `delta`."""
+    return smallest_noise(lambda z: composed_epsilon(releases_for(z), delta), epsilon,
+                          f"{what} with delta {delta:g}")
+
+
+def smallest_noise(epsilon_of: Callable[[float], float], epsilon: float, what: str) -> float:
+    """The smallest noise scale s (to `EPSILON_TOLERANCE` in ε) with `epsilon_of(s)` at most
+    `epsilon`, by bisection; `epsilon_of` must fall as s grows."""
     low, high = 0.0, 1.0
-    while composed_epsilon(releases_for(high), delta) > epsilon:
+    while epsilon_of(high) > epsilon:
         low, high = high, 2 * high
         if high > 1e6:
-            raise PlanError(f"No noise level reaches epsilon {epsilon:g} with delta {delta:g} "
-                            f"for {what}.")
+            raise PlanError(f"No noise level reaches epsilon {epsilon:g} for {what}.")
     for _ in range(100):
         middle = (low + high) / 2
-        spent = composed_epsilon(releases_for(middle), delta)
+        spent = epsilon_of(middle)
         if spent > epsilon:
             low = middle
         else:
@@ -87,6 +100,20 @@ def calibrate(releases_for: Callable[[float], list[GaussianRelease]], epsilon: f
             if spent >= epsilon - EPSILON_TOLERANCE:
                 break
     return high
+
+
+def rdp_curve(releases: Sequence[GaussianRelease]) -> list[float]:
+    """The Rényi curve over `RDP_ORDERS` of all `releases` together (to add to the curve
+    of a release that is not a Gaussian mechanism before converting)."""
+    active = [r for r in releases if r.steps > 0]
+    if any(r.noise_multiplier <= 0 for r in active):
+        return [math.inf] * len(RDP_ORDERS)
+    curve = [0.0] * len(RDP_ORDERS)
+    for release in active:
+        part = compute_rdp(q=release.sample_rate, noise_multiplier=release.noise_multiplier,
+                           steps=release.steps, orders=RDP_ORDERS)
+        curve = [a + float(b) for a, b in zip(curve, part, strict=True)]
+    return curve
 
 
 @functools.lru_cache(maxsize=64)

@@ -65,8 +65,13 @@ def file_sha256(path: Path) -> str:
 
 def build_manifest(*, schema_sha256: str, plan: StudyPlan, sites: Mapping[str, SitePrivacySpent],
                    contributions: Mapping[str, list[int]], engine: str, tls: bool,
-                   files: Mapping[str, Path], rows: int) -> dict[str, Any]:
+                   files: Mapping[str, Path], rows: int,
+                   exposed_epsilon: float | None = None) -> dict[str, Any]:
     """The manifest as plain JSON values (ε of a non-private study is null).
+
+    `exposed_epsilon`: when the sites added only shares of one central noise behind
+    SecAgg+ (`GeneratorFamily.exposed_epsilon`), what one site's release is worth if
+    the coordinator saw it alone; stated next to the guarantee it weakens.
 
     `contributors` are exactly the sites whose updates went into the final
     model (at least one round), and `contributions` the rounds of each; `tls`
@@ -96,7 +101,7 @@ def build_manifest(*, schema_sha256: str, plan: StudyPlan, sites: Mapping[str, S
                                        if spent.synthetic_input),
         "privacy": {
             "private": plan.private,
-            "statement": privacy_sentence(plan),
+            "statement": privacy_sentence(plan, exposed_epsilon),
             "guarantee": (f"record-level (epsilon, delta)-DP per site over the whole study, "
                           f"{family_for(plan).mechanism}" if plan.private else
                           "none: trained without differential privacy (reference only)"),
@@ -112,6 +117,13 @@ def build_manifest(*, schema_sha256: str, plan: StudyPlan, sites: Mapping[str, S
                                      "each site's releases the cohort was made from"),
             "delta_per_site": plan.delta if plan.private else None,
             "evaluation_epsilon": plan.evaluation_epsilon if plan.evaluated else None,
+            "noise": ("shares: every secure sum holds at least the central noise of "
+                      f"{plan.min_sites - plan.colluders} honest sites' shares"
+                      if exposed_epsilon is not None else
+                      "each site adds the full noise" if plan.private else None),
+            "colluders_tolerated": plan.colluders if exposed_epsilon is not None else None,
+            "epsilon_if_secure_aggregation_fails": _finite_or_none(exposed_epsilon)
+            if exposed_epsilon is not None else None,
             "sites": {name: {"epsilon_spent": _finite_or_none(spent.epsilon),
                              "delta": plan.delta if plan.private else None,
                              "steps": spent.steps,
@@ -124,13 +136,27 @@ def build_manifest(*, schema_sha256: str, plan: StudyPlan, sites: Mapping[str, S
     }
 
 
-def privacy_sentence(plan: StudyPlan) -> str:
+def privacy_sentence(plan: StudyPlan, exposed_epsilon: float | None = None) -> str:
     """The guarantee in one plain sentence: relation, mechanism, ε, δ, trust."""
     if not plan.private:
         return ("This cohort comes with no privacy guarantee: it was generated without "
                 "differential privacy, as a reference, and must not be shared.")
     evaluation = (f", including the one federated evaluation release of the cohort (epsilon "
                   f"{plan.evaluation_epsilon:g} on its own)" if plan.evaluated else "")
+    if exposed_epsilon is not None:
+        honest = plan.min_sites - plan.colluders
+        return (f"Each hospital's patients are protected by ({plan.epsilon:g}, "
+                f"{plan.delta:g})-differential privacy over this whole study, for adding or "
+                f"removing one patient's record at that hospital, by "
+                f"{family_for(plan).mechanism}{evaluation}, each hospital adding a share of "
+                "the noise; the bound holds against a coordinator that runs SecAgg+ as "
+                f"specified, so that it only ever sees sums in which at least {honest} "
+                f"hospitals' shares are honest (at most {plan.colluders} colluding with it), "
+                "and against every other hospital. If secure aggregation failed and the "
+                "coordinator saw one hospital's tables alone, that hospital's patients would "
+                f"be protected by ({exposed_epsilon:.3g}, {plan.delta:g})-differential "
+                "privacy only. It trusts that each hospital runs its own installed fedsynth "
+                "node and keeps its privacy ledger.")
     combining = ("only ever holds the sites' summed updates (SecAgg+, not needed for this "
                  "bound)" if plan.secure_aggregation else "sees each site's noisy update")
     return (f"Each hospital's patients are protected by ({plan.epsilon:g}, {plan.delta:g})-"

@@ -49,7 +49,7 @@ def dp_train_reply(content: RecordDict, context: Context, out: Path) -> RecordDi
     """A minimal real `train_reply`: DP-SGD on the node's demo site, reply as the node does."""
     import torch
 
-    from protocols.generators import family_for
+    from protocols.generators.vae.accounting import dpsgd_privacy
     from protocols.generators.vae.training import train_round
 
     torch.set_num_threads(1)
@@ -60,7 +60,7 @@ def dp_train_reply(content: RecordDict, context: Context, out: Path) -> RecordDi
     study_round = int(config[keys.SERVER_ROUND])
     model = build_generator(site.encoding, plan.hidden, plan.latent, plan.seed)
     model.load_state_dict(content[keys.ARRAYS].to_torch_state_dict())
-    privacy = family_for(plan).site_privacy(plan)
+    privacy = dpsgd_privacy(plan)
     outcome = train_round(model, site.encoded, plan, privacy, (study_round - 1) * plan.local_steps)
     sent = ArrayRecord(model.state_dict())
     np.savez(out / f"{site.name}-round{study_round}.npz",
@@ -338,3 +338,26 @@ def test_masks_are_expanded_from_every_bit_of_their_seed():
     assert big.min() >= 0 and big.max() < 2**32 and abs(big.mean() / 2**32 - 0.5) < 0.01
     with pytest.raises(ValueError):
         contract.expand_mask(seed, 1000, shapes)
+
+
+def test_a_node_sends_no_key_share_when_fewer_sites_than_min_sites_survive(monkeypatch):
+    """Shares of the noise are sized for sums of at least min-sites sites: a node refuses
+    to help unmask a smaller one, whatever the coordinator says."""
+    from flwr.app import RecordDict as Content
+    from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from node.secure_aggregation import (MIN_SITES, SURVIVORS_STATE,
+                                         _refuse_too_few_survivors)
+
+    for attr in ("_task_id", "_run_id", "_node_id"):
+        monkeypatch.setattr(TaskIdentity, attr, 1)
+    unmask = ConfigRecord({Key.STAGE: "unmask", Key.ACTIVE_NODE_ID_LIST: [7, 8, 9],
+                           Key.DEAD_NODE_ID_LIST: [10]})
+    state = Content({SURVIVORS_STATE: ConfigRecord({MIN_SITES: 4})})
+    context = Context(run_id=1, node_id=7, node_config={}, state=state, run_config={})
+    msg = Message(Content({RECORD_KEY_CONFIGS: unmask}), dst_node_id=7, message_type="train")
+    with pytest.raises(FedsynthError, match=r"only 3 site\(s\) are left.*min-sites \(4\)"):
+        secure_train(msg, context, lambda content: content)
+    state.config_records[SURVIVORS_STATE] = ConfigRecord({MIN_SITES: 3})
+    _refuse_too_few_survivors(unmask, context)  # three survivors meet min-sites 3

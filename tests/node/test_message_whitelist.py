@@ -40,7 +40,8 @@ from protocols import messages as keys
 from protocols.count_tables import build_layout
 from protocols.evaluation.release import cell_sigmas, evaluation_layout
 from protocols.generators import family_for
-from protocols.generators.marginals.tables import noise_scales, release_noise_multiplier
+from protocols.generators.marginals.tables import (noise_scales, site_noise_multiplier,
+                                                   table_counts)
 from protocols.plan import StudyPlan
 from protocols.privacy import secure_aggregation as contract
 from protocols.release.manifest import CSV_NAME
@@ -410,7 +411,8 @@ def test_marginal_tables_are_the_exact_counts_plus_noise_of_the_plans_scale(
     the node received (the sites' average, echoed), and noisy pair tables on the coarse
     bins cut from that average. The noise is the plan's: the residual's spread is σ."""
     plan, layout = marginals_study.plan, build_layout(schema)
-    sigma_one, sigma_two = noise_scales(layout, release_noise_multiplier(plan))
+    noise = site_noise_multiplier(plan, *table_counts(layout))
+    sigma_one, sigma_two = noise_scales(layout, noise)
     average = {k: a.numpy() for k, a in load_checkpoint(marginals_study.out, 1).arrays.items()}
     staged = layout.with_groups({k: v for k, v in average.items() if k.startswith("1|")})
     for site in SITES:

@@ -8,9 +8,8 @@ import torch
 
 from node.site_config import resolve_site
 from protocols.errors import BudgetError
-from protocols.generators import family_for
 from protocols.generators.family import SitePrivacy
-from protocols.generators.vae.accounting import dpsgd_epsilon
+from protocols.generators.vae.accounting import dpsgd_epsilon, dpsgd_privacy
 from protocols.generators.vae.model import build_generator, per_record_loss
 from protocols.generators.vae.training import GRADIENT_NORMALISER, poisson_batches, train_round
 from protocols.plan import StudyPlan
@@ -32,7 +31,7 @@ def site():
 
 def _run_study(site, plan):
     model = build_generator(site.encoding, plan.hidden, plan.latent, plan.seed)
-    privacy = family_for(plan).site_privacy(plan)
+    privacy = dpsgd_privacy(plan)
     steps, outcome = 0, None
     for _ in range(plan.rounds):
         outcome = train_round(model, site.encoded, plan, privacy, steps)
@@ -46,22 +45,22 @@ def test_accountant_epsilon_for_the_steps_actually_run_stays_within_the_plan(sit
     assert outcome.steps_total == plan.total_steps
     assert plan.epsilon - EPSILON_TOLERANCE <= outcome.epsilon <= plan.epsilon
     assert outcome.epsilon == dpsgd_epsilon(plan, outcome.steps_total)
-    assert privacy == family_for(plan).site_privacy(plan)  # the plan's, whatever the site
+    assert privacy == dpsgd_privacy(plan)  # the plan's, whatever the site
 
 
 def test_the_mechanism_is_the_plans_at_every_site():
     """q is the plan's sample rate and σ a function of the plan: not batch / n."""
     plan = StudyPlan(epsilon=2.0, **SMALL)
-    privacy = family_for(plan).site_privacy(plan)
+    privacy = dpsgd_privacy(plan)
     assert privacy.sample_rate == plan.sample_rate
     again = StudyPlan(epsilon=2.0, **SMALL)
-    assert privacy == family_for(again).site_privacy(again)
+    assert privacy == dpsgd_privacy(again)
 
 
 def test_epsilon_accumulates_over_rounds_not_per_round(site):
     plan = StudyPlan(epsilon=2.0, **SMALL)
     model = build_generator(site.encoding, plan.hidden, plan.latent, plan.seed)
-    privacy = family_for(plan).site_privacy(plan)
+    privacy = dpsgd_privacy(plan)
     first = train_round(model, site.encoded, plan, privacy, 0)
     second = train_round(model, site.encoded, plan, privacy, first.steps_total)
     assert first.epsilon < second.epsilon <= plan.epsilon
@@ -70,7 +69,7 @@ def test_epsilon_accumulates_over_rounds_not_per_round(site):
 def test_node_refuses_to_run_more_steps_than_the_plan_allows(site):
     plan = StudyPlan(epsilon=1.0, **SMALL)
     model = build_generator(site.encoding, plan.hidden, plan.latent, plan.seed)
-    privacy = family_for(plan).site_privacy(plan)
+    privacy = dpsgd_privacy(plan)
     with pytest.raises(BudgetError, match="exceed"):
         train_round(model, site.encoded, plan, privacy, plan.total_steps)
 
@@ -218,6 +217,6 @@ def test_a_record_whose_loss_overflows_contributes_nothing_instead_of_poisoning_
                      latent=2)
     model = build_generator(site.encoding, plan.hidden, plan.latent, plan.seed)
     model.load_state_dict(tripwire_state(site.encoding, plan, site.encoded[0], 1e20))
-    outcome = train_round(model, site.encoded, plan, family_for(plan).site_privacy(plan), 0)
+    outcome = train_round(model, site.encoded, plan, dpsgd_privacy(plan), 0)
     assert all(torch.isfinite(v).all() for v in model.state_dict().values())
     assert outcome.steps == plan.local_steps

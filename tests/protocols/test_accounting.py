@@ -11,7 +11,8 @@ import pytest
 from protocols.count_tables import build_layout
 from protocols.errors import PlanError
 from protocols.generators import check_site_size, family_for
-from protocols.generators.marginals.tables import release_noise_multiplier, stages_epsilon
+from protocols.generators.marginals.tables import (release_noise_multiplier, stages_epsilon,
+                                                   table_counts)
 from protocols.generators.vae.accounting import (MAX_NOISE_TO_SIGNAL, dpsgd_epsilon,
                                                  noise_multiplier_for, noise_to_signal)
 from protocols.plan import StudyPlan
@@ -135,9 +136,11 @@ def test_marginal_tables_and_evaluation_together_stay_within_epsilon(
                      evaluation_epsilon=evaluation)
     alone = composed_epsilon([evaluation_release(plan)], plan.delta)
     assert evaluation - EPSILON_TOLERANCE <= alone <= evaluation
-    total = stages_epsilon(build_layout(demo_schema), plan, 2, evaluated=True)
-    assert release_noise_multiplier(plan) > release_noise_multiplier(
-        StudyPlan(generator="marginals", rounds=2))
+    layout = build_layout(demo_schema)
+    total = stages_epsilon(layout, plan, 2, evaluated=True)
+    counts = table_counts(layout)
+    assert release_noise_multiplier(plan, *counts) > release_noise_multiplier(
+        StudyPlan(generator="marginals", rounds=2), *counts)
     assert plan.epsilon - EPSILON_TOLERANCE <= total <= plan.epsilon
 
 

@@ -28,6 +28,21 @@ def test_the_statement_names_relation_mechanism_epsilon_delta_and_trust(plan):
     assert ("SecAgg+" in sentence) == plan.secure_aggregation
 
 
+def test_shares_of_the_noise_state_the_guarantee_and_what_it_rests_on(demo_schema):
+    """Behind SecAgg+ the marginals family's sites add shares of the noise: the statement
+    names the honest sites every sum holds, the colluders tolerated, and the weaker ε one
+    site's tables would give if secure aggregation failed."""
+    plan = StudyPlan(epsilon=3.0, generator="marginals", rounds=2, secure_aggregation=True,
+                     min_sites=6, colluders=1)
+    exposed = family_for(plan).exposed_epsilon(plan, demo_schema)
+    sentence = privacy_sentence(plan, exposed)
+    assert "(3, 1e-05)-differential privacy" in sentence
+    assert "at least 5 hospitals' shares are honest (at most 1 colluding with it)" in sentence
+    assert f"({exposed:.3g}, 1e-05)-differential privacy only" in sentence
+    assert family_for(plan.with_overrides(secure_aggregation=False)).exposed_epsilon(
+        plan.with_overrides(secure_aggregation=False), demo_schema) is None
+
+
 def test_a_reference_without_dp_says_it_has_no_guarantee():
     assert "no privacy guarantee" in privacy_sentence(StudyPlan(epsilon=math.inf))
 

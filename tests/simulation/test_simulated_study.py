@@ -206,3 +206,19 @@ def test_a_secure_aggregation_study_records_it_and_each_site_reports_its_own_eps
         site = manifest["privacy"]["sites"][name]
         assert 0 < site["epsilon_spent"] <= 2.0 and site["steps"] == 6
         assert site["synthetic_input"] is (name == "synthetic")
+
+
+def test_secure_marginals_sites_add_shares_and_the_manifest_states_both_guarantees(
+        sites, tmp_path):
+    """Three sites, all required in every sum, one may collude: each adds a share of the
+    noise whose two honest shares make the central noise. The manifest states the ε
+    against a coordinator running SecAgg+ and the larger one if it failed."""
+    result = _simulate(sites, tmp_path, "--epsilon", "3", "--generator", "marginals",
+                       "--secure-aggregation", "--min-sites", "3", "--colluders", "1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    privacy = json.loads((tmp_path / "manifest.json").read_text())["privacy"]
+    assert privacy["noise"].startswith("shares:") and privacy["colluders_tolerated"] == 1
+    assert privacy["epsilon_if_secure_aggregation_fails"] > 3.0
+    assert "If secure aggregation failed" in privacy["statement"]
+    for site in privacy["sites"].values():  # each site's own ledger: the secure-sum epsilon
+        assert 2.99 <= site["epsilon_spent"] <= 3.0

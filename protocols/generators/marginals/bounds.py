@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from protocols.generators.marginals.tables import release_noise_multiplier, table_noise_scales
+from protocols.generators.marginals.tables import site_noise_multiplier, table_noise_scales
 from protocols.plan import StudyPlan
 from protocols.privacy.site_limits import MAX_SITE_RECORDS
 
@@ -25,7 +25,8 @@ NOISE_SIGMAS = 10.0
 def tables_problem(plan: StudyPlan, server_round: int, sent: Mapping[str, np.ndarray],
                    reply: Mapping[str, np.ndarray]) -> str | None:
     n_one = sum(name.startswith("1|") for name in sent)
-    sigmas = table_noise_scales(n_one, len(sent) - n_one, release_noise_multiplier(plan))
+    n_two = len(sent) - n_one
+    sigmas = table_noise_scales(n_one, n_two, site_noise_multiplier(plan, n_one, n_two))
     released: dict[str, np.ndarray] = {}
     for name, table in reply.items():
         column = name.startswith("1|")

@@ -19,8 +19,10 @@ from protocols.count_tables import build_layout
 from protocols.generators.family import (Arrays, GeneratorFamily, LocalRelease, SitePrivacy,
                                          SiteRecords, sampling_seed)
 from protocols.generators.marginals.bounds import tables_problem
-from protocols.generators.marginals.release import STAGES, release_marginals
-from protocols.generators.marginals.tables import release_noise_multiplier, stages_epsilon
+from protocols.generators.marginals.release import release_marginals
+from protocols.generators.marginals.tables import (STAGES, exposed_epsilon,
+                                                   site_noise_multiplier, stages_epsilon,
+                                                   table_counts)
 from protocols.generators.marginals.tree import fit_tree, sample_tree
 from protocols.plan import StudyPlan
 from protocols.schema import Schema
@@ -52,9 +54,13 @@ class MarginalsFamily(GeneratorFamily):
         return {name: np.zeros(shape, dtype=np.float64)
                 for name, shape in build_layout(schema).table_shapes().items()}
 
-    def site_privacy(self, plan: StudyPlan) -> SitePrivacy:
-        # Every record is counted (rate 1); the noise is added once, in two stages.
-        return SitePrivacy(1.0, release_noise_multiplier(plan))
+    def site_privacy(self, plan: StudyPlan, schema: Schema) -> SitePrivacy:
+        # Every record is counted (rate 1); the noise (or the site's share of it, under
+        # secure aggregation) is added once, in two stages.
+        return SitePrivacy(1.0, site_noise_multiplier(plan, *table_counts(build_layout(schema))))
+
+    def exposed_epsilon(self, plan: StudyPlan, schema: Schema) -> float | None:
+        return exposed_epsilon(build_layout(schema), plan)
 
     def epsilon(self, plan: StudyPlan, schema: Schema, released: int,
                 evaluated: bool = False) -> float:

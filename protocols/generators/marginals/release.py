@@ -4,9 +4,11 @@ See `protocols.generators.marginals.tables` for the mechanism and its guarantee.
 site's noisy column tables (its pair tables are sent as zeros: nothing is
 released there yet). Round 2: the column tables it received (the sites'
 average, echoed unchanged) and its noisy pair tables on coarse bins cut at
-quantiles of that average. The noise and the ε reported depend on the plan and
-the public schema only, never on the site's size; the node refuses a third
-release (the whole ε is spent by the two).
+quantiles of that average. Under secure aggregation the site adds only its
+share of the central noise (`tables.site_noise_multiplier`): the secure sum
+carries the rest. The noise and the ε reported depend on the plan and the
+public schema only, never on the site's size; the node refuses a third release
+(the whole ε is spent by the two).
 """
 
 from __future__ import annotations
@@ -18,12 +20,11 @@ import numpy as np
 from protocols.count_tables import build_layout
 from protocols.errors import BudgetError
 from protocols.generators.family import LocalRelease, SiteRecords
-from protocols.generators.marginals.tables import (noisy_column_tables, noisy_pair_tables,
-                                                   release_noise_multiplier, stages_epsilon)
+from protocols.generators.marginals.tables import (STAGES, noisy_column_tables,
+                                                   noisy_pair_tables, site_noise_multiplier,
+                                                   stages_epsilon, table_counts)
 from protocols.plan import StudyPlan
 from protocols.schema import Schema
-
-STAGES = 2
 
 
 def release_marginals(schema: Schema, site: SiteRecords, plan: StudyPlan, released_before: int,
@@ -33,7 +34,7 @@ def release_marginals(schema: Schema, site: SiteRecords, plan: StudyPlan, releas
         raise BudgetError(f"Site {site.name} has already released its tables for this study; "
                           "another release would spend the privacy budget twice.")
     layout = build_layout(schema)
-    noise = release_noise_multiplier(plan)
+    noise = site_noise_multiplier(plan, *table_counts(layout))
     columns = {k: np.asarray(v, dtype=float) for k, v in global_tables.items()
                if k.startswith("1|")}
     if released_before == 0:

@@ -25,7 +25,16 @@ accountant and ε reported by the same accountant (with the plan's evaluation
 release, when it has one, in the same composition). The noise is the discrete
 Gaussian, sampled exactly from a CSPRNG (`protocols.privacy.dp_noise`): every released
 cell is a whole number, so no float's low bits can tell a count of 0 from 1.
-z depends on the plan alone, never on a site's size. Fine bins come from the
+z depends on the plan (and the public schema's number of tables) alone, never
+on a site's size.
+
+Under secure aggregation each site adds only a share of that noise, variance
+z²/m with m = min-sites − colluders (`distributed_noise`): every sum SecAgg+
+releases holds at least m honest shares, whose variances add up to the central
+one, so the consortium pays the noise of one central release instead of √K
+times it. The sum of discrete Gaussians is charged by Kairouz, Liu & Steinke's
+bound (ICML 2021, Proposition 14), and a site's share seen alone, if secure
+aggregation failed, by `exposed_epsilon`, which the manifest states. Fine bins come from the
 schema's declared bounds alone; coarse bins from stage-1 DP outputs only
 (post-processing). Everything after the release (clipping negative counts,
 the tree, sampling) is post-processing.
@@ -41,20 +50,47 @@ import pandas as pd
 
 from protocols.count_tables import PAIR_NOISE_RATIO, MarginalLayout
 from protocols.plan import StudyPlan
-from protocols.privacy.accounting import (GaussianRelease, calibrate, composed_epsilon,
+from protocols.privacy.accounting import (epsilon_from_rdp, rdp_curve, smallest_noise,
                                           with_evaluation)
+from protocols.privacy.distributed_noise import CountSensitivity, honest_shares, release_rdp
 from protocols.privacy.dp_noise import discrete_gaussian
+
+STAGES = 2  # column tables, then pair tables
+
+
+def honest_sum_shares(plan: StudyPlan) -> int:
+    """How many sites' noise every released sum is sure to hold. Under secure aggregation
+    each site adds only a share of the central noise and every sum holds at least
+    min-sites − colluders honest shares (`distributed_noise.honest_shares`); without it a
+    site's tables stand alone, with the full noise: 1."""
+    if not plan.secure_aggregation:
+        return 1
+    return honest_shares(plan.min_sites, plan.colluders)
+
+
+def table_counts(layout: MarginalLayout) -> tuple[int, int]:
+    """(column tables, pair tables) of `layout`: what the noise is spread over."""
+    n_one = len(layout.columns)
+    return n_one, n_one * (n_one - 1) // 2
 
 
 @functools.lru_cache(maxsize=64)
-def release_noise_multiplier(plan: StudyPlan) -> float:
-    """The smallest combined noise multiplier z of both stages (one Gaussian mechanism at
-    sample rate 1) for which the tables and the plan's evaluation release compose to at
-    most `plan.epsilon`; 0 for the non-private reference."""
+def release_noise_multiplier(plan: StudyPlan, n_one: int, n_two: int) -> float:
+    """The central noise multiplier z of both stages: the smallest for which the tables'
+    release and the plan's evaluation release compose to at most `plan.epsilon` (against a
+    coordinator running SecAgg+ as specified, when the plan uses it); 0 without DP. Each
+    site adds `site_noise_multiplier` of it."""
     if not plan.private:
         return 0.0
-    return calibrate(lambda z: with_evaluation(plan, [GaussianRelease(z)]), plan.epsilon,
-                     plan.delta, "the marginal tables")
+    shares = honest_sum_shares(plan)
+    return smallest_noise(lambda z: _epsilon(plan, n_one, n_two, z, shares, STAGES, True),
+                          plan.epsilon, f"the marginal tables with delta {plan.delta:g}")
+
+
+def site_noise_multiplier(plan: StudyPlan, n_one: int, n_two: int) -> float:
+    """What one site adds: the central z, or its share z/√m of the m honest shares every
+    secure sum holds (variances add up: m shares of (z/√m)² make z²)."""
+    return release_noise_multiplier(plan, n_one, n_two) / math.sqrt(honest_sum_shares(plan))
 
 
 def noise_scales(layout: MarginalLayout, noise_multiplier: float) -> tuple[float, float]:
@@ -70,23 +106,41 @@ def table_noise_scales(n_one: int, n_two: int, noise_multiplier: float) -> tuple
     return float(sigma_one), float(sigma_one * PAIR_NOISE_RATIO)
 
 
-def stage_multipliers(layout: MarginalLayout, noise_multiplier: float) -> tuple[float, float]:
-    """The noise multiplier of each stage alone (column tables, then pair tables)."""
-    n_one = len(layout.columns)
-    n_two = n_one * (n_one - 1) // 2
-    sigma_one, sigma_two = noise_scales(layout, noise_multiplier)
-    return sigma_one / math.sqrt(n_one), sigma_two / math.sqrt(max(1, n_two))
-
-
 def stages_epsilon(layout: MarginalLayout, plan: StudyPlan, stages: int,
                    evaluated: bool = False) -> float:
     """ε of the first `stages` releases (and of the plan's evaluation release when
-    `evaluated`), composed by Opacus' RDP accountant; inf without DP."""
+    `evaluated`) against a coordinator that runs SecAgg+ as specified when the plan uses
+    it; inf without DP."""
     if not plan.private:
         return math.inf
-    multipliers = stage_multipliers(layout, release_noise_multiplier(plan))[:stages]
-    releases = [GaussianRelease(z) for z in multipliers]
-    return composed_epsilon(with_evaluation(plan, releases, evaluated), plan.delta)
+    n_one, n_two = table_counts(layout)
+    z = release_noise_multiplier(plan, n_one, n_two)
+    return _epsilon(plan, n_one, n_two, z, honest_sum_shares(plan), stages, evaluated)
+
+
+def exposed_epsilon(layout: MarginalLayout, plan: StudyPlan) -> float | None:
+    """ε of one site's whole release (both stages and its evaluation release) if the
+    coordinator saw it alone, outside a secure sum: its share of the noise only. None when
+    the site adds the full noise (no secure aggregation)."""
+    shares = honest_sum_shares(plan)
+    if shares == 1 or not plan.private:
+        return None
+    n_one, n_two = table_counts(layout)
+    return _epsilon(plan, n_one, n_two, site_noise_multiplier(plan, n_one, n_two), 1,
+                    STAGES, True)
+
+
+def _epsilon(plan: StudyPlan, n_one: int, n_two: int, z: float, shares: int, stages: int,
+             evaluated: bool) -> float:
+    """ε of `stages` stages whose noise, of central multiplier z, is the sum of `shares`
+    honest shares (KLS21 Proposition 14, `distributed_noise`; one share: the discrete
+    Gaussian's own curve), composed in RDP with the evaluation release when `evaluated`."""
+    curve = np.asarray(rdp_curve(with_evaluation(plan, [], evaluated)))
+    for sigma, n_tables in list(zip(table_noise_scales(n_one, n_two, z), (n_one, n_two)))[:stages]:
+        if n_tables:  # one record moves one cell of each of the stage's tables by one
+            sensitivity = CountSensitivity(math.sqrt(n_tables), n_tables)
+            curve = curve + release_rdp(sigma / math.sqrt(shares), shares, sensitivity)
+    return epsilon_from_rdp(list(curve), plan.delta)
 
 
 def noisy_column_tables(layout: MarginalLayout, parsed: pd.DataFrame,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import math
 
+from protocols.generators.family import SitePrivacy
 from protocols.plan import StudyPlan
 from protocols.privacy.accounting import (GaussianRelease, calibrate, composed_epsilon,
                                           with_evaluation)
@@ -55,6 +56,11 @@ def dpsgd_epsilon(plan: StudyPlan, steps: int, evaluated: bool = False) -> float
 def noise_to_signal(plan: StudyPlan, n_records: int) -> float:
     """Per-coordinate noise on one averaged DP-SGD step, in clipping norms: σ / (q·n)."""
     return noise_multiplier_for(plan) / (plan.sample_rate * max(1, n_records))
+
+
+def dpsgd_privacy(plan: StudyPlan) -> SitePrivacy:
+    """Every site's DP-SGD mechanism for the study: the plan's sample rate and σ."""
+    return SitePrivacy(plan.sample_rate, noise_multiplier_for(plan))
 
 
 def minimum_site_records(plan: StudyPlan) -> int:

@@ -38,8 +38,8 @@ class VaeFamily(GeneratorFamily):
         model = _model(schema, plan)
         return {name: tensor.numpy() for name, tensor in model.state_dict().items()}
 
-    def site_privacy(self, plan: StudyPlan) -> SitePrivacy:
-        return SitePrivacy(plan.sample_rate, accounting.noise_multiplier_for(plan))
+    def site_privacy(self, plan: StudyPlan, schema: Schema) -> SitePrivacy:
+        return accounting.dpsgd_privacy(plan)
 
     def epsilon(self, plan: StudyPlan, schema: Schema, released: int,
                 evaluated: bool = False) -> float:

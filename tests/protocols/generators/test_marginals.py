@@ -8,11 +8,14 @@ import pandas as pd
 import pytest
 
 from protocols.count_tables import FINE_BINS, build_layout, fine_to_encoded, one_name, pair_name
-from protocols.generators.marginals.tables import (noise_scales, noisy_column_tables,
+from protocols.generators.marginals.tables import (exposed_epsilon, honest_sum_shares,
+                                                   noise_scales, noisy_column_tables,
                                                    noisy_pair_tables, release_noise_multiplier,
-                                                   stage_multipliers, stages_epsilon)
+                                                   site_noise_multiplier, stages_epsilon,
+                                                   table_counts)
 from protocols.plan import StudyPlan
 from protocols.privacy.accounting import GaussianRelease, composed_epsilon
+from protocols.privacy.distributed_noise import CountSensitivity, distributed_epsilon
 
 PLAN = StudyPlan(epsilon=3.0, delta=1e-5, generator="marginals", rounds=2)
 
@@ -46,13 +49,13 @@ def test_counts_cover_every_record_once_and_pairs_agree_with_columns(demo_schema
 def test_two_stages_together_are_calibrated_by_the_accountant_to_the_plans_epsilon(
         demo_schema):
     layout = build_layout(demo_schema)
-    z = release_noise_multiplier(PLAN)
+    z = release_noise_multiplier(PLAN, *table_counts(layout))
     both = stages_epsilon(layout, PLAN, 2)
     assert 2.995 <= both <= 3.0
     assert both == pytest.approx(composed_epsilon([GaussianRelease(z)], 1e-5), rel=1e-9)
     assert 0 < stages_epsilon(layout, PLAN, 1) < both
     reference = StudyPlan(epsilon=math.inf, generator="marginals", rounds=2)
-    assert release_noise_multiplier(reference) == 0.0
+    assert release_noise_multiplier(reference, *table_counts(layout)) == 0.0
     assert stages_epsilon(layout, reference, 2) == math.inf
 
 
@@ -62,8 +65,48 @@ def test_heterogeneous_table_noise_adds_up_to_the_calibrated_multiplier(demo_sch
     n_two = n_one * (n_one - 1) // 2
     sigma_one, sigma_two = noise_scales(layout, 1.7)
     assert (n_one / sigma_one ** 2 + n_two / sigma_two ** 2) ** -0.5 == pytest.approx(1.7)
-    z_one, z_two = stage_multipliers(layout, 1.7)
+    z_one, z_two = sigma_one / math.sqrt(n_one), sigma_two / math.sqrt(n_two)
     assert (z_one ** -2 + z_two ** -2) ** -0.5 == pytest.approx(1.7)
+
+
+SECURE = StudyPlan(epsilon=3.0, generator="marginals", rounds=2, secure_aggregation=True,
+                   min_sites=6, colluders=1)
+
+
+def test_without_secure_aggregation_each_site_adds_the_full_noise(demo_schema):
+    counts = table_counts(build_layout(demo_schema))
+    assert honest_sum_shares(PLAN) == 1
+    assert site_noise_multiplier(PLAN, *counts) == release_noise_multiplier(PLAN, *counts)
+    assert exposed_epsilon(build_layout(demo_schema), PLAN) is None
+
+
+def test_under_secure_aggregation_the_honest_shares_add_up_to_the_central_noise(demo_schema):
+    """6 sites must be in every sum and 1 may collude: the 5 honest shares' variances add
+    up to the central variance, and the sum is charged by KLS21's bound (tau included)."""
+    layout = build_layout(demo_schema)
+    counts = table_counts(layout)
+    z, share = release_noise_multiplier(SECURE, *counts), site_noise_multiplier(SECURE, *counts)
+    assert honest_sum_shares(SECURE) == 5
+    assert 5 * share ** 2 == pytest.approx(z ** 2, rel=1e-12)
+    both = stages_epsilon(layout, SECURE, 2)
+    assert 2.995 <= both <= 3.0
+    # each stage is one release of share sigma per table, 5 honest shares, one cell per table
+    sigmas = noise_scales(layout, share)
+    by_stage = [distributed_epsilon(sigma, 5, SECURE.delta, CountSensitivity(math.sqrt(n), n))
+                for sigma, n in zip(sigmas, counts)]
+    assert max(by_stage) < both  # the two stages compose to more than either alone
+    # here the shares are wide (tau ~ 0), so the sum costs what one central noise costs
+    assert z == pytest.approx(release_noise_multiplier(PLAN, *counts), rel=0.01)
+
+
+def test_a_share_seen_alone_is_worth_a_stated_larger_epsilon(demo_schema):
+    layout = build_layout(demo_schema)
+    exposed = exposed_epsilon(layout, SECURE)
+    assert exposed > SECURE.epsilon
+    # one share of variance z²/5 alone: the full release at multiplier z/√5
+    z = release_noise_multiplier(SECURE, *table_counts(layout))
+    alone = composed_epsilon([GaussianRelease(z / math.sqrt(5))], SECURE.delta)
+    assert exposed == pytest.approx(alone, rel=1e-9)
 
 
 def test_a_release_is_noisy_unpredictable_and_exact_without_dp(demo_schema, parsed):

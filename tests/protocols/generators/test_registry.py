@@ -47,7 +47,7 @@ def test_every_family_runs_a_one_site_study_through_the_interface_alone(name, de
     site = encode_site(demo_parsed["hospital-02"], demo_schema, "hospital-02")
     arrays = family.global_arrays(demo_schema, plan)
     assert all(np.all(np.abs(a) <= family.secure_range) for a in arrays.values())
-    privacy, history, released, spent = family.site_privacy(plan), {}, 0, []
+    privacy, history, released, spent = family.site_privacy(plan, demo_schema), {}, 0, []
     assert family.epsilon(plan, demo_schema, 0) == 0.0
     for server_round in range(1, plan.rounds + 1):
         assert family.join_problem(plan, 1) is None  # every site joins from round 1
