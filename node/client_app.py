@@ -42,7 +42,7 @@ from node.ledger.privacy_ledger import PrivacyLedger
 from node.ledger.round_charging import RoundRequest, answer_round
 from node.ledger.round_replay import StoredAnswer, model_sha256
 from node.secure_aggregation import is_secure_message, secure_train
-from node.site_config import SiteSource, resolve_site
+from node.site_config import FEDERATED_EVALUATION, SiteSource, resolve_site
 from node.site_data import SiteData
 from node.site_evaluation import evaluation_release
 from protocols import messages as keys
@@ -237,8 +237,8 @@ def _evaluate(msg: Message, context: Context, source: SiteSource) -> Message:
     A hospital that does not want to take part sets `federated-evaluation = false`
     in its node config and the node declines."""
     torch.set_num_threads(1)
-    if not read_flag(context.node_config.get("federated-evaluation", True),
-                     "The node config's federated-evaluation"):
+    if not read_flag(context.node_config.get(FEDERATED_EVALUATION, True),
+                     f"The node config's {FEDERATED_EVALUATION}"):
         raise PlanError(f"Site {source.site_name} declines federated evaluation (node config).")
     schema = source.load_schema()
     plan = _plan_for(schema, msg.content[keys.PLAN], "evaluate")

@@ -36,6 +36,20 @@ from protocols.release.provenance import refuse_synthetic_records
 from protocols.schema import Schema, load_schema, parse_schema
 
 
+# The SuperNode's `--node-config` keys: written by `node.supernode_launch` from the kit,
+# read here and by the ClientApp. (A simulation's run config uses SCHEMA_PATH, the
+# manifest key and TRAIN_ON_SYNTHETIC under the same names.)
+SCHEMA_PATH = "schema-path"
+DATA_PATH = "data-path"
+SITE_NAME = "site-name"
+STATE_DIR = "state-dir"
+EPSILON_BUDGET = "epsilon-budget"
+DELTA_BUDGET = "delta-budget"
+MANIFEST_PUBLIC_KEY = "manifest-public-key"
+FEDERATED_EVALUATION = "federated-evaluation"
+TRAIN_ON_SYNTHETIC = "train-on-synthetic"
+
+
 @dataclass(frozen=True)
 class SiteSource:
     """The files (or demo site) a node trains on."""
@@ -95,24 +109,24 @@ def _load_cached(source: SiteSource, schema_stamp: object, data_stamp: object
 
 def resolve_site(node_config: Mapping[str, Any], run_config: Mapping[str, Any]) -> SiteSource:
     """Decide which records this node trains on, from its node and run config."""
-    if node_config.get("data-path"):
-        data = str(node_config["data-path"])
-        for key, why in (("state-dir", "a folder for its privacy ledger"),
-                         ("epsilon-budget", "the total epsilon the site allows over all studies"),
-                         ("delta-budget", "the total delta the site allows over all studies")):
+    if node_config.get(DATA_PATH):
+        data = str(node_config[DATA_PATH])
+        for key, why in ((STATE_DIR, "a folder for its privacy ledger"),
+                         (EPSILON_BUDGET, "the total epsilon the site allows over all studies"),
+                         (DELTA_BUDGET, "the total delta the site allows over all studies")):
             if node_config.get(key) in (None, ""):
                 raise FedsynthError(f"This node has no '{key}' in its node config: a deployed "
                                     f"node needs {why} (--node-config).")
         budget = SiteBudget(
-            read_positive(node_config["epsilon-budget"], "The node config's epsilon-budget",
+            read_positive(node_config[EPSILON_BUDGET], f"The node config's {EPSILON_BUDGET}",
                           infinite=True),
-            read_positive(node_config["delta-budget"], "The node config's delta-budget",
+            read_positive(node_config[DELTA_BUDGET], f"The node config's {DELTA_BUDGET}",
                           at_most=1.0))  # 1: no limit
-        return SiteSource(str(node_config.get("schema-path", "")), data,
-                          str(node_config.get("site-name") or Path(data).stem),
-                          state_dir=str(node_config["state-dir"]), budget=budget,
-                          train_on_synthetic=_flag(node_config, "train-on-synthetic", "node"),
-                          manifest_public_key=read_text(node_config.get("manifest-public-key")))
+        return SiteSource(str(node_config.get(SCHEMA_PATH, "")), data,
+                          str(node_config.get(SITE_NAME) or Path(data).stem),
+                          state_dir=str(node_config[STATE_DIR]), budget=budget,
+                          train_on_synthetic=_flag(node_config, TRAIN_ON_SYNTHETIC, "node"),
+                          manifest_public_key=read_text(node_config.get(MANIFEST_PUBLIC_KEY)))
     if "partition-id" not in node_config:
         raise FedsynthError("This node has no 'data-path' in its node config: tell the "
                             "SuperNode where the site's records are (--node-config).")
@@ -120,7 +134,7 @@ def resolve_site(node_config: Mapping[str, Any], run_config: Mapping[str, Any]) 
     files = [f for f in str(run_config.get("site-data", "")).split(os.pathsep) if f]
     state_root = str(run_config.get("node-state-dir", "") or "")
     state_dir = os.path.join(state_root, f"node-{partition}") if state_root else None
-    key = read_text(run_config.get("manifest-public-key"))
+    key = read_text(run_config.get(MANIFEST_PUBLIC_KEY))
     if not files:
         sites = read_whole_number(node_config.get("num-partitions", 1),
                                   "The node config's num-partitions")
@@ -129,9 +143,9 @@ def resolve_site(node_config: Mapping[str, Any], run_config: Mapping[str, Any]) 
     if partition >= len(files):
         raise FedsynthError(f"Simulated node {partition} has no data file: the run lists "
                             f"{len(files)} site file(s).")
-    return SiteSource(str(run_config["schema-path"]), files[partition],
+    return SiteSource(str(run_config[SCHEMA_PATH]), files[partition],
                       Path(files[partition]).stem, state_dir=state_dir,
-                      train_on_synthetic=_flag(run_config, "train-on-synthetic", "run"),
+                      train_on_synthetic=_flag(run_config, TRAIN_ON_SYNTHETIC, "run"),
                       manifest_public_key=key)
 
 

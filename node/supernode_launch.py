@@ -18,6 +18,9 @@ from pathlib import Path
 from typing import NoReturn
 
 from node.kit import NodeKit
+from node.site_config import (DATA_PATH, DELTA_BUDGET, EPSILON_BUDGET, FEDERATED_EVALUATION,
+                              MANIFEST_PUBLIC_KEY, SCHEMA_PATH, SITE_NAME, STATE_DIR,
+                              TRAIN_ON_SYNTHETIC)
 from protocols.kit_layout import KitError
 
 EXECUTABLE = "flower-supernode"
@@ -49,22 +52,22 @@ def node_config(kit: NodeKit) -> str:
     Flower parses it as space-separated TOML `key=value` pairs whose quoted values
     may not contain a quote, so a path with a double quote is refused.
     """
-    paths = {"schema-path": kit.schema, "data-path": kit.records, "state-dir": kit.state_dir,
-             "manifest-public-key": kit.manifest_public_key}
+    paths = {SCHEMA_PATH: kit.schema, DATA_PATH: kit.records, STATE_DIR: kit.state_dir,
+             MANIFEST_PUBLIC_KEY: kit.manifest_public_key}
     for key, path in paths.items():
         if '"' in str(path):
             raise KitError(f"The path {path} ({key}) contains a double quote, which Flower's "
                            "--node-config cannot carry; rename the file or folder.")
     values = {**{k: json.dumps(str(p)) for k, p in paths.items()},
-              "site-name": json.dumps(kit.site),
-              "epsilon-budget": repr(float(kit.epsilon_budget)),
-              "delta-budget": repr(float(kit.delta_budget)),
-              "federated-evaluation": "true" if kit.federated_evaluation else "false"}
-    order = ("schema-path", "data-path", "site-name", "state-dir", "epsilon-budget",
-             "delta-budget", "manifest-public-key", "federated-evaluation")
+              SITE_NAME: json.dumps(kit.site),
+              EPSILON_BUDGET: repr(float(kit.epsilon_budget)),
+              DELTA_BUDGET: repr(float(kit.delta_budget)),
+              FEDERATED_EVALUATION: "true" if kit.federated_evaluation else "false"}
+    order = (SCHEMA_PATH, DATA_PATH, SITE_NAME, STATE_DIR, EPSILON_BUDGET,
+             DELTA_BUDGET, MANIFEST_PUBLIC_KEY, FEDERATED_EVALUATION)
     if kit.train_on_synthetic:
-        values["train-on-synthetic"] = "true"
-        order += ("train-on-synthetic",)
+        values[TRAIN_ON_SYNTHETIC] = "true"
+        order += (TRAIN_ON_SYNTHETIC,)
     return " ".join(f"{key}={values[key]}" for key in order)
 
 
