@@ -81,6 +81,19 @@ def registry(seed: int = 0) -> BenchmarkData:
     return _split("registry", simulated.schema_yaml, simulated.sites, seed)
 
 
+def rare(seed: int = 0, hospitals: int = 8) -> BenchmarkData:
+    """The regime fedsynth is for: `hospitals` hospitals of 20–60 training patients each
+    (27–80 before a quarter is held out), drawn from the built-in registry's simulated
+    hospitals, which keep their own case mix."""
+    simulated = simulate_registry(seed=seed, n_sites=12)
+    rng = np.random.default_rng([seed, hospitals])
+    groups = {}
+    for name, frame in list(simulated.sites.items())[-hospitals:]:  # the 12's largest
+        size = int(rng.integers(27, 81))
+        groups[name] = frame.iloc[rng.permutation(len(frame))[:size]]
+    return _split("rare", simulated.schema_yaml, groups, seed)
+
+
 def _split(name: str, schema_yaml: str, groups: dict[str, pd.DataFrame],
            seed: int) -> BenchmarkData:
     rng = np.random.default_rng(seed)

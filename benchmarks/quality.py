@@ -1,14 +1,16 @@
-"""Privacy–utility benchmark (issue 3): how good is a fedsynth cohort, and at what ε?
+"""Privacy–utility benchmark (issues 3 and 15): how good is a fedsynth cohort, and at what ε?
 
     python benchmarks/quality.py [--repeats 3] [--epsilons 1,3,10] [--quick]
                                  [--results benchmarks/RESULTS.md]
 
-On GBSG2 (four non-IID hospitals) and on the built-in registry simulator
-(six hospitals), with 25% of every site's patients held out, it compares:
+On GBSG2 (four non-IID hospitals), on the built-in registry simulator (six
+hospitals of 40–400) and on a rare-disease split of it (eight hospitals of 20–60
+training patients), with 25% of every site's patients held out, it compares:
 - fedsynth: the federated study at ε ∈ {1, 3, 10} per site, run for real in
   Flower's simulation engine (`simulation.engine.simulate_study`), with
-  each generator family: "vae" (DP-SGD over many rounds) and "marginals"
-  (noisy column, then pair tables, released in two rounds);
+  every generator family of the registry, and again behind SecAgg+ for a family
+  whose sites then add only shares of the noise (every site in every sum, one
+  possibly colluding);
 - each site alone at the same ε: what a hospital can do without the
   federation — the node's own DP training (`protocols.generators.vae.training.train_round`, all
   the plan's rounds) or release (`protocols.generators.marginals.release`), which is what a
@@ -58,9 +60,12 @@ from simulation.engine import simulate_study  # noqa: E402
 
 EPSILONS = (1.0, 3.0, 10.0)
 COLUMNS = ("column_shapes", "pairwise", "strong_associations_kept", "tstr_ratio",
-           "dcr_share", "exact_copies", "mia_auc", "km_distance", "bias_flags")
+           "dcr_share", "exact_copies", "mia_auc", "km_distance", "hr_direction_agreement",
+           "bias_flags")
+# Where this benchmark's output ends in RESULTS.md; sections below it are kept.
+END_MARKER = "<!-- end of benchmarks/quality.py output; sections below are kept -->"
 HEADERS = ("shapes", "pairs", "strong kept", "TSTR ratio", "DCR share", "copies", "MIA AUC",
-           "KM dist", "bias flags")
+           "KM dist", "HR directions", "bias flags")
 
 
 def main() -> None:
@@ -72,15 +77,26 @@ def main() -> None:
              f"Run: {dt.datetime.now().isoformat(timespec='seconds')}, {platform.machine()}, "
              f"plan: {_plan_text(plan)}\n"]
     with tempfile.TemporaryDirectory(prefix="fedsynth-quality-") as tmp:
-        for data in (datasets.gbsg2(), datasets.registry()):
+        for data in (datasets.gbsg2(), datasets.registry(), datasets.rare()):
             results = run_dataset(data, plan, Path(tmp), args)
             lines += _table(data, results)
             if data.name == "gbsg2":
                 lines += _targets(results)
             print("\n".join(lines[-40:]), flush=True)
     lines.append(f"\nTotal wall time: {time.perf_counter() - started:.0f} s.")
-    args.results.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    _write_results(args.results, "\n".join(lines) + "\n")
     print(f"\nwritten to {args.results}")
+
+
+def _write_results(path: Path, text: str) -> None:
+    """Replace this benchmark's own part of `path` (everything above `END_MARKER`),
+    keeping what other benchmarks and people wrote below it."""
+    kept = ""
+    if path.exists():
+        old = path.read_text(encoding="utf-8")
+        if END_MARKER in old:
+            kept = old[old.index(END_MARKER) + len(END_MARKER):]
+    path.write_text(text + "\n" + END_MARKER + kept, encoding="utf-8")
 
 
 def _parser() -> argparse.ArgumentParser:
