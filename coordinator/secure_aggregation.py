@@ -148,7 +148,8 @@ def secure_rounds(grid: Grid, context: Context, *, plan_record: ConfigRecord,
     if not 1 <= first_round <= last_round:
         raise FedsynthError(f"Secure rounds {first_round}..{last_round} are not a valid range.")
     sys.modules[SecAggPlusWorkflow.__module__].pseudo_rand_gen = contract.expand_mask
-    ranges = contract.secure_ranges(StudyPlan.from_config(dict(plan_record)))
+    plan = StudyPlan.from_config(dict(plan_record))
+    ranges = contract.secure_ranges(family_for(plan).secure_range)
     strategy = SecureFedAvg(initial, plan_record, first_round=first_round, min_sites=min_sites,
                             clipping_range=ranges.clipping_range)
     secagg = SecAggPlusWorkflow(

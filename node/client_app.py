@@ -133,14 +133,22 @@ def train_reply(content: RecordDict, context: Context, source: SiteSource) -> Re
 
     family = family_for(plan)
 
-    def new_study_privacy() -> SitePrivacy:
+    def refuse_a_late_first_release() -> None:
         problem = family.join_problem(plan, request.round)
         if problem:
             raise PlanError(f"Site {source.site_name} refuses to join the {plan.generator} "
                             f"study in round {request.round}: {problem}.")
+
+    def new_study_privacy() -> SitePrivacy:
+        refuse_a_late_first_release()
         return family.site_privacy(plan, schema)
 
     def train(privacy: SitePrivacy, released_before: int) -> StoredAnswer:
+        if released_before == 0:
+            # A study reserved earlier whose first round never completed: its first release
+            # would come late all the same (under SecAgg+ a late stage-1 table among echoes
+            # would leave the secure sum with this site's share of the noise only).
+            refuse_a_late_first_release()
         _, site = source.load()  # the records are read only once the ledger has reserved
         _note_small_site(plan, site)
         release = family.release(schema, site, plan, privacy, released_before,

@@ -68,7 +68,7 @@ def secure_train(msg: Message, context: Context, train_reply: TrainReply) -> Mes
         fitins = fit_msg.content
         names = [str(n) for n in cast(list, fitins.config_records["fitins.config"]
                                       [contract.ARRAY_NAMES])]
-        _remember_min_sites(fitins, ctxt)
+        _check_the_session(fitins, ctxt)
         reply = train_reply(train_content(fitins, names))
         fitres = _fitres(reply, names, _ranges_agreed(ctxt))
         return Message(content=compat.fitres_to_recorddict(fitres, keep_input=False),
@@ -140,20 +140,35 @@ def _refuse_weak_setup(configs: ConfigRecord) -> None:
                             "update; it must exceed half the shares.")
 
 
-def _remember_min_sites(fitins: RecordDict, context: Context) -> None:
-    """Keep the plan's `min-sites` in the node's state for the unmasking stage."""
+def _check_the_session(fitins: RecordDict, context: Context) -> None:
+    """Before training: the session SecAgg+ set up must be one the plan's noise is sized
+    for. At least `min-sites` sites share keys, and the `colluders` the plan tolerates
+    hold fewer key shares than unmask one site alone. Then keep `min-sites` in the
+    node's state for the unmasking stage."""
     plan = StudyPlan.from_config(dict(fitins.config_records["fitins.config"]))
+    session = context.state.config_records[RECORD_KEY_STATE]
+    sites, threshold = int(cast(int, session["share_num"])), int(cast(int, session["threshold"]))
+    if sites < plan.min_sites or threshold <= plan.colluders:
+        raise FedsynthError(f"Secure aggregation refused: this session shares keys among "
+                            f"{sites} site(s) with a threshold of {threshold}, but the plan "
+                            f"needs at least {plan.min_sites} sites (min-sites) and more than "
+                            f"{plan.colluders} share(s) to unmask (colluders). Nothing was "
+                            "trained.")
     context.state.config_records[SURVIVORS_STATE] = ConfigRecord({MIN_SITES: plan.min_sites})
 
 
 def _refuse_too_few_survivors(configs: ConfigRecord, context: Context) -> None:
     """Every secure sum must hold at least the plan's `min-sites` sites: a family whose
     sites add only shares of the noise sizes them for that many (`colluders` of them
-    possibly dishonest). With fewer survivors the node sends no key share, so the sum is
-    never unmasked: enforced here, not on the coordinator's word."""
+    possibly dishonest). With fewer survivors listed, the node sends no key share. This
+    holds against a coordinator that runs SecAgg+ as specified; the survivor list is the
+    coordinator's, so a dishonest one is outside this guarantee (as in SecAgg+ itself)."""
     active = set(cast(list[int], configs[Key.ACTIVE_NODE_ID_LIST]))
     remembered = context.state.config_records.get(SURVIVORS_STATE)
-    needed = int(cast(int, remembered[MIN_SITES])) if remembered else 0
+    if remembered is None:  # it never trained in this session: nothing of it to unmask
+        raise FedsynthError("Secure aggregation refused: this node sent no update in this "
+                            "session, so it helps unmask none. No key share was sent.")
+    needed = int(cast(int, remembered[MIN_SITES]))
     if len(active) < needed:
         raise FedsynthError(f"Secure aggregation refused: only {len(active)} site(s) are left "
                             f"in the sum, fewer than the plan's min-sites ({needed}); the sum "

@@ -60,8 +60,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from protocols.generators import family_for
-from protocols.plan import StudyPlan
 
 ARRAY_NAMES = "array-names"
 
@@ -79,9 +77,9 @@ class SecureRanges:
     max_weight: float
 
 
-def secure_ranges(plan: StudyPlan) -> SecureRanges:
-    """The bounds for `plan`: C from its generator family; W = 1 (equal weights)."""
-    return SecureRanges(family_for(plan).secure_range, 1.0)
+def secure_ranges(clipping_range: float) -> SecureRanges:
+    """The bounds of a study: C its generator family's range; W = 1 (equal weights)."""
+    return SecureRanges(clipping_range, 1.0)
 
 
 MASK_DOMAIN = b"fedsynth SecAgg+ mask v1"

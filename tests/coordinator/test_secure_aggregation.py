@@ -9,6 +9,7 @@ test can compare the coordinator's average with the nodes' own updates.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 import sys
 import time
 import warnings
@@ -277,9 +278,10 @@ def test_a_node_refuses_a_setup_whose_threshold_lets_the_coordinator_unmask_it(m
                                                                       Key.PUBLIC_KEY_2}
 
 
-def test_a_node_refuses_to_send_weights_the_quantiser_would_clip(monkeypatch):
-    """Three nodes run SecAgg+'s setup and key sharing for real; in the masked-vector
-    stage a node whose trained weights exceed the clipping range sends nothing."""
+def _collect_stage_at_node_1(monkeypatch, train_reply, plan: dict) -> Callable[[], None]:
+    """Three nodes run SecAgg+'s setup and key sharing for real (3 sites, threshold 2);
+    returns node 1's masked-vector stage, training with `train_reply` on a plan of
+    `plan`'s settings."""
     from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
     from flwr.compat.common.recorddict_compat import fitins_to_recorddict
     from flwr.common import FitIns
@@ -294,13 +296,8 @@ def test_a_node_refuses_to_send_weights_the_quantiser_would_clip(monkeypatch):
         content = extra or RecordDict()
         content[RECORD_KEY_CONFIGS] = ConfigRecord(config)
         msg = Message(content, dst_node_id=nid, message_type="train")
-        reply = secure_train(msg, nodes[nid], too_large)
+        reply = secure_train(msg, nodes[nid], train_reply)
         return reply.content.config_records[RECORD_KEY_CONFIGS]
-
-    def too_large(content: RecordDict) -> RecordDict:
-        arrays = {k: Array(a.numpy() * 0 + 65.0) for k, a in content[keys.ARRAYS].items()}
-        return RecordDict({keys.ARRAYS: ArrayRecord(arrays),
-                           keys.METRICS: MetricRecord({keys.WEIGHT: 1.0})})
 
     setup = {Key.STAGE: "setup", Key.SAMPLE_NUMBER: 3, Key.SHARE_NUMBER: 3, Key.THRESHOLD: 2,
              Key.CLIPPING_RANGE: 64.0, Key.TARGET_RANGE: 2**26, Key.MOD_RANGE: 2**32,
@@ -311,11 +308,40 @@ def test_a_node_refuses_to_send_weights_the_quantiser_would_clip(monkeypatch):
     incoming = [(src, ct) for src, r in shares.items()
                 for dst, ct in zip(r[Key.DESTINATION_LIST], r[Key.CIPHERTEXT_LIST]) if dst == 1]
     fitins = fitins_to_recorddict(FitIns(ndarrays_to_parameters([np.zeros(3, np.float32)]),
-                                         {contract.ARRAY_NAMES: ["w"]}), keep_input=True)
+                                         {contract.ARRAY_NAMES: ["w"], **plan}),
+                                  keep_input=True)
     collect = {Key.STAGE: "collect_masked_vectors", Key.SOURCE_LIST: [s for s, _ in incoming],
                Key.CIPHERTEXT_LIST: [c for _, c in incoming]}
+    return lambda: stage(1, collect, fitins)
+
+
+def test_a_node_refuses_to_send_weights_the_quantiser_would_clip(monkeypatch):
+    """In the masked-vector stage a node whose trained weights exceed the clipping range
+    sends nothing."""
+    def too_large(content: RecordDict) -> RecordDict:
+        arrays = {k: Array(a.numpy() * 0 + 65.0) for k, a in content[keys.ARRAYS].items()}
+        return RecordDict({keys.ARRAYS: ArrayRecord(arrays),
+                           keys.METRICS: MetricRecord({keys.WEIGHT: 1.0})})
+
+    collect = _collect_stage_at_node_1(monkeypatch, too_large, {})
     with pytest.raises(FedsynthError, match=re.escape("without clipping: layer w reaches |65|")):
-        stage(1, collect, fitins)
+        collect()
+
+
+@pytest.mark.parametrize("plan, why", [
+    ({"min-sites": 4}, "needs at least 4 sites"),
+    ({"min-sites": 3, "colluders": 2}, "more than 2 share"),
+])
+def test_a_node_trains_only_in_a_session_its_plans_shares_are_sized_for(monkeypatch, plan,
+                                                                          why):
+    """Shares of the noise are sized for sums of min-sites sites with at most `colluders`
+    dishonest: a session of fewer sites, or a threshold the colluders reach, is refused
+    before anything is trained."""
+    trained = []
+    collect = _collect_stage_at_node_1(monkeypatch, lambda content: trained.append(1), plan)
+    with pytest.raises(FedsynthError, match=why):
+        collect()
+    assert not trained
 
 
 def test_masks_are_expanded_from_every_bit_of_their_seed():

@@ -341,3 +341,31 @@ def test_a_site_that_missed_the_first_marginals_stage_does_not_release_the_secon
     _refused(lambda: build_client_app()(msg, _context(*site_files)), caplog,
              "refuses to join the marginals study in round 2")
     assert not (Path(site_files[1]).parent / "node-state" / "privacy-ledger.jsonl").exists()
+
+
+def test_a_reserved_study_whose_first_stage_never_left_does_not_release_it_late(
+        site_files, demo_schema, caplog):
+    """Round 1 reserves the study, then fails reading the records: the ledger holds a
+    reserve and no round. Asked for round 2 (with the records fixed), the site must not
+    send its first-stage tables now: under SecAgg+ they would sit among the others' echoed
+    tables, and the coordinator could subtract those and see this site's share alone."""
+    from coordinator.server_app import initial_arrays
+
+    schema_path, data_path = site_files
+    good = data_path.read_text()
+    data_path.write_text(good.replace("\n", "\nnot,a,valid,row\n", 1))
+
+    def message(server_round: int) -> Message:
+        config = ConfigRecord({**MARGINALS.to_config(), keys.SCHEMA_SHA256: demo_schema.sha256,
+                               keys.SERVER_ROUND: server_round})
+        return Message(content=RecordDict({keys.ARRAYS: initial_arrays(demo_schema, MARGINALS),
+                                           keys.PLAN: config}), dst_node_id=1,
+                       message_type="train")
+
+    context = _context(schema_path, data_path)
+    _refused(lambda: build_client_app()(message(1), context), caplog, "row")
+    ledger = (data_path.parent / "node-state" / "privacy-ledger.jsonl").read_text()
+    assert '"kind": "reserve"' in ledger and '"kind": "round"' not in ledger
+    data_path.write_text(good)
+    _refused(lambda: build_client_app()(message(2), context), caplog,
+             "refuses to join the marginals study in round 2")

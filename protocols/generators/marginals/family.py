@@ -25,6 +25,7 @@ from protocols.generators.marginals.tables import (STAGES, exposed_epsilon,
                                                    table_counts)
 from protocols.generators.marginals.tree import fit_tree, sample_tree
 from protocols.plan import StudyPlan
+from protocols.privacy.secure_aggregation import reconstruction_threshold
 from protocols.schema import Schema
 
 
@@ -38,10 +39,16 @@ class MarginalsFamily(GeneratorFamily):
     default_rounds = STAGES
 
     def plan_problems(self, plan: StudyPlan) -> list[str]:
+        problems = []
         if plan.rounds != STAGES:
-            return ["the marginals generator releases its tables in two stages: rounds "
-                    "must be 2"]
-        return []
+            problems.append("the marginals generator releases its tables in two stages: "
+                            "rounds must be 2")
+        threshold = reconstruction_threshold(plan.min_sites)
+        if plan.secure_aggregation and plan.colluders >= threshold:
+            # Colluders holding that many key shares could unmask one honest site alone.
+            problems.append(f"with min-sites {plan.min_sites}, SecAgg+ unmasks with "
+                            f"{threshold} shares, so colluders must be fewer than {threshold}")
+        return problems
 
     def join_problem(self, plan: StudyPlan, server_round: int) -> str | None:
         if server_round > 1:

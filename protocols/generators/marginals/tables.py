@@ -136,10 +136,12 @@ def _epsilon(plan: StudyPlan, n_one: int, n_two: int, z: float, shares: int, sta
     honest shares (KLS21 Proposition 14, `distributed_noise`; one share: the discrete
     Gaussian's own curve), composed in RDP with the evaluation release when `evaluated`."""
     curve = np.asarray(rdp_curve(with_evaluation(plan, [], evaluated)))
-    for sigma, n_tables in list(zip(table_noise_scales(n_one, n_two, z), (n_one, n_two)))[:stages]:
+    # Each share's σ per table, computed as the node computes the noise it adds.
+    share_sigmas = table_noise_scales(n_one, n_two, z / math.sqrt(shares))
+    for sigma, n_tables in list(zip(share_sigmas, (n_one, n_two)))[:stages]:
         if n_tables:  # one record moves one cell of each of the stage's tables by one
             sensitivity = CountSensitivity(math.sqrt(n_tables), n_tables)
-            curve = curve + release_rdp(sigma / math.sqrt(shares), shares, sensitivity)
+            curve = curve + release_rdp(sigma, shares, sensitivity)
     return epsilon_from_rdp(list(curve), plan.delta)
 
 

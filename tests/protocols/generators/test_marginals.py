@@ -13,9 +13,12 @@ from protocols.generators.marginals.tables import (exposed_epsilon, honest_sum_s
                                                    noisy_pair_tables, release_noise_multiplier,
                                                    site_noise_multiplier, stages_epsilon,
                                                    table_counts)
+from protocols.errors import PlanError
+from protocols.generators import family_for
 from protocols.plan import StudyPlan
 from protocols.privacy.accounting import GaussianRelease, composed_epsilon
 from protocols.privacy.distributed_noise import CountSensitivity, distributed_epsilon
+from protocols.privacy.secure_aggregation import reconstruction_threshold
 
 PLAN = StudyPlan(epsilon=3.0, delta=1e-5, generator="marginals", rounds=2)
 
@@ -97,6 +100,25 @@ def test_under_secure_aggregation_the_honest_shares_add_up_to_the_central_noise(
     assert max(by_stage) < both  # the two stages compose to more than either alone
     # here the shares are wide (tau ~ 0), so the sum costs what one central noise costs
     assert z == pytest.approx(release_noise_multiplier(PLAN, *counts), rel=0.01)
+
+
+@pytest.mark.parametrize("min_sites", range(2, 9))
+def test_every_allowed_sum_of_the_sites_shares_carries_the_central_noise(demo_schema,
+                                                                        min_sites):
+    """The noise each site adds (what the node draws) times the honest shares of the
+    plan's worst sum is the central variance, for every tolerated number of colluders;
+    colluders who would hold enough key shares to unmask a site alone are refused."""
+    counts = table_counts(build_layout(demo_schema))
+    for colluders in range(min_sites):
+        plan = SECURE.with_overrides(min_sites=min_sites, colluders=colluders)
+        if colluders >= reconstruction_threshold(min_sites):
+            with pytest.raises(PlanError, match="colluders must be fewer than"):
+                family_for(plan)
+            continue
+        central = release_noise_multiplier(plan, *counts)
+        share = site_noise_multiplier(plan, *counts)
+        honest = min_sites - colluders
+        assert honest * share ** 2 >= central ** 2 * (1 - 1e-12)
 
 
 def test_a_share_seen_alone_is_worth_a_stated_larger_epsilon(demo_schema):
