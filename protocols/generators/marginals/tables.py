@@ -52,8 +52,8 @@ from protocols.count_tables import PAIR_NOISE_RATIO, MarginalLayout
 from protocols.plan import StudyPlan
 from protocols.privacy.accounting import (epsilon_from_rdp, rdp_curve, smallest_noise,
                                           with_evaluation)
-from protocols.privacy.distributed_noise import CountSensitivity, honest_shares, release_rdp
-from protocols.privacy.dp_noise import discrete_gaussian
+from protocols.privacy.distributed_noise import (CountSensitivity, honest_shares, noisy_share,
+                                                 release_rdp, share_variance)
 
 STAGES = 2  # column tables, then pair tables
 
@@ -83,21 +83,29 @@ def release_noise_multiplier(plan: StudyPlan, n_one: int, n_two: int) -> float:
     if not plan.private:
         return 0.0
     shares = honest_sum_shares(plan)
-    return smallest_noise(lambda z: _epsilon(plan, n_one, n_two, z, shares, STAGES, True),
-                          plan.epsilon, f"the marginal tables with delta {plan.delta:g}")
+    return smallest_noise(
+        lambda z: _epsilon(plan, n_one, n_two, _share(plan, z), shares, STAGES, True),
+        plan.epsilon, f"the marginal tables with delta {plan.delta:g}")
 
 
 def site_noise_multiplier(plan: StudyPlan, n_one: int, n_two: int) -> float:
-    """What one site adds: the central z, or its share z/√m of the m honest shares every
-    secure sum holds (variances add up: m shares of (z/√m)² make z²)."""
-    return release_noise_multiplier(plan, n_one, n_two) / math.sqrt(honest_sum_shares(plan))
+    """What one site adds: the central z, or its share of the m honest shares every
+    secure sum holds (variances add up: m shares of z²/m make z²)."""
+    return _share(plan, release_noise_multiplier(plan, n_one, n_two))
+
+
+def _share(plan: StudyPlan, z: float) -> float:
+    """A site's part of central multiplier z: all of it, or under secure aggregation the
+    share whose variance, times the honest shares, is at least z² (`share_variance`)."""
+    if honest_sum_shares(plan) == 1:
+        return z
+    return math.sqrt(share_variance(z * z, plan.min_sites, plan.colluders))
 
 
 def noise_scales(layout: MarginalLayout, noise_multiplier: float) -> tuple[float, float]:
     """(σ of a column table, σ of a pair table) whose combined multiplier is `noise_multiplier`:
     n₁/σ₁² + n₂/σ₂² = 1/z², so both stages together are one Gaussian mechanism of multiplier z."""
-    n_one = len(layout.columns)
-    return table_noise_scales(n_one, n_one * (n_one - 1) // 2, noise_multiplier)
+    return table_noise_scales(*table_counts(layout), noise_multiplier)
 
 
 def table_noise_scales(n_one: int, n_two: int, noise_multiplier: float) -> tuple[float, float]:
@@ -114,8 +122,8 @@ def stages_epsilon(layout: MarginalLayout, plan: StudyPlan, stages: int,
     if not plan.private:
         return math.inf
     n_one, n_two = table_counts(layout)
-    z = release_noise_multiplier(plan, n_one, n_two)
-    return _epsilon(plan, n_one, n_two, z, honest_sum_shares(plan), stages, evaluated)
+    return _epsilon(plan, n_one, n_two, site_noise_multiplier(plan, n_one, n_two),
+                    honest_sum_shares(plan), stages, evaluated)
 
 
 def exposed_epsilon(layout: MarginalLayout, plan: StudyPlan) -> float | None:
@@ -130,14 +138,14 @@ def exposed_epsilon(layout: MarginalLayout, plan: StudyPlan) -> float | None:
                     STAGES, True)
 
 
-def _epsilon(plan: StudyPlan, n_one: int, n_two: int, z: float, shares: int, stages: int,
-             evaluated: bool) -> float:
-    """ε of `stages` stages whose noise, of central multiplier z, is the sum of `shares`
-    honest shares (KLS21 Proposition 14, `distributed_noise`; one share: the discrete
-    Gaussian's own curve), composed in RDP with the evaluation release when `evaluated`."""
+def _epsilon(plan: StudyPlan, n_one: int, n_two: int, share_z: float, shares: int,
+             stages: int, evaluated: bool) -> float:
+    """ε of `stages` stages whose noise is the sum of `shares` honest shares, each of
+    multiplier `share_z` as a site adds it (KLS21 Proposition 14, `distributed_noise`; one
+    share: the discrete Gaussian's own curve), composed in RDP with the evaluation release
+    when `evaluated`."""
     curve = np.asarray(rdp_curve(with_evaluation(plan, [], evaluated)))
-    # Each share's σ per table, computed as the node computes the noise it adds.
-    share_sigmas = table_noise_scales(n_one, n_two, z / math.sqrt(shares))
+    share_sigmas = table_noise_scales(n_one, n_two, share_z)  # as the node draws them
     for sigma, n_tables in list(zip(share_sigmas, (n_one, n_two)))[:stages]:
         if n_tables:  # one record moves one cell of each of the stage's tables by one
             sensitivity = CountSensitivity(math.sqrt(n_tables), n_tables)
@@ -161,5 +169,7 @@ def noisy_pair_tables(layout: MarginalLayout, parsed: pd.DataFrame,
 
 
 def _plus_noise(tables: dict[str, np.ndarray], sigma: float) -> dict[str, np.ndarray]:
-    # float64 on the wire (the global tables' dtype); every value is an exact integer.
-    return {name: discrete_gaussian(t, sigma).astype(np.float64) for name, t in tables.items()}
+    # Counts and noise added in int64 (`noisy_share`); float64 on the wire (the global
+    # tables' dtype), every value an exact integer.
+    return {name: noisy_share(t.astype(np.int64), sigma).astype(np.float64)
+            for name, t in tables.items()}
