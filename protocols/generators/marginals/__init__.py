@@ -1,1 +1,1 @@
-"""The marginals family: noisy column, then pair count tables, and a Chow–Liu tree sampler."""
+"""The marginals family: noisy column, then pair count tables, and a graphical-model sampler."""

@@ -1,11 +1,12 @@
-"""The marginals family: noisy column, then pair count tables, pooled into a Chow–Liu tree.
+"""The marginals family: noisy column, then pair count tables, pooled into a graphical model.
 
 Two rounds, one per stage of each site's release (`release`; mechanism and
 guarantee in `tables`): round 1 averages the sites' noisy column tables, round
 2 their noisy pair tables on coarse bins cut from round 1's average. A reply is
 checked as counts plus the plan's integer noise (`bounds`); the cohort is
-sampled from a Chow–Liu tree fitted on the averaged tables (`tree`), with the
-coarse bins cut from round 1's average, as the sites cut theirs.
+sampled from a graphical model fitted to the averaged tables with private-pgm
+(`graphical`), with the coarse bins cut from round 1's average, as the sites cut
+theirs.
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ from protocols.count_tables import build_layout
 from protocols.generators.family import (Arrays, GeneratorFamily, LocalRelease, SitePrivacy,
                                          SiteRecords, sampling_seed)
 from protocols.generators.marginals.bounds import tables_problem
+from protocols.generators.marginals.graphical import fit_model, sample_model
 from protocols.generators.marginals.release import release_marginals
 from protocols.generators.marginals.tables import (STAGES, exposed_epsilon,
                                                    site_noise_multiplier, stages_epsilon,
                                                    table_counts)
-from protocols.generators.marginals.tree import fit_tree, sample_tree
 from protocols.plan import StudyPlan
 from protocols.privacy.secure_aggregation import reconstruction_threshold
 from protocols.schema import Schema
@@ -92,4 +93,4 @@ class MarginalsFamily(GeneratorFamily):
                round_arrays: Callable[[int], Arrays]) -> pd.DataFrame:
         tables = {name: np.asarray(table) for name, table in final.items()}
         layout = build_layout(schema).with_groups(round_arrays(1))
-        return sample_tree(fit_tree(layout, tables), plan.rows, sampling_seed(plan))
+        return sample_model(fit_model(layout, tables), plan.rows, sampling_seed(plan))

@@ -1,12 +1,12 @@
-"""The second generator family: noisy marginals, released in two stages, and a tree sampler.
+"""The second generator family: noisy marginals, released in two stages, and a graphical model.
 
 Stage 1: each site releases noisy counts of every column on its own, in fine
 bins of the declared range. Stage 2: every site cuts each column into a few
 coarse bins at quantiles of the sites' averaged stage-1 tables (which it
 receives as the global arrays) and releases noisy counts of every pair of
 columns on those bins. The coordinator averages the sites' tables (the sum up
-to a constant, which is all the sampler needs), fits a Chow–Liu tree on the
-pairs' mutual information and samples records along it.
+to a constant, which is all the sampler needs), fits one graphical model to all
+of them (private-pgm, `graphical`) and samples records from it.
 
 Why. With 40–400 records per site, DP-SGD spends its budget on hundreds of
 noisy steps of a network, and the benchmark (benchmarks/RESULTS.md) shows the
@@ -36,8 +36,8 @@ times it. The sum of discrete Gaussians is charged by Kairouz, Liu & Steinke's
 bound (ICML 2021, Proposition 14), and a site's share seen alone, if secure
 aggregation failed, by `exposed_epsilon`, which the manifest states. Fine bins come from the
 schema's declared bounds alone; coarse bins from stage-1 DP outputs only
-(post-processing). Everything after the release (clipping negative counts,
-the tree, sampling) is post-processing.
+(post-processing). Everything after the release (the graphical model,
+sampling) is post-processing.
 """
 
 from __future__ import annotations
