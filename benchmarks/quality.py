@@ -1,7 +1,8 @@
 """Privacy–utility benchmark (issues 3 and 15): how good is a fedsynth cohort, and at what ε?
 
     python benchmarks/quality.py [--repeats 3] [--epsilons 1,3,10] [--quick]
-                                 [--results benchmarks/RESULTS.md]
+                                 [--splits gbsg2,registry,rare] [--families vae,marginals]
+                                 [--no-anchor] [--results benchmarks/RESULTS.md]
 
 On GBSG2 (four non-IID hospitals), on the built-in registry simulator (six
 hospitals of 40–400) and on a rare-disease split of it (eight hospitals of 20–60
@@ -11,6 +12,9 @@ training patients), with 25% of every site's patients held out, it compares:
   every generator family of the registry, and again behind SecAgg+ for a family
   whose sites then add only shares of the noise (every site in every sum, one
   possibly colluding);
+- central AIM on the pooled training rows at the same ε and δ (`anchor`): what a
+  trusted curator holding every record could release, by an independent implementation
+  (smartnoise-synth) in an environment of its own, in the same run, split and repeats;
 - each site alone at the same ε: what a hospital can do without the
   federation — the node's own DP training (`protocols.generators.vae.training.train_round`, all
   the plan's rounds) or release (`protocols.generators.marginals.release`), which is what a
@@ -20,9 +24,10 @@ training patients), with 25% of every site's patients held out, it compares:
 - independent marginals: every column resampled on its own from the pooled
   training records (perfect columns, no structure; not private either).
 Every cohort is scored by `protocols.evaluation` against the pooled training
-records, with the held-out records for utility and privacy. Results are means
-over repeats (DP noise comes from the OS CSPRNG, so repeats differ), with the
-range in brackets.
+records, with the held-out records for utility and privacy, and timed. Results are
+means over repeats (DP noise comes from a CSPRNG, so repeats differ), with the
+range in brackets; the issue-15 targets per split and a privacy–utility plot
+(`privacy_utility.png`, beside the results file) follow from them.
 
 A study the operator-side size rule refuses (`protocols.generators.
 check_site_size`: a site below the plan's `minimum_site_records`, which the
@@ -39,6 +44,7 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +54,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 import datasets  # noqa: E402
+import quality_report as report  # noqa: E402
+from anchor import AnchorEnvironment, anchor_environment, central_aim  # noqa: E402
 
 from node.site_data import encode_site  # noqa: E402
 from protocols.errors import PlanError  # noqa: E402
@@ -59,33 +67,39 @@ from protocols.schema import Schema, parse_schema  # noqa: E402
 from simulation.engine import simulate_study  # noqa: E402
 
 EPSILONS = (1.0, 3.0, 10.0)
-COLUMNS = ("column_shapes", "pairwise", "strong_associations_kept", "tstr_ratio",
-           "dcr_share", "exact_copies", "mia_auc", "km_distance", "hr_direction_agreement",
-           "bias_flags")
+SPLITS: dict[str, Callable[[], datasets.BenchmarkData]] = {
+    "gbsg2": datasets.gbsg2, "registry": datasets.registry, "rare": datasets.rare}
 # Where this benchmark's output ends in RESULTS.md; sections below it are kept.
 END_MARKER = "<!-- end of benchmarks/quality.py output; sections below are kept -->"
-HEADERS = ("shapes", "pairs", "strong kept", "TSTR ratio", "DCR share", "copies", "MIA AUC",
-           "KM dist", "HR directions", "bias flags")
 
 
 def main() -> None:
     args = _parser().parse_args()
     plan = StudyPlan(rows=args.rows)
     started = time.perf_counter()
+    environment = None if args.no_anchor else anchor_environment()
+    plot_path = args.results.with_name("privacy_utility.png")
     lines = ["# fedsynth privacy–utility benchmark\n",
              f"Command: `python {' '.join(sys.argv)}`  ",
              f"Run: {dt.datetime.now().isoformat(timespec='seconds')}, {platform.machine()}, "
-             f"plan: {_plan_text(plan)}\n"]
+             f"plan: {_plan_text(plan)}  ",
+             "Central AIM: " + (environment.describe() if environment else "not run")
+             + f"  \nPlot: `{plot_path.name}`\n", report.COLUMN_NOTES]
+    by_split = {}
     with tempfile.TemporaryDirectory(prefix="fedsynth-quality-") as tmp:
-        for data in (datasets.gbsg2(), datasets.registry(), datasets.rare()):
-            results = run_dataset(data, plan, Path(tmp), args)
-            lines += _table(data, results)
-            if data.name == "gbsg2":
-                lines += _targets(results)
-            print("\n".join(lines[-40:]), flush=True)
+        for name in args.splits:
+            data = SPLITS[name]()
+            results = run_dataset(data, plan, Path(tmp), args, environment)
+            by_split[name] = results
+            lines += report.table(data, results)
+            if name == "gbsg2":
+                lines += report.issue3_targets(results, args.families)
+            lines += report.issue15_targets(name, results)
+            print("\n".join(lines[-60:]), flush=True)
+    report.plot_privacy_utility(by_split, plot_path)
     lines.append(f"\nTotal wall time: {time.perf_counter() - started:.0f} s.")
     _write_results(args.results, "\n".join(lines) + "\n")
-    print(f"\nwritten to {args.results}")
+    print(f"\nwritten to {args.results} and {plot_path}")
 
 
 def _write_results(path: Path, text: str) -> None:
@@ -106,6 +120,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--epsilons", type=_epsilons, default=EPSILONS,
                         help="comma-separated ε per site (default 1,3,10)")
     parser.add_argument("--quick", action="store_true", help="ε = 3 only, one repeat")
+    parser.add_argument("--splits", type=_choices(SPLITS), default=tuple(SPLITS),
+                        help=f"comma-separated splits (default {','.join(SPLITS)})")
+    parser.add_argument("--families", type=_choices(FAMILIES), default=tuple(FAMILIES),
+                        help=f"comma-separated generator families (default {','.join(FAMILIES)})")
+    parser.add_argument("--no-anchor", action="store_true",
+                        help="skip central AIM (and the making of its environment)")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
     return parser
 
@@ -114,10 +134,23 @@ def _epsilons(text: str) -> tuple[float, ...]:
     return tuple(float(part) for part in text.split(","))
 
 
+def _choices(known: dict) -> Callable[[str], tuple[str, ...]]:
+    def parse(text: str) -> tuple[str, ...]:
+        names = tuple(part.strip() for part in text.split(",") if part.strip())
+        unknown = [name for name in names if name not in known]
+        if unknown or not names:
+            raise argparse.ArgumentTypeError(
+                f"{', '.join(unknown) or 'nothing'} is not one of {', '.join(known)}")
+        return names
+    return parse
+
+
 def run_dataset(data: datasets.BenchmarkData, plan: StudyPlan, tmp: Path,
-                args: argparse.Namespace) -> dict[tuple[str, float], list[dict | str]]:
+                args: argparse.Namespace, environment: AnchorEnvironment | None
+                ) -> report.Results:
     """Scores of every method, keyed by (method, ε), one entry per repeat (or, for a
-    study the operator-side size rule refuses, the reason)."""
+    study the operator-side size rule refuses, the reason). A score carries the cohort's
+    wall time and, for a federated study, the bytes each site sent."""
     folder = tmp / data.name
     schema_path, site_paths, holdout_path = _write_inputs(data, folder)
     schema = parse_schema(schema_path.read_text())
@@ -125,42 +158,62 @@ def run_dataset(data: datasets.BenchmarkData, plan: StudyPlan, tmp: Path,
     holdout = _parsed(check_file(holdout_path, schema), "holdout")
     epsilons = (3.0,) if args.quick else args.epsilons
     repeats = 1 if args.quick else args.repeats
-    results: dict[tuple[str, float], list[dict | str]] = {}
+    results: report.Results = {}
 
-    def score(method: str, eps: float, cohort: pd.DataFrame | str) -> None:
+    def score(method: str, eps: float, make: Callable[[], pd.DataFrame | str],
+              sent: int | None = None) -> None:
+        started = time.perf_counter()
+        cohort = make()
+        seconds = time.perf_counter() - started
         if isinstance(cohort, str):  # refused: the reason, not a score
             results.setdefault((method, eps), []).append(cohort)
             return
-        report = evaluate_cohort(schema, real, cohort, holdout=holdout, figures=False)
-        results.setdefault((method, eps), []).append(report["scores"])
+        scores = evaluate_cohort(schema, real, cohort, holdout=holdout, figures=False)["scores"]
+        results.setdefault((method, eps), []).append(
+            {**scores, "wall_s": seconds, "bytes_per_site": sent})
 
     for repeat in range(repeats):
         for eps in epsilons:
-            for family in FAMILIES:
+            for family in args.families:
                 run_plan = plan.with_overrides(epsilon=eps, seed=repeat, generator=family,
                                                rounds=FAMILIES[family].default_rounds)
                 out = folder / f"federated-{family}-{eps:g}-{repeat}"
-                score(f"fedsynth {family}, federated", eps,
-                      federated(schema_path, site_paths, run_plan, out, schema))
+                score(report.federated_method(family), eps,
+                      lambda: federated(schema_path, site_paths, run_plan, out, schema),
+                      bytes_per_site(schema, run_plan))
                 secure = run_plan.with_overrides(secure_aggregation=True,
                                                  min_sites=len(site_paths), colluders=1)
                 if FAMILIES[family].exposed_epsilon(secure, schema) is not None:
                     # its sites add shares of the noise behind SecAgg+: every site in every
                     # sum, one of them possibly colluding with the coordinator
                     out = folder / f"federated-{family}-secure-{eps:g}-{repeat}"
-                    score(f"fedsynth {family}, federated, SecAgg+ shares", eps,
-                          federated(schema_path, site_paths, secure, out, schema))
+                    score(report.federated_method(family, secure=True), eps,
+                          lambda: federated(schema_path, site_paths, secure, out, schema),
+                          bytes_per_site(schema, secure))
                 for path in site_paths:
-                    cohort = train_alone(schema, [path], run_plan, folder / "alone.csv")
-                    score(f"{path.stem} alone, {family}", eps, cohort)
-        for family in FAMILIES:
+                    score(f"{path.stem} alone, {family}", eps,
+                          lambda: train_alone(schema, [path], run_plan, folder / "alone.csv"))
+            if environment is not None:
+                aim_plan = plan.with_overrides(epsilon=eps, seed=repeat)
+                score(report.ANCHOR, eps, lambda: central_aim(
+                    environment, schema, real, aim_plan, folder / f"aim-{eps:g}-{repeat}"))
+        for family in args.families:
             reference = plan.with_overrides(epsilon=math.inf, seed=repeat, generator=family,
                                             rounds=FAMILIES[family].default_rounds)
-            pooled = train_alone(schema, site_paths, reference, folder / "pooled-cohort.csv")
-            score(f"{family} pooled, no DP", math.inf, pooled)
-        score("independent marginals", math.inf, independent_marginals(real, plan.rows, repeat))
+            score(f"{family} pooled, no DP", math.inf,
+                  lambda: train_alone(schema, site_paths, reference,
+                                      folder / "pooled-cohort.csv"))
+        score("independent marginals", math.inf,
+              lambda: independent_marginals(real, plan.rows, repeat))
         print(f"{data.name}: repeat {repeat + 1}/{repeats} done", flush=True)
     return results
+
+
+def bytes_per_site(schema: Schema, plan: StudyPlan) -> int:
+    """What one site sends over the study: the bytes of the arrays it replies with each
+    round (the family's global arrays, in their shapes and dtypes) times the rounds."""
+    arrays = family_for(plan).global_arrays(schema, plan)
+    return plan.rounds * sum(array.nbytes for array in arrays.values())
 
 
 def federated(schema_path: Path, site_paths: list[Path], plan: StudyPlan, out: Path,
@@ -225,71 +278,6 @@ def _plan_text(plan: StudyPlan) -> str:
             f"{plan.sample_rate:g} (expected q·n records per step), "
             f"lr {plan.learning_rate}, clip {plan.max_grad_norm}, hidden {plan.hidden}, "
             f"latent {plan.latent}, δ {plan.delta}, {plan.rows} rows per cohort")
-
-
-def _fmt(values: list[float | None]) -> str:
-    present = [v for v in values if v is not None]
-    if not present:
-        return "—"
-    mean = float(np.mean(present))
-    if len(present) == 1:
-        return f"{mean:.3g}" if abs(mean) >= 10 else f"{mean:.3f}"
-    return f"{mean:.3f} [{min(present):.2f}–{max(present):.2f}]"
-
-
-def _table(data: datasets.BenchmarkData, results: dict) -> list[str]:
-    sizes = ", ".join(f"{k} {len(v)}" for k, v in data.sites.items())
-    lines = [f"\n## {data.name}: {len(data.pooled)} training patients ({sizes}), "
-             f"{len(data.holdout)} held out\n",
-             "| method | ε per site | " + " | ".join(HEADERS) + " |",
-             "|---|---|" + "---|" * len(HEADERS)]
-    for (method, eps), runs in results.items():
-        scored = [r for r in runs if isinstance(r, dict)]
-        refusals = sorted({r for r in runs if isinstance(r, str)})
-        if refusals:
-            cells = [f"{'; '.join(refusals)}"] + ["—"] * (len(COLUMNS) - 1)
-        else:
-            cells = [_fmt([r[c] for r in scored]) for c in COLUMNS]
-        lines.append(f"| {method} | {'—' if math.isinf(eps) else f'{eps:g}'} | "
-                     + " | ".join(cells) + " |")
-    return lines
-
-
-def _targets(results: dict) -> list[str]:
-    if ("fedsynth vae, federated", 3.0) not in results:
-        return []
-    marg = results[("independent marginals", math.inf)]
-    lines = ["\n### Issue 3 targets, GBSG2 at ε = 3 per site (means over repeats)\n"]
-    for family in FAMILIES:
-        fed = [r for r in results[(f"fedsynth {family}, federated", 3.0)] if isinstance(r, dict)]
-        if not fed:
-            lines.append(f"\n{family}: the study was refused at ε = 3, no target is met.")
-            continue
-        # A site the size rule refuses alone has no score to beat.
-        alone = [runs for (method, eps), runs in results.items()
-                 if eps == 3.0 and method.endswith(f"alone, {family}")
-                 and any(isinstance(r, dict) for r in runs)]
-        checks = [
-            ("column shapes ≥ 0.85", _mean(fed, "column_shapes") >= 0.85),
-            ("structure clearly better than independent marginals (strong associations "
-             "kept ≥ 0.3; marginals keep none)",
-             _mean(fed, "strong_associations_kept")
-             >= _mean(marg, "strong_associations_kept") + 0.3),
-            ("TSTR AUC ratio ≥ 0.85", _mean(fed, "tstr_ratio") >= 0.85),
-            ("DCR share ≤ 0.6", _mean(fed, "dcr_share") <= 0.6),
-            ("no exact copies", all(r["exact_copies"] == 0 for r in fed)),
-            ("federated beats every site alone on pairs, strong kept and TSTR",
-             all(_mean(fed, k) > _mean(a, k) for a in alone
-                 for k in ("pairwise", "strong_associations_kept", "tstr_ratio"))),
-        ]
-        lines.append(f"\n{family}:")
-        lines += [f"- {'PASS' if ok else 'FAIL'}: {name}" for name, ok in checks]
-    return lines
-
-
-def _mean(runs: list[dict | str], key: str) -> float:
-    present = [r[key] for r in runs if isinstance(r, dict) and r[key] is not None]
-    return float(np.mean(present)) if present else float("nan")
 
 
 if __name__ == "__main__":
