@@ -40,7 +40,7 @@ from protocols.schema import Column
 # 80 MB). Fitting costs cells × iterations: on 2 cores a 10⁶-cell model took 2 minutes, and
 # on the benchmark's splits 2¹⁴ to 2¹⁸ cells and 300 iterations scored alike (RESULTS.md).
 MAX_MODEL_CELLS = 2**16
-FIT_ITERATIONS = 500
+FIT_ITERATIONS = 300
 _SMOOTHING = 1e-3  # keeps every declared value possible where the noise left nothing
 
 
