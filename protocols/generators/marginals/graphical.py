@@ -58,9 +58,14 @@ class GraphicalModel:
 
 
 def fit_model(layout: MarginalLayout, tables: Mapping[str, np.ndarray],
-              max_cells: int = MAX_MODEL_CELLS) -> GraphicalModel:
+              max_cells: int = MAX_MODEL_CELLS, pair_noise_ratio: float = PAIR_NOISE_RATIO,
+              again: Mapping[tuple[str, str], tuple[np.ndarray, float]] | None = None
+              ) -> GraphicalModel:
     """The model of `tables` (column tables on fine bins, pair tables on `layout`'s coarse
-    bins, as the sites' pooled release holds them)."""
+    bins, as the sites' pooled release holds them), whose pair tables carry
+    `pair_noise_ratio` times a column cell's noise. `again`: pairs measured a second time,
+    (a, b) → (table, its noise ratio); both measurements enter the fit
+    (benchmarks/workload.py)."""
     mbi = _mbi()
     columns = layout.columns
     domain = mbi.Domain([c.name for c in columns], [layout.coarse_size(c) for c in columns])
@@ -70,7 +75,11 @@ def fit_model(layout: MarginalLayout, tables: Mapping[str, np.ndarray],
         if (a.name, b.name) in pairs:
             measurements.append(mbi.LinearMeasurement(
                 np.asarray(tables[pair_name(a, b)], dtype=float).ravel(), (a.name, b.name),
-                stddev=PAIR_NOISE_RATIO))
+                stddev=pair_noise_ratio))
+            if again and (a.name, b.name) in again:
+                table, ratio = again[(a.name, b.name)]
+                measurements.append(mbi.LinearMeasurement(
+                    np.asarray(table, dtype=float).ravel(), (a.name, b.name), stddev=ratio))
     fitted = mbi.estimation.MirrorDescent().estimate(domain, measurements,
                                                       iters=FIT_ITERATIONS)
     tree, _ = mbi.junction_tree.make_junction_tree(domain, [tuple(c) for c in fitted.cliques])
