@@ -127,6 +127,7 @@ def privacy_statement(manifest: Mapping[str, Any] | None) -> dict[str, Any] | No
             "epsilon_target_per_site": privacy.get("epsilon_target_per_site"),
             "delta_per_site": privacy.get("delta_per_site"),
             "guarantee": privacy.get("statement") or privacy.get("guarantee", ""),
+            "cohort_model": privacy.get("cohort_model"),
             "contributors": list(manifest.get("contributors", [])),
             "sites": dict(privacy.get("sites", {}))}
 

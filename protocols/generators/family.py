@@ -74,6 +74,9 @@ class GeneratorFamily(ABC):
     summary: ClassVar[str]
     # The manifest's words for the mechanism each site runs.
     mechanism: ClassVar[str]
+    # The manifest's and report's words for how the coordinator makes the cohort from the
+    # sites' releases (post-processing, which no DP guarantee needs more of).
+    cohort_model: ClassVar[str]
     # The largest |value| an honest global array or update holds: SecAgg+'s quantisation
     # range, and the bound past which a node refuses a global model.
     secure_range: ClassVar[float]

@@ -107,6 +107,7 @@ def build_manifest(*, schema_sha256: str, plan: StudyPlan, sites: Mapping[str, S
                           "none: trained without differential privacy (reference only)"),
             "neighbouring": NEIGHBOURING if plan.private else None,
             "mechanism": family_for(plan).mechanism if plan.private else None,
+            "cohort_model": family_for(plan).cohort_model,
             "accountant": (f"{ACCOUNTANT} (Opacus' Renyi-DP accountant; every release of the "
                            "study composed)") if plan.private else None,
             "site_sizes_disclosed": "no",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import math
 
 import pytest
@@ -62,3 +63,20 @@ def test_what_the_manifest_says_per_site_comes_from_the_plan_and_the_rounds(tmp_
     assert privacy["evaluation_epsilon"] == 0.4
     assert privacy["sites"]["a"] == privacy["sites"]["b"]
     assert manifest["study"] == plan.fingerprint("ab" * 32)
+
+
+@pytest.mark.parametrize("plan", [StudyPlan(epsilon=2.0, rounds=2),
+                                  StudyPlan(epsilon=2.0, generator="marginals", rounds=2)])
+def test_the_manifest_and_the_report_say_how_the_cohort_was_made(plan, tmp_path):
+    from protocols.evaluation import privacy_statement
+    from protocols.evaluation.report.html import _privacy_statement
+
+    (tmp_path / "synthetic.csv").write_text("a\n1\n")
+    manifest = build_manifest(schema_sha256="ab" * 32, plan=plan,
+                              sites={"a": SitePrivacySpent(1.9, 2)}, contributions={"a": [1, 2]},
+                              engine="simulation", tls=False,
+                              files={"synthetic.csv": tmp_path / "synthetic.csv"}, rows=1)
+    said = family_for(plan).cohort_model
+    assert manifest["privacy"]["cohort_model"] == said
+    page = _privacy_statement({"privacy_statement": privacy_statement(manifest)})
+    assert f"How the cohort was made: {html.escape(said)}" in page and "post-processing" in page

@@ -131,6 +131,9 @@ def _privacy_statement(report: Mapping[str, Any]) -> str:
                      f"{epsilon}, δ = {delta}) per site, record-level</strong>.</p>")
     if statement.get("guarantee"):
         parts.append(f"<p>{esc(statement['guarantee'])}</p>")
+    if statement.get("cohort_model"):
+        parts.append(f"<p>How the cohort was made: {esc(statement['cohort_model'])}. This is "
+                     "post-processing of the private releases, so it adds no privacy cost.</p>")
     if statement.get("contributors"):
         names = ", ".join(esc(name) for name in statement["contributors"])
         parts.append(f"<p>Contributing sites: {names}.</p>")

@@ -35,6 +35,9 @@ class MarginalsFamily(GeneratorFamily):
     summary = "each site releases noisy column, then pair tables (2 rounds)"
     mechanism = ("the discrete Gaussian mechanism on column and pair count tables, released "
                  "once, with exact integer noise from a CSPRNG")
+    cohort_model = ("the coordinator sums the sites' noisy tables, fits one graphical model "
+                    "to all of them (private-pgm: the maximum-entropy distribution closest to "
+                    "the noisy tables) and samples the cohort from it; it never sees a record")
     # A count table's cells stay far below this (a site holds at most 50,000 records).
     secure_range = float(2**20)
     default_rounds = STAGES

@@ -31,6 +31,8 @@ class VaeFamily(GeneratorFamily):
     summary = "DP-SGD on a small VAE over many rounds"
     mechanism = ("DP-SGD (Poisson sampling at a rate the plan fixes, per-record clipping, "
                  "Gaussian noise from a CSPRNG) on a tabular VAE")
+    cohort_model = ("the coordinator averages the sites' noisy VAE weights round after round "
+                    "and samples the cohort from the final decoder")
     # The VAE's weights stay below 16 even after 60 rounds without DP.
     secure_range = 64.0
 
