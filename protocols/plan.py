@@ -23,6 +23,10 @@ from protocols.privacy.site_limits import MAX_SITE_RECORDS
 class StudyPlan:
     """Study-wide settings. `epsilon=inf` trains the same generator without DP.
 
+    The field defaults are the library's (a VAE plan, which callers build on); what a
+    user gets by default (family, rounds, SecAgg+ by site count) is
+    `protocols.plan_defaults.default_plan`.
+
     Everything that decides how much noise a site adds, and therefore the ε it
     reports, follows from these fields alone, never from a site's records: in
     DP-SGD every record is used in a step with probability `sample_rate` at every
