@@ -7,6 +7,11 @@ simulation engine (`simulation.engine`), so they live in this harness, the one
 package allowed to import both sides. `provision`, `evaluate` and `verify` are
 the coordinator's own (`coordinator.cli`).
 
+What the user leaves out of the plan `demo` and `simulate` take from
+`protocols.plan_defaults`, for the study's number of sites: the marginals family
+with its rounds, and SecAgg+ from three sites over every site with one colluder
+assumed; the progress output says which SecAgg+ setting was chosen and why.
+
 `demo` and `simulate` sign the cohort's manifest with `--signing-key` (the
 coordinator kit's manifest-signing.key) or, without it, with this user's own
 key, generated once at $XDG_CONFIG_HOME/fedsynth/manifest-signing.key (default
@@ -24,8 +29,10 @@ from pathlib import Path
 from coordinator import cli as coordinator_cli
 from protocols.generators import FAMILIES
 from protocols.plan import StudyPlan
+from protocols.plan_defaults import (DEFAULT_COLLUDERS, DEFAULT_FAMILY,
+                                     SECURE_AGGREGATION_MIN_SITES, default_plan)
 from protocols.release.manifest import Release
-from simulation.demo import run_demo
+from simulation.demo import DEMO_SITES, run_demo
 from simulation.engine import simulate_study
 
 DEFAULT_PLAN = StudyPlan()
@@ -43,22 +50,32 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _study(args: argparse.Namespace) -> int:
-    plan = DEFAULT_PLAN.with_overrides(epsilon=args.epsilon, delta=args.delta,
-                                       rounds=_rounds(args), rows=args.rows, seed=args.seed,
-                                       local_steps=args.local_steps,
-                                       sample_rate=args.sample_rate, min_sites=args.min_sites,
-                                       generator=args.generator,
-                                       secure_aggregation=args.secure_aggregation or None,
-                                       colluders=args.colluders,
-                                       evaluation_epsilon=_evaluation_epsilon(args))
+    plan = _plan(args)
     if args.command == "demo":
-        release = run_demo(args.out, plan, _progress, signing_key_path=args.signing_key)
+        release = run_demo(args.out, plan, _progress, n_sites=DEMO_SITES,
+                           signing_key_path=args.signing_key)
     else:
         release = simulate_study(args.schema, args.data, plan, args.out, _progress,
                                  signing_key_path=args.signing_key,
                                  train_on_synthetic=args.train_on_synthetic)
     _summarise(release)
     return 0
+
+
+def _plan(args: argparse.Namespace) -> StudyPlan:
+    """The plan the user asked for, with the defaults for this many sites
+    (`protocols.plan_defaults`); each default worth knowing is said in one line."""
+    n_sites = DEMO_SITES if args.command == "demo" else len(args.data)
+    plan, notes = default_plan(n_sites, epsilon=args.epsilon, delta=args.delta,
+                               rounds=args.rounds, rows=args.rows, seed=args.seed,
+                               local_steps=args.local_steps, sample_rate=args.sample_rate,
+                               min_sites=args.min_sites, generator=args.generator,
+                               secure_aggregation=args.secure_aggregation,
+                               colluders=args.colluders,
+                               evaluation_epsilon=_evaluation_epsilon(args))
+    for note in notes:
+        _progress(note)
+    return plan
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -80,14 +97,20 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--epsilon", type=float, help=f"per site, whole study; 'inf' = no DP "
                        f"(default {DEFAULT_PLAN.epsilon})")
         p.add_argument("--delta", type=float, help=f"per site (default {DEFAULT_PLAN.delta})")
-        p.add_argument("--rounds", type=int, help=f"default {DEFAULT_PLAN.rounds}")
-        p.add_argument("--local-steps", type=int, help=f"default {DEFAULT_PLAN.local_steps}")
+        p.add_argument("--rounds", type=int, help="default: the generator's own ("
+                       + ", ".join(f"{name} {family.default_rounds or DEFAULT_PLAN.rounds}"
+                                   for name, family in FAMILIES.items()) + ")")
+        p.add_argument("--local-steps", type=int,
+                       help=f"vae: DP-SGD steps per round (default {DEFAULT_PLAN.local_steps})")
         p.add_argument("--sample-rate", type=float,
-                       help="DP-SGD: each record is in a step's batch with this probability, "
-                            f"at every site (default {DEFAULT_PLAN.sample_rate})")
+                       help="vae: each record is in a DP-SGD step's batch with this "
+                            f"probability, at every site (default {DEFAULT_PLAN.sample_rate})")
         p.add_argument("--rows", type=int, help=f"cohort size (default {DEFAULT_PLAN.rows})")
         p.add_argument("--seed", type=int, help=f"default {DEFAULT_PLAN.seed}")
-        p.add_argument("--min-sites", type=int, help=f"default {DEFAULT_PLAN.min_sites}")
+        p.add_argument("--min-sites", type=int,
+                       help="sites every round needs; under SecAgg+ every secure sum holds at "
+                            "least this many (default: every site under SecAgg+, so a site "
+                            f"that drops out stops the study; else {DEFAULT_PLAN.min_sites})")
         p.add_argument("--evaluation-epsilon", type=float,
                        help="part of --epsilon each site spends, once, releasing noisy count "
                             "tables that score the cohort (federated evaluation); 0 = none "
@@ -95,14 +118,18 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--generator", choices=list(FAMILIES),
                        help="; ".join(f"{name}: {family.summary}"
                                       for name, family in FAMILIES.items())
-                       + f" (default {DEFAULT_PLAN.generator})")
-        p.add_argument("--secure-aggregation", action="store_true",
+                       + f" (default {DEFAULT_FAMILY})")
+        p.add_argument("--secure-aggregation", action=argparse.BooleanOptionalAction,
                        help="combine the sites' updates with Flower's SecAgg+, so the "
-                            "coordinator only ever holds their sum")
+                            "coordinator only ever holds their sum (default: on from "
+                            f"{SECURE_AGGREGATION_MIN_SITES} sites; with 2, each site could "
+                            "subtract its own update from the sum and read the other's, so "
+                            "SecAgg+ would protect nothing against the other site)")
         p.add_argument("--colluders", type=int,
-                       help="under --secure-aggregation, how many sites may collude with the "
-                            "coordinator (default 0); the marginals family's sites then add "
-                            "shares of the noise that the honest ones alone make central")
+                       help="under SecAgg+, how many sites may side with the coordinator "
+                            f"(default {DEFAULT_COLLUDERS}, or 0 where min-sites leaves no "
+                            "room for one); the marginals family's sites then add shares of "
+                            "the noise that the honest ones alone make central")
         p.add_argument("--signing-key", type=Path,
                        help="the Ed25519 key that signs the manifest (a coordinator kit's "
                             "manifest-signing.key); default: this user's own key, made once "
@@ -115,14 +142,6 @@ def _evaluation_epsilon(args: argparse.Namespace) -> float | None:
     if args.evaluation_epsilon is None and args.command == "demo":
         return DEMO_EVALUATION_EPSILON
     return args.evaluation_epsilon
-
-
-def _rounds(args: argparse.Namespace) -> int | None:
-    """The rounds the user asked for, or the generator family's own number (the marginals
-    family releases in two stages), or None: the plan's default."""
-    if args.rounds is not None:
-        return args.rounds
-    return FAMILIES[args.generator or DEFAULT_PLAN.generator].default_rounds
 
 
 def _progress(line: str) -> None:

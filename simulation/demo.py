@@ -37,9 +37,10 @@ from protocols.schema import load_schema
 from simulation.engine import simulate_study
 
 HOLDOUT_SHARE = 0.2
+DEMO_SITES = 6  # hospitals in the built-in registry: enough for SecAgg+ by default
 
 
-def run_demo(out_dir: Path, plan: StudyPlan, progress: ProgressFn, n_sites: int = 6,
+def run_demo(out_dir: Path, plan: StudyPlan, progress: ProgressFn, n_sites: int = DEMO_SITES,
              signing_key_path: Path | None = None) -> Release:
     family_for(plan)  # the family's own rules on the plan, before anything is written
     _refuse_foreign_folder(out_dir)

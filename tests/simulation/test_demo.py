@@ -6,24 +6,34 @@ import sys
 
 import pytest
 
+from protocols.plan_defaults import DEFAULT_FAMILY
+from simulation.demo import DEMO_SITES
+
 pytestmark = pytest.mark.integration
 
 
 def test_demo_releases_a_cohort_with_its_manifest_and_a_full_report(tmp_path):
+    """The demo exactly as a user first runs it: the default family under SecAgg+ over
+    all six simulated hospitals."""
     out = tmp_path / "demo"
     code = "import sys; from simulation.cli import main; sys.exit(main(sys.argv[1:]))"
-    result = subprocess.run([sys.executable, "-c", code, "demo", "--out", str(out),
-                             "--rounds", "3", "--local-steps", "5", "--rows", "400"],
+    result = subprocess.run([sys.executable, "-c", code, "demo", "--out", str(out)],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     for name in ("synthetic.csv", "synthetic.parquet", "manifest.json", "report.html",
                  "report.json", "schema.yaml"):
         assert (out / name).is_file(), name
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["secure_aggregation"] is True
+    assert {k: manifest["plan"][k] for k in ("generator", "min-sites", "colluders")} == {
+        "generator": DEFAULT_FAMILY, "min-sites": DEMO_SITES, "colluders": 1}
+    assert manifest["contributors"] == [f"hospital-{i:02d}" for i in range(1, DEMO_SITES + 1)]
+    assert f"secure aggregation: on by default with {DEMO_SITES} sites" in result.stdout
     report = json.loads((out / "report.json").read_text())
     assert report["title"].startswith("Demo cohort")
     assert report["scores"]["dcr_share"] is not None  # the demo holds a fifth of each site out
     assert report["privacy_statement"]["epsilon_target_per_site"] == 3.0
-    assert len(report["federated"]["sites"]) == 6
+    assert len(report["federated"]["sites"]) == DEMO_SITES
     assert report["figures"]["km"] is not None
     page = (out / "report.html").read_text()
     assert "data:image/png;base64," in page and "http://" not in page
@@ -34,4 +44,4 @@ def test_demo_releases_a_cohort_with_its_manifest_and_a_full_report(tmp_path):
         "treated", "survival_months / death"]
     assert "How much of the cohort hospital-01 should mix" in page
     assert blend["sentence"].split(" (")[0] in page
-    assert len(list((out / "holdout").glob("*.csv"))) == 6
+    assert len(list((out / "holdout").glob("*.csv"))) == DEMO_SITES

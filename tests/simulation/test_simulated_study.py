@@ -19,7 +19,10 @@ from protocols.schema import parse_schema
 
 pytestmark = pytest.mark.integration
 SITES = ("hospital-01", "hospital-02", "hospital-03")
-SMALL_PLAN = ["--rounds", "2", "--local-steps", "3", "--rows", "300", "--seed", "5"]
+# The VAE family, named: most tests here pin its per-round training; the last one runs the
+# default family with the defaults a 3-site study gets.
+SMALL_PLAN = ["--generator", "vae", "--rounds", "2", "--local-steps", "3", "--rows", "300",
+              "--seed", "5"]
 
 
 def _cli(tool, *args, timeout=300):
@@ -40,17 +43,18 @@ def sites(tmp_path_factory, demo_registry):
     return folder / "schema.yaml", paths
 
 
-def _simulate(sites, out, *extra):
+def _simulate(sites, out, *extra, plan=SMALL_PLAN):
     schema, paths = sites
     data = [arg for p in paths for arg in ("--data", p)]
     return _cli("simulation", "simulate", "--schema", schema, *data, "--out", out,
-                *SMALL_PLAN, *extra)
+                *plan, *extra)
 
 
 @pytest.fixture(scope="module")
 def private_study(sites, tmp_path_factory):
     out = tmp_path_factory.mktemp("study")
-    result = _simulate(sites, out, "--epsilon", "2", "--evaluation-epsilon", "0.5")
+    result = _simulate(sites, out, "--epsilon", "2", "--evaluation-epsilon", "0.5",
+                       "--no-secure-aggregation")
     assert result.returncode == 0, result.stderr[-3000:]
     return out, result
 
@@ -208,15 +212,20 @@ def test_a_secure_aggregation_study_records_it_and_each_site_reports_its_own_eps
         assert site["synthetic_input"] is (name == "synthetic")
 
 
-def test_secure_marginals_sites_add_shares_and_the_manifest_states_both_guarantees(
+def test_by_default_three_sites_run_the_marginals_family_each_adding_a_share_of_the_noise(
         sites, tmp_path):
-    """Three sites, all required in every sum, one may collude: each adds a share of the
-    noise whose two honest shares make the central noise. The manifest states the ε
-    against a coordinator running SecAgg+ and the larger one if it failed."""
-    result = _simulate(sites, tmp_path, "--epsilon", "3", "--generator", "marginals",
-                       "--secure-aggregation", "--min-sites", "3", "--colluders", "1")
+    """With no plan flags, three sites get the default family under SecAgg+: all three
+    required in every sum, one may collude, so each adds a share of the noise whose two
+    honest shares make the central noise. The manifest states the ε against a coordinator
+    running SecAgg+ and the larger one if it failed."""
+    result = _simulate(sites, tmp_path, "--epsilon", "3", plan=["--rows", "300"])
     assert result.returncode == 0, result.stderr[-3000:]
-    privacy = json.loads((tmp_path / "manifest.json").read_text())["privacy"]
+    assert "secure aggregation: on by default with 3 sites" in result.stdout
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["secure_aggregation"] is True
+    assert {k: manifest["plan"][k] for k in ("generator", "rounds", "min-sites", "colluders")} \
+        == {"generator": "marginals", "rounds": 2, "min-sites": 3, "colluders": 1}
+    privacy = manifest["privacy"]
     assert privacy["noise"].startswith("shares:") and privacy["colluders_tolerated"] == 1
     assert privacy["epsilon_if_secure_aggregation_fails"] > 3.0
     assert "If secure aggregation failed" in privacy["statement"]
