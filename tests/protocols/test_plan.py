@@ -8,9 +8,11 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from flwr.supercore.constant import DEFAULT_SIMULATION_CONFIG
 
 from protocols.errors import PlanError
 from protocols.plan import StudyPlan
+from protocols.plan_defaults import default_plan
 
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 
@@ -103,14 +105,17 @@ def test_with_overrides_ignores_none() -> None:
     assert StudyPlan().with_overrides(rounds=None, epsilon=1.0) == StudyPlan(epsilon=1.0)
 
 
-def test_flower_app_config_holds_exactly_the_plan_defaults() -> None:
+def test_flower_app_config_holds_the_default_plan_of_flowers_local_federation() -> None:
+    """`flwr run .` offers what `demo` and `simulate` offer for as many sites as Flower's
+    local simulation federation has SuperNodes (the TOML must write the numbers out)."""
     config = tomllib.loads(PYPROJECT.read_text(encoding="utf-8"))["tool"]["flwr"]["app"]["config"]
+    expected, _ = default_plan(DEFAULT_SIMULATION_CONFIG.num_supernodes)
     for field in dataclasses.fields(StudyPlan):
         key = field.name.replace("_", "-")
         assert key in config, f"[tool.flwr.app.config] lacks plan key {key}"
-        assert config[key] == field.default, (key, config[key], field.default)
+        assert config[key] == getattr(expected, field.name), (key, config[key])
         assert type(config[key]) is type(field.default), (key, config[key])
-    assert StudyPlan.from_config(config) == StudyPlan()
+    assert StudyPlan.from_config(config) == expected
 
 
 def test_a_plan_built_with_whole_numbers_is_the_same_study_as_its_config():
