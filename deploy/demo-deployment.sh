@@ -5,28 +5,38 @@
 # study with `flwr run`, and leave synthetic.csv, manifest.json and the report in
 # OUTDIR. Everything else it creates (kits, logs, FLWR_HOME folders, the
 # SuperLink's database, the simulated hospitals' records) stays in OUTDIR/work.
+# The study is the default one (pyproject.toml: the marginals family) under SecAgg+
+# over all 3 sites, as `fedsynth-coordinator simulate` runs 3 sites;
+# --no-secure-aggregation leaves SecAgg+ out (as a 2-site consortium should: there
+# it protects nothing against the other site), --generator vae trains the VAE
+# instead, --rounds N sets its rounds (the marginals family always takes 2).
 # Every process it starts runs in its own process group and is ended on exit,
 # whether the study succeeded, failed or was interrupted.
 #
-#   deploy/demo-deployment.sh [--secure-aggregation] [--rounds N] OUTDIR
+#   deploy/demo-deployment.sh [--[no-]secure-aggregation] [--generator NAME] [--rounds N] OUTDIR
 set -euo pipefail
 
 readonly SITES=(siteA siteB siteC)
 readonly CONNECTION=fedsynth-demo
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 readonly REPO
-readonly USAGE="usage: deploy/demo-deployment.sh [--secure-aggregation] [--rounds N] OUTDIR"
+readonly USAGE="usage: deploy/demo-deployment.sh [--[no-]secure-aggregation] [--generator NAME] [--rounds N] OUTDIR"
 readonly WAIT_S=60     # bound on each wait for a process to come up
 readonly STUDY_S=600   # bound on the study itself
 
 export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 PYTHONUNBUFFERED=1
 
-rounds=3
-secure=false
+rounds=""     # empty: the generator's own, from pyproject.toml
+generator=""  # empty: pyproject.toml's
+secure=true
 outdir=""
 while (($#)); do
   case "$1" in
     --secure-aggregation) secure=true; shift ;;
+    --no-secure-aggregation) secure=false; shift ;;
+    --generator)
+      [[ $# -ge 2 && $2 =~ ^[a-z]+$ ]] || { echo "$USAGE (--generator takes a family's name)" >&2; exit 2; }
+      generator=$2; shift 2 ;;
     --rounds)
       [[ $# -ge 2 && $2 =~ ^[0-9]+$ ]] || { echo "$USAGE (--rounds takes a whole number)" >&2; exit 2; }
       rounds=$2; shift 2 ;;
@@ -225,9 +235,20 @@ echo "${#SITES[@]} nodes online: ${SITES[*]}"
 run_config="engine=\"deployment\" schema-path=\"$schema\" out-dir=\"$study\""
 run_config+=" superlink-address=\"$address\" root-certificates=\"$ca\""
 run_config+=" signing-key=\"$kits/coordinator/manifest-signing.key\""
-run_config+=" rounds=$rounds local-steps=5 rows=500 round-timeout=120.0"
-[[ $secure == true ]] && run_config+=" secure-aggregation=true"
-echo "running the study (rounds=$rounds, secure aggregation: $secure); log: $logs/study.log"
+run_config+=" local-steps=5 rows=500 round-timeout=120.0"
+[[ -n $generator ]] && run_config+=" generator=\"$generator\""
+[[ -n $rounds ]] && run_config+=" rounds=$rounds"
+if [[ $secure == true ]]; then
+  # SecAgg+ as `simulate` chooses it for this many sites: every site in every secure sum
+  # (one that drops out stops the study), at most one colluding with the coordinator.
+  secure_keys=$("$python" -c 'import sys
+from protocols.plan_defaults import default_plan, secure_run_config
+print(secure_run_config(default_plan(int(sys.argv[1]))[0]))' "${#SITES[@]}") ||
+    fail "cannot read fedsynth's SecAgg+ defaults."
+  run_config+=" $secure_keys"
+fi
+echo "running the study (generator: ${generator:-default}, rounds: ${rounds:-default}," \
+  "secure aggregation: $secure); log: $logs/study.log"
 # In the background and waited for, so that INT or TERM reach the trap at once.
 start study "$flwr_home" timeout "$STUDY_S" flwr run "$REPO" "$CONNECTION" --stream \
   --run-config "$run_config"
@@ -265,6 +286,6 @@ print(f"sites that contributed: {', '.join(manifest['contributors'])}")
 target = manifest["privacy"]["epsilon_target_per_site"]
 for name, site in manifest["privacy"]["sites"].items():
     print(f"  {name}: epsilon spent {site['epsilon_spent']:.4f} of {target:g} "
-          f"(delta {site['delta']:g}, {site['steps']} DP-SGD steps)")
+          f"(delta {site['delta']:g})")
 print(f"logs: {logs}")
 EOF

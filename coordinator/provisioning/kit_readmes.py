@@ -14,6 +14,8 @@ from pathlib import Path
 
 from protocols import kit_layout as kit
 from protocols.kit_layout import SuperLinkAddress
+from protocols.plan_defaults import (DEFAULT_FAMILY, SECURE_AGGREGATION_MIN_SITES,
+                                     default_plan, secure_run_config)
 
 SUPERLINK_LOCAL_PORT = 9092
 FEDERATION = "consortium"
@@ -32,10 +34,11 @@ def coordinator_readme(directory: Path, address: SuperLinkAddress, sites: Sequen
                          f" --name {shlex.quote(s)}" for s in sorted(sites))
     names = ", ".join(dict.fromkeys([address.host, "localhost", "127.0.0.1"]))
     schema_arg = str(schema.resolve()) if schema else "/path/to/consortium-schema.yaml"
+    secure_keys, secure_text = _secure_aggregation(len(sites))
     run_config = (f'engine="deployment" schema-path="{schema_arg}" '
                   f'out-dir="{d.parent / "study-out"}" '
                   f'superlink-address="127.0.0.1:{local_port}" root-certificates="{d / "ca.pem"}" '
-                  f'signing-key="{d / "manifest-signing.key"}"')
+                  f'signing-key="{d / "manifest-signing.key"}"{secure_keys}')
     return f"""\
 # Coordinator kit — stays with the consortium coordinator, never shipped
 
@@ -98,9 +101,12 @@ From the fedsynth project folder (the one with `pyproject.toml`), once the sites
 flwr run . {FEDERATION} --run-config {shlex.quote(run_config)}
 ```
 
-Add `secure-aggregation=true` to the run config to have the SuperLink see only the
-sum of the sites' updates. The cohort, its manifest and its report land in `out-dir`;
-the manifest is signed with `manifest-signing.key` (run config `signing-key`).
+{secure_text}
+
+The other study settings (`epsilon`, `generator`, `rows`, …) are the `[tool.flwr.app.config]`
+keys of `pyproject.toml` (the {DEFAULT_FAMILY} family by default); the run config overrides
+any of them. The cohort, its manifest and its report land in `out-dir`; the manifest is
+signed with `manifest-signing.key` (run config `signing-key`).
 
 ## 5. Verify a released cohort
 
@@ -112,6 +118,28 @@ Exit 0 only when the manifest's signature is this consortium key's and every coh
 sha256 and size match; otherwise one line per problem. The sites run the same check with
 `fedsynth-node verify DIR --kit KIT`.
 """
+
+
+def _secure_aggregation(n_sites: int) -> tuple[str, str]:
+    """The run config's SecAgg+ keys for `n_sites` sites, as `demo` and `simulate` choose
+    them, and a paragraph on what they mean and how to change them."""
+    plan, _ = default_plan(n_sites)
+    if not plan.secure_aggregation:
+        return "", (
+            f"With {n_sites} site(s) SecAgg+ stays off: with 2, each site could subtract its "
+            "own update from the sum and read the other's, so it would protect nothing "
+            f"against the other site. From {SECURE_AGGREGATION_MIN_SITES} sites, add "
+            "`secure-aggregation=true min-sites=N colluders=1` (N: the number of sites) to "
+            "have the coordinator see only the sum of the sites' updates.")
+    return f" {secure_run_config(plan)}", (
+        "`secure-aggregation=true` runs SecAgg+: the coordinator only ever holds the sum of "
+        f"the sites' updates, never one hospital's. `min-sites={plan.min_sites}` puts every "
+        "site in every secure sum, so a site that drops out stops the study before anything "
+        f"is released; `colluders={plan.colluders}` assumes at most that many sites side "
+        "with the coordinator (the marginals family's sites add shares of one central noise "
+        "that the other sites' honest shares alone carry). To run without SecAgg+ (a "
+        "consortium of 2 sites, where it protects nothing against the other site), replace "
+        "those three keys with `secure-aggregation=false`.")
 
 
 def _public_entry(address: SuperLinkAddress) -> str:

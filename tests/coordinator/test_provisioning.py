@@ -139,6 +139,26 @@ def test_rerun_adds_a_site_reusing_the_consortium(kits, capsys):
     assert not [p for p in kits.iterdir() if p.name.startswith(".")]
 
 
+def test_the_coordinators_study_command_runs_secure_aggregation_over_every_site(kits):
+    """Three sites: SecAgg+ with every site in every sum and one colluder assumed, as
+    `simulate` chooses; re-provisioned with a fourth, the command counts it too."""
+    readme = (kits / "coordinator/README.md").read_text()
+    assert "secure-aggregation=true min-sites=3 colluders=1'" in readme
+    assert "a site that drops out stops the study" in readme
+    assert "replace those three keys with `secure-aggregation=false`" in readme
+    assert coordinator_main(["provision", "--sites", "siteD", "--out", str(kits)]) == 0
+    assert "secure-aggregation=true min-sites=4 colluders=1'" in (
+        kits / "coordinator/README.md").read_text()
+
+
+def test_a_two_site_consortium_runs_without_secure_aggregation_and_is_told_why(tmp_path):
+    assert coordinator_main(["provision", "--sites", "siteA,siteB", "--out",
+                             str(tmp_path)]) == 0
+    readme = (tmp_path / "coordinator/README.md").read_text()
+    assert "secure-aggregation=true" not in readme.split("## 4.")[1].split("```")[1]
+    assert "With 2 site(s) SecAgg+ stays off" in readme
+
+
 def test_rerun_refuses_a_site_that_already_has_a_kit(kits, capsys):
     key = (kits / "siteB/node-auth.key").read_bytes()
     listing = sorted(p.as_posix() for p in kits.rglob("*"))

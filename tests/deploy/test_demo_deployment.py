@@ -69,8 +69,9 @@ def leftovers(*needles: str, grace: float = 10.0) -> list[str]:
 @pytest.mark.integration
 @pytest.mark.timeout(600)
 def test_demo_releases_a_tls_deployment_cohort_and_stops_every_process(tmp_path: Path) -> None:
+    """The default study: the marginals family under SecAgg+ over all three sites."""
     out = tmp_path / "out"
-    result, marker = run_demo(out, "--rounds", "2")  # the script's default is 3
+    result, marker = run_demo(out)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     cohort = pd.read_csv(out / "synthetic.csv")
@@ -79,7 +80,9 @@ def test_demo_releases_a_tls_deployment_cohort_and_stops_every_process(tmp_path:
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["engine"] == "deployment"
     assert manifest["tls"] is True
-    assert manifest["secure_aggregation"] is False
+    assert manifest["secure_aggregation"] is True
+    assert {k: manifest["plan"][k] for k in ("generator", "rounds", "min-sites", "colluders")} \
+        == {"generator": "marginals", "rounds": 2, "min-sites": 3, "colluders": 1}
     assert manifest["contributors"] == sorted(SITES)
     spent = {name: site["epsilon_spent"] for name, site in manifest["privacy"]["sites"].items()}
     assert set(spent) == set(SITES)
