@@ -19,9 +19,14 @@ here, now, side by side:
 3. The demo (6 hospitals, federated evaluation on) end to end, start-up
    included, with where the time goes.
 4. A study with 50 simulated sites in one go, with the peak memory of the whole
-   process tree (coordinator + Ray workers).
-5. Cohort sampling speed (rows/s) and the bytes each site uploads per round.
-`--quick` shrinks the 50-site study to 2 rounds (for a smoke run).
+   process tree (coordinator + Ray workers): the VAE in plain FedAvg, and the
+   marginals family behind SecAgg+ with every site in every secure sum (its sites
+   add shares of the noise; issue 15).
+5. Cohort sampling speed (rows/s) and the bytes each site uploads per round, for
+   each generator family (the marginals family's time includes fitting its
+   graphical model).
+`--quick` shrinks the 50-site VAE study to 2 rounds (for a smoke run). `--sections 4,5`
+runs only those sections and replaces only them in the results file.
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import psutil
 import torch
 from flwr.app import ArrayRecord
@@ -49,7 +56,9 @@ from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
 from simulation.cli import DEMO_EVALUATION_EPSILON
 from node.site_data import load_site
 from simulation.engine import loopback_backend_config
-from protocols.generators import family_for
+from protocols.count_tables import build_layout
+from protocols.generators import FAMILIES, family_for
+from protocols.generators.marginals.graphical import fit_model, sample_model
 from protocols.generators.family import SitePrivacy
 from protocols.generators.vae.accounting import dpsgd_epsilon, dpsgd_privacy
 from protocols.generators.vae.training import (GRADIENT_NORMALISER, dp_setup, poisson_batches,
@@ -85,21 +94,44 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="fedsynth-bench-") as tmp:
         folder = Path(tmp)
         schema_path, sites = _write_registry(folder / "demo", n_sites=6)
-        sections = (lambda: _step_throughput(schema_path, sites),
-                    lambda: _study_ratio(schema_path, sites, folder),
-                    lambda: _demo(folder), lambda: _fifty_sites(folder, args.quick),
-                    lambda: _sampling_and_upload(schema_path))
-        for measure in sections:
+        sections = {1: lambda: _step_throughput(schema_path, sites),
+                    2: lambda: _study_ratio(schema_path, sites, folder),
+                    3: lambda: _demo(folder), 4: lambda: _fifty_sites(folder, args.quick, args.fifty),
+                    5: lambda: _sampling_and_upload(schema_path, sites)}
+        for number, measure in sections.items():
+            if args.sections and number not in args.sections:
+                continue
             section = measure()
             print("\n".join(section), flush=True)
             lines += section
-    args.results.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    text = "\n".join(lines) + "\n"
+    if args.sections and args.results.exists():
+        text = _replace_sections(args.results.read_text(encoding="utf-8"), text)
+    args.results.write_text(text, encoding="utf-8")
     print(f"\nwritten to {args.results}")
+
+
+def _replace_sections(old: str, new: str) -> str:
+    """`old` with each "## N." section that `new` holds replaced by `new`'s, and `new`'s
+    run line noted above them."""
+    def split(text: str) -> tuple[str, dict[str, str]]:
+        head, *parts = text.split("\n## ")
+        return head, {part.split(".", 1)[0]: "\n## " + part for part in parts}
+    old_head, old_parts = split(old)
+    new_head, new_parts = split(new)
+    run = next(line for line in new_head.splitlines() if line.startswith("Run:"))
+    merged = {**old_parts, **new_parts}
+    note = f"Sections {', '.join(sorted(new_parts))} rerun alone: {run[5:]}\n"
+    return old_head.rstrip("\n") + "\n" + note + "".join(merged[key] for key in sorted(merged))
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--sections", type=lambda text: {int(n) for n in text.split(",")},
+                        help="comma-separated section numbers to run (default: all)")
+    parser.add_argument("--fifty", choices=("vae", "marginals", "both"), default="both",
+                        help="which 50-site studies section 4 runs (default both)")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "SPEED.md")
     return parser
 
@@ -390,7 +422,7 @@ def _time_python(code: str) -> float:
     return time.perf_counter() - start
 
 
-def _fifty_sites(folder: Path, quick: bool) -> list[str]:
+def _fifty_sites(folder: Path, quick: bool, which: str = "both") -> list[str]:
     paths, schema = [], None
     seed = 0
     while len(paths) < 50:
@@ -401,18 +433,27 @@ def _fifty_sites(folder: Path, quick: bool) -> list[str]:
             paths.append(renamed)
         seed += 1
     extra = ["--rounds", "2"] if quick else []
-    wall, lines, peak = _run_cli(_simulate_args(schema, paths, folder / "fifty", *extra))
-    rounds = sum(1 for _, line in lines if re.match(r"round \d+/", line))
-    return ["\n## 4. Fifty sites in one study",
-            f"50 simulated sites (12-hospital registries, 40–400 patients each), {rounds} rounds: "
-            f"**{wall:.1f} s** wall, **peak memory {peak / 2**20:.0f} MiB** for the coordinator "
-            "and all Ray workers together."]
+    lines = ["\n## 4. Fifty sites in one study",
+             "50 simulated sites (12-hospital registries, 40–400 patients each); peak memory "
+             "is the coordinator's and all Ray workers' together.\n",
+             "| generator, aggregation | rounds | wall s | peak memory MiB |", "|---|---|---|---|"]
+    runs = (("vae, plain FedAvg", ["--generator", "vae", *extra]),
+            ("marginals, SecAgg+ (min-sites 50, 1 colluder; each site adds a share of the "
+             "noise)", ["--generator", "marginals", "--secure-aggregation", "--min-sites", "50",
+                        "--colluders", "1"]))
+    for label, flags in runs:
+        if which not in ("both", flags[1]):
+            continue
+        out = folder / f"fifty-{flags[1]}"
+        wall, printed, peak = _run_cli(_simulate_args(schema, paths, out, *flags))
+        rounds = sum(1 for _, line in printed if re.match(r"round \d+/", line))
+        lines.append(f"| {label} | {rounds} | **{wall:.1f}** | **{peak / 2**20:.0f}** |")
+    return lines
 
 
-def _sampling_and_upload(schema_path: Path, rows: int = 500_000) -> list[str]:
+def _sampling_and_upload(schema_path: Path, sites: list[Path], rows: int = 500_000) -> list[str]:
     schema = parse_schema(schema_path.read_text())
-    plan = StudyPlan()
-    plan = plan.with_overrides(rows=rows)
+    plan = StudyPlan(generator="vae").with_overrides(rows=rows)
     model = build_generator(build_encoding(schema), plan.hidden, plan.latent, 0)
     arrays = {name: value.numpy() for name, value in model.state_dict().items()}
     start = time.perf_counter()
@@ -422,10 +463,37 @@ def _sampling_and_upload(schema_path: Path, rows: int = 500_000) -> list[str]:
     payload = sum(len(array.data) for array in record.values())
     params = sum(p.numel() for p in model.parameters())
     return ["\n## 5. Sampling and upload",
-            f"Sampling + decoding {rows:,} rows: **{rate:,.0f} rows/s** (target ≥ 200,000).  ",
+            f"VAE: sampling + decoding {rows:,} rows: **{rate:,.0f} rows/s** (target ≥ "
+            "200,000).  ",
             f"Upload per site per round: **{payload / 1024:.1f} KiB** of weights "
             f"({params:,} float32 parameters as serialised by Flower) plus "
-            f"{len(messages.REPLY_METRICS)} scalars and the site name (target ≤ 1 MB)."]
+            f"{len(messages.REPLY_METRICS)} scalars and the site name (target ≤ 1 MB).",
+            *_marginals_sampling(schema, sites, rows)]
+
+
+def _marginals_sampling(schema, sites: list[Path], rows: int) -> list[str]:
+    """The marginals family on the sites' exact pooled tables (the model's size and so its
+    cost do not depend on the noise): fitting its graphical model once, then sampling."""
+    family = FAMILIES["marginals"]
+    plan = StudyPlan(generator="marginals", rounds=family.default_rounds).with_overrides(rows=rows)
+    records = pd.concat([load_site(path, schema).parsed for path in sites], ignore_index=True)
+    plain = build_layout(schema)
+    staged = plain.with_groups(plain.column_counts(records))
+    tables = staged.counts(records)
+    start = time.perf_counter()
+    model = fit_model(staged, tables)
+    fitted = time.perf_counter()
+    cohort = sample_model(model, rows, 0)
+    sampled = time.perf_counter()
+    record = ArrayRecord({name: torch.from_numpy(np.asarray(value)) for name, value in tables.items()})
+    payload = sum(len(array.data) for array in record.values())
+    cells = sum(array.size for array in family.global_arrays(schema, plan).values())
+    return [f"\nMarginals: fitting the graphical model ({len(model.pairs)} pairs, "
+            f"{sum(d.size for d in model.distributions):,} cells) **{fitted - start:.1f} s** "
+            f"(once per study); sampling + decoding {len(cohort):,} rows: "
+            f"**{len(cohort) / (sampled - fitted):,.0f} rows/s** (target ≥ 200,000).  ",
+            f"Upload per site per round: **{payload / 1024:.1f} KiB** ({cells:,} table cells as "
+            f"float64, as serialised by Flower), {family.default_rounds} rounds."]
 
 
 if __name__ == "__main__":
