@@ -89,6 +89,10 @@ def fit_model(layout: MarginalLayout, tables: Mapping[str, np.ndarray],
     marginals = mbi.marginal_oracles.message_passing_stable(
         fitted.potentials.expand(list(tree.nodes)), fitted.total)
     distributions = tuple(_distribution(marginals.project(clique), clique) for clique in cliques)
+    # Each fit compiles its own programs (their shapes are the schema's); a process that fits
+    # many models (a benchmark, a long-lived coordinator) would otherwise keep every one
+    # mapped until LLVM runs out of mappable memory.
+    _jax().clear_caches()
     column_tables = {one_name(c): np.clip(np.asarray(tables[one_name(c)], dtype=float), 0.0, None)
                      for c in columns}
     return GraphicalModel(layout, column_tables, tuple(pairs), cliques, distributions)
@@ -126,13 +130,18 @@ def model_cells(mbi, domain, cliques) -> int:
 def _mbi():
     """private-pgm with JAX in float64 (its own advice for estimation), imported late so
     that a node never loads it."""
+    jax = _jax()
+    jax.config.update("jax_enable_x64", True)
+    jax.config.update("jax_enable_compilation_cache", False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        import jax
-        jax.config.update("jax_enable_x64", True)
-        jax.config.update("jax_enable_compilation_cache", False)
         import mbi
     return mbi
+
+
+def _jax():
+    import jax
+    return jax
 
 
 def _chosen_pairs(mbi, domain, columns: tuple[Column, ...], tables: Mapping[str, np.ndarray],
