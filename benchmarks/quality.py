@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import math
 import platform
 import sys
@@ -75,6 +76,9 @@ END_MARKER = "<!-- end of benchmarks/quality.py output; sections below are kept 
 
 def main() -> None:
     args = _parser().parse_args()
+    if args.plot_from:
+        _plot_from(args.plot_from, args.results.with_name("privacy_utility.png"))
+        return
     plan = StudyPlan(rows=args.rows)
     started = time.perf_counter()
     environment = None if args.no_anchor else anchor_environment()
@@ -91,6 +95,8 @@ def main() -> None:
             data = SPLITS[name]()
             results = run_dataset(data, plan, Path(tmp), args, environment)
             by_split[name] = results
+            if args.runs_json:
+                _save_runs(args.runs_json, by_split)
             lines += report.table(data, results)
             if name == "gbsg2":
                 lines += report.issue3_targets(results, args.families)
@@ -100,6 +106,27 @@ def main() -> None:
     lines.append(f"\nTotal wall time: {time.perf_counter() - started:.0f} s.")
     _write_results(args.results, "\n".join(lines) + "\n")
     print(f"\nwritten to {args.results} and {plot_path}")
+
+
+def _save_runs(path: Path, by_split: dict[str, dict]) -> None:
+    """Every run's scores (or refusal), by split, method and ε, as JSON: what
+    `--plot-from` merges when a benchmark was run in parts."""
+    path.write_text(json.dumps({split: [{"method": method, "epsilon": str(eps), "runs": runs}
+                                        for (method, eps), runs in results.items()]
+                                for split, results in by_split.items()}), encoding="utf-8")
+
+
+def _plot_from(paths: list[Path], plot_path: Path) -> None:
+    """The privacy–utility plot of runs saved by `--runs-json` in several parts."""
+    by_split: dict[str, dict] = {}
+    for path in paths:
+        for split, entries in json.loads(path.read_text(encoding="utf-8")).items():
+            results = by_split.setdefault(split, {})
+            for entry in entries:
+                key = (entry["method"], float(entry["epsilon"]))
+                results.setdefault(key, []).extend(entry["runs"])
+    report.plot_privacy_utility(by_split, plot_path)
+    print(f"written to {plot_path}")
 
 
 def _write_results(path: Path, text: str) -> None:
@@ -127,6 +154,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-anchor", action="store_true",
                         help="skip central AIM (and the making of its environment)")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
+    parser.add_argument("--runs-json", type=Path,
+                        help="also save every run's scores here (JSON), for --plot-from")
+    parser.add_argument("--plot-from", type=Path, nargs="+",
+                        help="only draw the plot, beside --results, from runs saved by "
+                             "--runs-json (a benchmark run in parts)")
     return parser
 
 
