@@ -80,6 +80,7 @@ def build_manifest(*, schema_sha256: str, plan: StudyPlan, sites: Mapping[str, S
     sites whose operator explicitly let them train on a fedsynth cohort (model
     collapse risk: such a cohort is partly generated from generated data)."""
     contributors = sorted(name for name, rounds in contributions.items() if rounds)
+    family = family_for(plan)
     return {
         "synthetic": True,
         "provenance": PROVENANCE,
@@ -103,11 +104,11 @@ def build_manifest(*, schema_sha256: str, plan: StudyPlan, sites: Mapping[str, S
             "private": plan.private,
             "statement": privacy_sentence(plan, exposed_epsilon),
             "guarantee": (f"record-level (epsilon, delta)-DP per site over the whole study, "
-                          f"{family_for(plan).mechanism}" if plan.private else
+                          f"{family.mechanism}" if plan.private else
                           "none: trained without differential privacy (reference only)"),
             "neighbouring": NEIGHBOURING if plan.private else None,
-            "mechanism": family_for(plan).mechanism if plan.private else None,
-            "cohort_model": family_for(plan).cohort_model,
+            "mechanism": family.mechanism if plan.private else None,
+            "cohort_model": family.cohort_model,
             "accountant": (f"{ACCOUNTANT} (Opacus' Renyi-DP accountant; every release of the "
                            "study composed)") if plan.private else None,
             "site_sizes_disclosed": "no",
