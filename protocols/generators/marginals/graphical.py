@@ -171,22 +171,13 @@ def _column_measurement(mbi, layout: MarginalLayout, col: Column, fine: np.ndarr
 
 def _drawing_order(tree) -> tuple[tuple[str, ...], ...]:
     """The junction tree's cliques, each after a neighbour it shares its separator with."""
+    import networkx as nx  # mbi's own graph library, loaded with it
+
     order: list[tuple[str, ...]] = []
-    for component in sorted(_components(tree), key=lambda nodes: sorted(nodes)[0]):
-        root = sorted(component)[0]
+    for root in sorted(min(component) for component in nx.connected_components(tree)):
         order.append(tuple(root))
-        order += [tuple(child) for _, child in _bfs_edges(tree, root)]
+        order += [tuple(child) for _, child in nx.bfs_edges(tree, root, sort_neighbors=sorted)]
     return tuple(order)
-
-
-def _components(tree):
-    import networkx as nx
-    return [set(nodes) for nodes in nx.connected_components(tree)]
-
-
-def _bfs_edges(tree, root):
-    import networkx as nx
-    return nx.bfs_edges(tree, root, sort_neighbors=sorted)
 
 
 def _distribution(factor, clique: tuple[str, ...]) -> np.ndarray:
