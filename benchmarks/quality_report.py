@@ -50,7 +50,7 @@ def table(data: datasets.BenchmarkData, results: Results) -> list[str]:
         if refusals:
             cells = [f"{'; '.join(refusals)}"] + ["—"] * (len(COLUMNS) - 1)
         else:
-            cells = [_fmt([r[c] for r in scored]) for c in COLUMNS[:-2]]
+            cells = [mean_range([r[c] for r in scored]) for c in COLUMNS[:-2]]
             cells += [_seconds([r["wall_s"] for r in scored]),
                       _bytes(scored[0]["bytes_per_site"])]
         lines.append(f"| {method} | {'—' if math.isinf(eps) else f'{eps:g}'} | "
@@ -210,7 +210,7 @@ def _mean(runs: list[dict | str], key: str) -> float:
     return float(np.mean(present)) if present else float("nan")
 
 
-def _fmt(values: list[float | None]) -> str:
+def mean_range(values: list[float | None]) -> str:
     present = [v for v in values if v is not None]
     if not present:
         return "—"

@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 import datasets  # noqa: E402
+from quality_report import mean_range  # noqa: E402
 
 from protocols.count_tables import PAIR_NOISE_RATIO, build_layout, pair_name  # noqa: E402
 from protocols.evaluation import evaluate_cohort  # noqa: E402
@@ -66,7 +67,7 @@ def main() -> None:
         for data in (d for d in (datasets.gbsg2(), datasets.registry(), datasets.rare())
                      if d.name in args.splits):
             for label, runs in _run_split(data, Path(tmp), args).items():
-                cells = [_fmt([r[s] for r in runs if r[s] is not None]) for s in SCORES]
+                cells = [mean_range([r[s] for r in runs]) for s in SCORES]
                 lines.append(f"| {data.name} | {label} | " + " | ".join(cells) + " |")
             print("\n".join(lines), flush=True)
     lines.append(f"\nWall time: {time.perf_counter() - started:.0f} s.")
@@ -136,12 +137,6 @@ def _parsed(path: Path, schema):
     validation = check_file(path, schema)
     validation.raise_if_invalid()
     return validation.parsed
-
-
-def _fmt(values: list[float]) -> str:
-    if not values:
-        return "—"
-    return f"{np.mean(values):.3f} [{min(values):.2f}–{max(values):.2f}]"
 
 
 if __name__ == "__main__":
