@@ -14,7 +14,9 @@ the site's privacy ledger has spent and committed, and what is left of its
 budget; it exits 2 when the ledger's hash chain is broken. `blend` measures, on
 the site's own patients, how much of a released cohort to mix into its training
 set, and writes blend.html and blend.json; nothing leaves. User errors end with
-one paragraph on stderr and exit 2, never a traceback.
+one paragraph on stderr and exit 2, never a traceback. `keygen --out DIR` makes the
+site's node-auth key pair at the hospital: the private key stays here (mode 0600, never
+overwritten), the public key and its fingerprint go to the coordinator.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import sys
 from pathlib import Path
 
 from node.blend import add_blend_parser, blend_command
+from node.keygen import write_node_auth_key_pair
 from node.kit import NodeKit, check_kit, prepare_state_dir, read_kit
 from node.ledger.budget_report import read_budget, report_text
 from node.supernode_launch import (exec_supernode, find_flower_supernode, shell_command,
@@ -56,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
             return _budget(args)
         if args.command == "blend":
             return blend_command(args)
+        if args.command == "keygen":
+            return _keygen(args.out)
         return _check(args.schema, args.data)
     except FedsynthError as exc:
         print(f"fedsynth-node: error: {exc}", file=sys.stderr)
@@ -68,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedsynth-node", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    _keygen_parser(sub)
     _start_parser(sub)
     _verify_parser(sub)
     _budget_parser(sub)
@@ -85,6 +91,27 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", type=Path, required=True,
                     help="report.html to write (report.json is written beside it)")
     return parser
+
+
+def _keygen_parser(sub: argparse._SubParsersAction) -> None:
+    keygen = sub.add_parser("keygen", help="make this site's node-auth key pair; send only the "
+                            "public key to the coordinator")
+    keygen.add_argument("--out", type=Path, required=True,
+                        help="the folder for node-auth.key and node-auth.pub: this site's kit "
+                             "folder (e.g. /etc/fedsynth/kit)")
+
+
+def _keygen(out: Path) -> int:
+    written = write_node_auth_key_pair(out.expanduser())
+    print(f"Private key: {written.private_path} (mode 0600). It proves this node is your site: "
+          "it never leaves this machine, and no one else needs it, the coordinator included.")
+    print(f"Public key:  {written.public_path}")
+    print(f"Fingerprint: {written.public.fingerprint}")
+    print("Send the public key file to the consortium coordinator, and confirm the fingerprint "
+          "with them by another channel (phone, video call): they enrol it with "
+          f"`fedsynth-coordinator provision --site YOURSITE={written.public_path.name}`. Unpack "
+          "the kit they send back into this folder, beside the key.")
+    return 0
 
 
 def _start_parser(sub: argparse._SubParsersAction) -> None:

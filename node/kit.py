@@ -4,7 +4,8 @@
 the kit folder), naming the file and key of anything missing or malformed.
 `check_kit` then refuses, before any network traffic: a private key others can
 read, a CA or key that does not load, a records file that breaks the schema or
-holds fewer than `MIN_SITE_RECORDS` records, and a fedsynth synthetic cohort
+holds fewer than `MIN_SITE_RECORDS` records, a private key that is not the one whose
+public half (the kit's node-auth.pub) the coordinator enrolled, and a fedsynth synthetic cohort
 passed off as records (unless the operator passes --train-on-synthetic). A node that starts has
 therefore already proved it can train on every row it holds.
 """
@@ -28,6 +29,7 @@ from protocols import kit_layout as layout
 from protocols.config import read_flag, read_positive, read_text, read_whole_number
 from protocols.kit_layout import (KitError, SuperLinkAddress, TomlKey, check_site_name,
                                   parse_address)
+from protocols.node_keys import public_key_of, read_public_key_file
 from protocols.privacy.site_limits import MIN_SITE_RECORDS
 from protocols.records import check_file
 from protocols.release.provenance import refuse_synthetic_records
@@ -91,7 +93,8 @@ def read_kit(directory: Path) -> NodeKit:
 
 def check_kit(kit: NodeKit) -> int:
     """Refuse a kit the node must not start with; return the number of valid records."""
-    _check_private_key(kit.auth_private_key)
+    _check_matches_public_key(kit.auth_private_key, _check_private_key(kit.auth_private_key),
+                              kit.directory / layout.NODE_AUTH_PUB)
     _check_ca(kit.root_certificates)
     if str(kit.records) == layout.RECORDS_PLACEHOLDER:
         raise KitError(f"No records file given: pass --data /path/to/records.csv (node.toml in "
@@ -118,7 +121,7 @@ def prepare_state_dir(kit: NodeKit) -> None:
                        f"{exc.strerror}.") from None
 
 
-def _check_private_key(path: Path) -> None:
+def _check_private_key(path: Path) -> ec.EllipticCurvePrivateKey:
     try:
         mode = path.stat().st_mode
         data = path.read_bytes()
@@ -134,7 +137,23 @@ def _check_private_key(path: Path) -> None:
         key = None
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise KitError(f"{path} is not an unencrypted OpenSSH EC private key; use the "
-                       "node-auth.key from the kit the coordinator provisioned.")
+                       "node-auth.key that `fedsynth-node keygen` wrote for this site.")
+    return key
+
+
+def _check_matches_public_key(path: Path, key: ec.EllipticCurvePrivateKey,
+                              public_path: Path) -> None:
+    """The private key must be the one whose public half the coordinator enrolled (the kit's
+    node-auth.pub); otherwise the SuperLink would refuse the node with no reason given."""
+    if not public_path.is_file():
+        return
+    enrolled = read_public_key_file(public_path)
+    if public_key_of(key) != enrolled:
+        raise KitError(f"The node-auth private key {path} does not belong to {public_path}, the "
+                       f"public key the coordinator enrolled for this site (fingerprint "
+                       f"{enrolled.fingerprint}, actual {public_key_of(key).fingerprint}): the "
+                       "SuperLink would refuse this node. Use the private key made with that "
+                       "public key, or send the coordinator the node-auth.pub of this one.")
 
 
 def _check_ca(path: Path) -> None:
