@@ -1,7 +1,11 @@
 """The coordinator's own commands: provision a consortium, evaluate and verify cohorts.
 
 `provision` writes the consortium CA, the SuperLink certificate, the
-manifest-signing key and one kit per hospital. `evaluate` scores a cohort
+manifest-signing key and one kit per hospital, enrolling the public key each hospital
+made itself (`--site NAME=PATH.pub`; `--sites` generates the keys here, for a loopback
+demo only). `revoke` removes a site from the enrolled set (and, with `--control`, from
+the running SuperLink); `renew-cert` renews the SuperLink certificate under the same
+CA. `evaluate` scores a cohort
 against real records. `verify DIR [--public-key PUB]` checks a released cohort
 folder: the manifest's signature (against PUB when given) and the sha256 and
 size of every file it lists; it exits 0 only when all match, 1 naming each file
@@ -23,6 +27,9 @@ from pathlib import Path
 
 from coordinator.provisioning.consortium import (DEFAULT_SUPERLINK, ProvisionRequest, Provisioned,
                                                  provision)
+from coordinator.provisioning.renewal import renew_certificate
+from coordinator.provisioning.revocation import Revocation, revoke
+from protocols.kit_layout import KitError, parse_address
 from protocols.errors import FedsynthError
 from protocols.evaluation.report.files import evaluate_files, score_lines
 from protocols.release.signing import key_fingerprint, parse_public_key
@@ -32,15 +39,19 @@ PROG = "fedsynth-coordinator"
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    """Add `evaluate`, `provision` and `verify` to a command's subparsers."""
+    """Add `evaluate`, `provision`, `revoke`, `renew-cert` and `verify` to a command's
+    subparsers."""
     _evaluate_parser(sub)
     _provision_parser(sub)
+    _revoke_parser(sub)
+    _renew_parser(sub)
     _verify_parser(sub)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run one of the commands of `add_commands`."""
-    commands = {"evaluate": _evaluate, "provision": _provision, "verify": _verify}
+    commands = {"evaluate": _evaluate, "provision": _provision, "revoke": _revoke,
+                "renew-cert": _renew, "verify": _verify}
     return commands[args.command](args)
 
 
@@ -81,9 +92,15 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _provision_parser(sub: argparse._SubParsersAction) -> None:
     pr = sub.add_parser("provision", help="create the consortium CA, the SuperLink certificate "
-                        "and one deployment kit per hospital (run again to add hospitals)")
-    pr.add_argument("--sites", required=True,
-                    help="comma-separated site names, e.g. siteA,siteB,siteC")
+                        "and one deployment kit per hospital, enrolling each hospital's own "
+                        "public key (run again to add hospitals)")
+    who = pr.add_mutually_exclusive_group(required=True)
+    who.add_argument("--site", action="append", metavar="NAME=PATH.pub", default=[],
+                     help="a hospital and the node-auth.pub it made with `fedsynth-node "
+                          "keygen`; repeat for each. Its private key never comes here")
+    who.add_argument("--sites", help="DEMO ONLY (loopback, one machine): comma-separated site "
+                     "names whose key pairs the coordinator generates, putting each private "
+                     "key in that site's kit; never for real hospitals")
     pr.add_argument("--out", type=Path, required=True, help="the kits folder (e.g. kits/)")
     pr.add_argument("--superlink", help="HOST:PORT the hospitals' nodes dial "
                     f"(default {DEFAULT_SUPERLINK}; an existing consortium keeps its own)")
@@ -94,15 +111,68 @@ def _provision_parser(sub: argparse._SubParsersAction) -> None:
                     help="total delta each new site allows across all studies; studies' deltas "
                          "add up like their epsilons (default 1e-4: ten studies at 1e-5)")
     pr.add_argument("--valid-days", type=int, default=365,
-                    help="how long the CA and SuperLink certificate stay valid (default 365)")
+                    help="how long the SuperLink certificate stays valid (default 365; "
+                         "`renew-cert` renews it under the same CA)")
+    pr.add_argument("--ca-valid-days", type=int, default=3650,
+                    help="how long the consortium CA stays valid (default 3650); when it "
+                         "expires, every site needs a new kit")
 
 
 def _provision(args: argparse.Namespace) -> int:
-    request = ProvisionRequest(sites=tuple(s.strip() for s in args.sites.split(",")),
-                               out=args.out, superlink=args.superlink, schema=args.schema,
+    sites = tuple(s.strip() for s in args.sites.split(",")) if args.sites else ()
+    request = ProvisionRequest(out=args.out, sites=sites,
+                               site_keys=tuple(_site_key(v) for v in args.site),
+                               superlink=args.superlink, schema=args.schema,
                                epsilon_budget=args.epsilon_budget,
-                               delta_budget=args.delta_budget, valid_days=args.valid_days)
+                               delta_budget=args.delta_budget, valid_days=args.valid_days,
+                               ca_valid_days=args.ca_valid_days)
     _report_provisioned(provision(request))
+    return 0
+
+
+def _site_key(value: str) -> tuple[str, Path]:
+    name, separator, path = value.partition("=")
+    if not separator or not name.strip() or not path.strip():
+        raise KitError(f"--site {value!r} is not NAME=PATH.pub: give the site's name, '=', and "
+                       "the public key file it sent (e.g. --site siteA=keys/siteA.pub).")
+    return name.strip(), Path(path.strip()).expanduser()
+
+
+def _revoke_parser(sub: argparse._SubParsersAction) -> None:
+    rv = sub.add_parser("revoke", help="remove a site from the enrolled set and record the "
+                        "revocation; with --control, also at the running SuperLink")
+    rv.add_argument("--site", required=True, help="the site to revoke")
+    rv.add_argument("--out", type=Path, required=True,
+                    help="the kits folder `provision` wrote (holds coordinator/)")
+    rv.add_argument("--control", metavar="HOST:PORT",
+                    help="the running SuperLink's loopback address (e.g. 127.0.0.1:9092): "
+                         "unregister the site's key there too, so that it is refused")
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    control = parse_address(args.control) if args.control else None
+    _report_revoked(revoke(args.out, args.site, control), args)
+    return 0
+
+
+def _renew_parser(sub: argparse._SubParsersAction) -> None:
+    rn = sub.add_parser("renew-cert", help="issue a new SuperLink certificate under the same "
+                        "CA; site kits stay as they are")
+    rn.add_argument("--out", type=Path, required=True,
+                    help="the kits folder `provision` wrote (holds coordinator/)")
+    rn.add_argument("--valid-days", type=int, default=365,
+                    help="how long the new certificate stays valid (default 365; never "
+                         "beyond the CA's expiry)")
+
+
+def _renew(args: argparse.Namespace) -> int:
+    done = renew_certificate(args.out, args.valid_days)
+    print(f"New SuperLink certificate {done.certificate}, valid from "
+          f"{done.valid_from:%Y-%m-%d} until {done.valid_until:%Y-%m-%d}, signed by the same "
+          "consortium CA: no site kit changes. Restart the SuperLink to serve it.")
+    if done.capped_by_ca:
+        print(f"It ends early, with the CA itself ({done.ca_valid_until:%Y-%m-%d}); after that "
+              "every site needs a new kit from a new consortium CA.")
     return 0
 
 
@@ -133,15 +203,39 @@ def _report_provisioned(done: Provisioned) -> None:
     verb = "added to the existing consortium" if done.reused else "provisioned"
     print(f"{len(done.new_sites)} site kit(s) {verb}: "
           + ", ".join(str(done.out / s) for s in done.new_sites))
-    print(f"SuperLink address: {done.consortium.address}; certificates valid until "
-          f"{done.consortium.valid_until:%Y-%m-%d}.")
+    for site, key in zip(done.new_sites, done.enrolled):
+        print(f"Enrolled {site}: node-auth key {key.fingerprint}"
+              + ("" if done.generated_keys else "; confirm it with the site by phone"))
+    print(f"SuperLink address: {done.consortium.address}; its certificate is valid until "
+          f"{done.consortium.valid_until:%Y-%m-%d} (`renew-cert` renews it), the consortium CA "
+          f"until {done.consortium.ca_valid_until:%Y-%m-%d}.")
     print(f"Coordinator kit (keep it here, never ship it): {coordinator}; next steps in "
           f"{coordinator / 'README.md'}.")
     signer = parse_public_key(done.consortium.signing_pub, "manifest-signing.pub")
     print(f"Manifest-signing key fingerprint: {key_fingerprint(signer)}; publish it, so that "
           "anyone given a cohort can check who signed it (`verify`).")
-    print("Hand each hospital its own kit folder only, then delete your copies of the site "
-          "kits: a site's node-auth.key proves that site's identity.")
+    if done.generated_keys:
+        print("DEMO ONLY: these sites' private keys were generated here and sit in their kits, "
+              "so this machine held them. For real hospitals, each runs `fedsynth-node keygen` "
+              "and you enrol its public key with --site NAME=PATH.pub.")
+    else:
+        print("No site private key was made or kept here. Send each hospital its kit folder; "
+              "it goes beside the node-auth.key the hospital made.")
+
+
+def _report_revoked(done: Revocation, args: argparse.Namespace) -> None:
+    if not done.already_revoked:
+        print(f"Revoked site {done.site} (node-auth key {done.key.fingerprint}): its key left "
+              f"the enrolled set, recorded in {done.record}.")
+    if done.unregistered_nodes is None:
+        print(f"The running SuperLink still accepts this key (it keeps registrations in its "
+              f"database) until you run: fedsynth-coordinator revoke --site {done.site} --out "
+              f"{args.out} --control 127.0.0.1:PORT")
+    elif done.unregistered_nodes:
+        print(f"Unregistered at the SuperLink {args.control}: node(s) "
+              f"{', '.join(map(str, done.unregistered_nodes))}; it refuses this key from now on.")
+    else:
+        print(f"The SuperLink at {args.control} had no registration with this key; it refuses it.")
 
 
 def configure_logging(verbose: bool) -> None:

@@ -2,9 +2,8 @@
 
 - a private CA (EC P-384) that SuperNodes trust instead of the public web PKI, so
   that only a SuperLink the consortium certified can receive a hospital's updates;
-- the SuperLink's TLS certificate, signed by that CA, naming the address nodes dial;
-- one node-auth key pair per site (EC P-384, OpenSSH encodings, the formats
-  `flower-supernode --auth-supernode-private-key` and `flwr supernode register` read);
+- the SuperLink's TLS certificate, signed by that CA, naming the address nodes dial; it
+  is renewed under the same CA (`superlink_certificate` again), so no site kit changes;
 - an Ed25519 key pair that signs released cohort manifests.
 """
 
@@ -56,7 +55,8 @@ def new_ca(consortium: str, now: dt.datetime, valid_days: int) -> CertifiedKey:
 
 def superlink_certificate(ca: CertifiedKey, address: SuperLinkAddress, now: dt.datetime,
                           valid_days: int) -> CertifiedKey:
-    """The SuperLink's server certificate for `address` (see `subject_alt_names`)."""
+    """The SuperLink's server certificate for `address` (see `subject_alt_names`), with a
+    fresh key, valid from `now` for `valid_days` but never beyond the CA's own expiry."""
     ca_cert = x509.load_pem_x509_certificate(ca.cert_pem)
     ca_key = serialization.load_pem_private_key(ca.key_pem, password=None)
     key = ec.generate_private_key(CURVE())
@@ -93,16 +93,6 @@ def subject_alt_names(address: SuperLinkAddress) -> list[x509.GeneralName]:
     return names
 
 
-def node_auth_key_pair() -> KeyPair:
-    """A SuperNode's authentication key pair: EC P-384, both halves in OpenSSH format."""
-    key = ec.generate_private_key(CURVE())
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                serialization.NoEncryption())
-    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                           serialization.PublicFormat.OpenSSH)
-    return KeyPair(private, public + b"\n")
-
-
 def manifest_signing_key_pair() -> KeyPair:
     """The Ed25519 key pair that signs cohort manifests (PKCS8 / SubjectPublicKeyInfo PEM)."""
     key = ed25519.Ed25519PrivateKey.generate()
@@ -114,6 +104,20 @@ def manifest_signing_key_pair() -> KeyPair:
 def certificate_expiry(cert_pem: bytes) -> dt.datetime:
     """When a PEM certificate stops being valid (UTC)."""
     return x509.load_pem_x509_certificate(cert_pem).not_valid_after_utc
+
+
+def load_ca(cert_pem: bytes, key_pem: bytes) -> CertifiedKey:
+    """The CA from its files, checked: a CA certificate whose key is `key_pem`.
+
+    Raises ValueError naming what is wrong; the caller says which files."""
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    key = serialization.load_pem_private_key(key_pem, password=None)
+    constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    if not constraints.ca:
+        raise ValueError("the certificate is not a CA certificate")
+    if key.public_key() != cert.public_key():
+        raise ValueError("the key is not the certificate's key")
+    return CertifiedKey(cert_pem, key_pem)
 
 
 def _base(subject: x509.Name, issuer: x509.Name, public_key: ec.EllipticCurvePublicKey,

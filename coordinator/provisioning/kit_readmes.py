@@ -47,12 +47,15 @@ def coordinator_readme(directory: Path, address: SuperLinkAddress, sites: Sequen
 | `ca.pem`, `ca.key` | the consortium CA; `ca.key` signs certificates: keep it offline if you can |
 | `superlink.pem`, `superlink.key` | the SuperLink's TLS certificate and key (valid for {names}) |
 | `manifest-signing.key`, `manifest-signing.pub` | Ed25519 key pair that signs released cohort manifests; the `.key` is **secret** (whoever holds it can sign cohorts in the consortium's name), every site kit holds the `.pub` |
-| `enrolled/<site>.pub` | each site's node-auth public key, to register with the SuperLink |
+| `enrolled/<site>.pub` | each enrolled site's node-auth public key, to register with the SuperLink |
+| `revoked/`, `revocations.jsonl` | the keys of revoked sites, and when each was revoked |
 | `consortium.toml` | SuperLink address ({address}), sites, creation date, expiry |
 
-Sites dial **{address}**. To add a hospital later, run `fedsynth-coordinator provision
---sites NEWSITE --out {shlex.quote(str(d.parent))}` again: this CA, certificate and signing
-key are reused and only the new site's kit is written.
+Sites dial **{address}**. To add a hospital later, have it run `fedsynth-node keygen --out
+KIT_DIR`, check the fingerprint it prints with them by phone, and run `fedsynth-coordinator
+provision --site NEWSITE=/path/to/its/node-auth.pub --out {shlex.quote(str(d.parent))}`: this
+CA, certificate and signing key are reused and only the new site's kit is written (it holds
+no private key: the hospital keeps its own).
 
 ## 1. Start the SuperLink
 
@@ -117,7 +120,33 @@ fedsynth-coordinator verify {shlex.quote(str(d.parent / "study-out"))} --public-
 Exit 0 only when the manifest's signature is this consortium key's and every cohort file's
 sha256 and size match; otherwise one line per problem. The sites run the same check with
 `fedsynth-node verify DIR --kit KIT`.
+
+## 6. Revoke a site, renew the certificate
+
+```
+fedsynth-coordinator revoke --site SITE --out {shlex.quote(str(d.parent))} --control 127.0.0.1:{local_port}
+fedsynth-coordinator renew-cert --out {shlex.quote(str(d.parent))}
+```
+
+`revoke` unregisters the site's key at the running SuperLink (`--control`: its loopback
+address), moves `enrolled/SITE.pub` to `revoked/` and records the revocation in
+`revocations.jsonl`; without `--control` it changes the files only, and the SuperLink still
+accepts the key until you run it again with `--control`. `renew-cert` issues a new SuperLink
+certificate under the same CA (it needs `ca.key`); restart the SuperLink to serve it. The
+site kits do not change.
 """
+
+
+def _private_key_row(site: str, own_key: bool) -> str:
+    if own_key:
+        return (f"| `{kit.NODE_AUTH_KEY}` | **secret, not in this kit**: the private key you made "
+                f"with `fedsynth-node keygen`. Put this kit's files in the folder that holds it "
+                f"(or set `auth-private-key` in `{kit.NODE_TOML}`); it never leaves this "
+                "machine, and the coordinator never had it |")
+    return (f"| `{kit.NODE_AUTH_KEY}` | **secret, DEMO ONLY**: the coordinator generated this key "
+            f"for a loopback demo and so once held it. For a real site, make your own with "
+            f"`fedsynth-node keygen --out NEW_KIT_DIR` and have the coordinator enrol its "
+            f"`{kit.NODE_AUTH_PUB}` instead |")
 
 
 def _secure_aggregation(n_sites: int) -> tuple[str, str]:
@@ -155,8 +184,9 @@ def _public_entry(address: SuperLinkAddress) -> str:
             "repository.")
 
 
-def site_readme(site: str, address: SuperLinkAddress) -> str:
-    """What hospital IT needs to know to run site `site`'s node."""
+def site_readme(site: str, address: SuperLinkAddress, own_key: bool) -> str:
+    """What hospital IT needs to know to run site `site`'s node; `own_key`: the site made
+    its key pair itself (`fedsynth-node keygen`), so the kit holds no private key."""
     return f"""\
 # fedsynth node kit for site {site}
 
@@ -166,8 +196,8 @@ This folder is everything your node needs to join the consortium's studies.
 |---|---|
 | `{kit.NODE_TOML}` | this node's configuration (SuperLink address, paths, privacy budget) |
 | `{kit.CA_CERT}` | the consortium CA: the node only talks to a SuperLink it certified |
-| `{kit.NODE_AUTH_KEY}` | **secret**: proves to the SuperLink that this node is site {site}. The coordinator generated it and should have deleted its copy after handing you the kit; keep it readable by the node's user alone (`chmod 600`), never copy or email it |
-| `{kit.NODE_AUTH_PUB}` | its public half (the coordinator already has it) |
+{_private_key_row(site, own_key)}
+| `{kit.NODE_AUTH_PUB}` | its public half, the key the coordinator enrolled for site {site} |
 | `{kit.MANIFEST_SIGNING_PUB}` | the consortium's manifest-signing public key: `fedsynth-node verify` checks a released cohort against it |
 | `{kit.SCHEMA_COPY}` | the consortium's data dictionary (if the coordinator included it) |
 

@@ -4,7 +4,8 @@ Files are written into a staging folder beside the destination (same file system
 and renamed into place at the end, so a failure leaves nothing partial. Private
 keys are created with mode 0600 from the first byte (never chmod-ed afterwards,
 which would leave a window), folders with 0700, and nothing is ever overwritten
-except the coordinator's own plain-text summaries.
+except the coordinator's own plain-text summaries and, on renewal, the SuperLink's
+certificate and key (`replace_file`).
 """
 
 from __future__ import annotations
@@ -46,6 +47,18 @@ def write_new_file(path: Path, file: KitFile) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     with os.fdopen(fd, "wb") as handle:
         handle.write(file.data)
+
+
+def replace_file(path: Path, file: KitFile) -> None:
+    """Replace `path` whole: written beside it with its final mode, then renamed over it,
+    so a reader sees the old file or the new one, never half of either."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.new")
+    write_new_file(temporary, file)
+    try:
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 @contextmanager

@@ -52,12 +52,13 @@ def node_toml(site: str, address: SuperLinkAddress, has_schema: bool,
 
 
 def consortium_toml(address: SuperLinkAddress, sites: Sequence[str], created: dt.datetime,
-                    valid_until: dt.datetime) -> str:
+                    valid_until: dt.datetime, ca_valid_until: dt.datetime) -> str:
     """The coordinator's record of what was provisioned and until when it is valid."""
     site_list = ", ".join(_s(s) for s in sorted(sites))
     return f"""\
-# The consortium as provisioned by `fedsynth-coordinator provision`. Re-run it with
-# new --sites to add hospitals; the CA, SuperLink certificate and signing key are reused.
+# The consortium as provisioned by `fedsynth-coordinator provision`. Re-run it with a new
+# --site NAME=PATH.pub to add a hospital; the CA, SuperLink certificate and signing key are
+# reused. `revoke --site NAME` removes one; `renew-cert` renews the SuperLink certificate.
 
 [superlink]
 address = {_s(str(address))}
@@ -65,9 +66,10 @@ host = {_s(address.host)}
 port = {address.port}
 
 [consortium]
-sites = [{site_list}]
+sites = [{site_list}]  # the enrolled sites
 created = {_s(_utc(created))}
-valid-until = {_s(_utc(valid_until))}  # the CA and SuperLink certificate expire then
+valid-until = {_s(_utc(valid_until))}  # the SuperLink certificate expires then (renew-cert)
+ca-valid-until = {_s(_utc(ca_valid_until))}  # the CA expires then: new kits for every site
 """
 
 
