@@ -117,7 +117,8 @@ def _run_split(data: datasets.BenchmarkData, tmp: Path, args: argparse.Namespace
                 ratio_again = sigma_again / sigma_one
             model = graphical.fit_model(
                 layout, {**columns, **pairs}, pair_noise_ratio=sigma_two / sigma_one,
-                again={pair: (table, ratio_again) for pair, table in again.items()})
+                again={pair: (table, ratio_again) for pair, table in again.items()},
+                outcome=graphical.outcome_columns(schema))
             cohort = graphical.sample_model(model, plan.rows, repeat)
             path = folder / "cohort.csv"
             cohort.to_csv(path, index=False)

@@ -20,7 +20,7 @@ from protocols.count_tables import build_layout
 from protocols.generators.family import (Arrays, GeneratorFamily, LocalRelease, SitePrivacy,
                                          SiteRecords, sampling_seed)
 from protocols.generators.marginals.bounds import tables_problem
-from protocols.generators.marginals.graphical import fit_model, sample_model
+from protocols.generators.marginals.graphical import fit_model, outcome_columns, sample_model
 from protocols.generators.marginals.release import release_marginals
 from protocols.generators.marginals.tables import (STAGES, exposed_epsilon,
                                                    site_noise_multiplier, stages_epsilon,
@@ -96,4 +96,5 @@ class MarginalsFamily(GeneratorFamily):
                round_arrays: Callable[[int], Arrays]) -> pd.DataFrame:
         tables = {name: np.asarray(table) for name, table in final.items()}
         layout = build_layout(schema).with_groups(round_arrays(1))
-        return sample_model(fit_model(layout, tables), plan.rows, sampling_seed(plan))
+        model = fit_model(layout, tables, outcome=outcome_columns(schema))
+        return sample_model(model, plan.rows, sampling_seed(plan))

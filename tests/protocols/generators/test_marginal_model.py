@@ -1,5 +1,6 @@
 """The coordinator's graphical model: post-processing that keeps structure and the schema."""
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -8,9 +9,11 @@ import pytest
 
 from protocols.count_tables import build_layout
 from protocols.evaluation import evaluate_cohort
-from protocols.generators.marginals.graphical import _draw_rows, fit_model, sample_model
+from protocols.generators.marginals.graphical import _draw_rows, fit_model, outcome_columns, \
+    sample_model
 from protocols.generators.marginals.tables import noisy_column_tables, noisy_pair_tables
 from protocols.records import check_file
+from protocols.schema_roles import EvaluationRoles
 
 
 @pytest.fixture(scope="module")
@@ -78,3 +81,23 @@ def test_each_record_draws_from_its_own_row_in_proportion():
     assert set(first) == {0, 2} and abs(np.mean(first == 2) - 0.75) < 0.01
     assert set(empty) == {0, 1, 2}  # a row the model left empty: every cell possible
     assert set(last) == {1}
+
+
+def test_under_a_tight_cap_the_outcome_columns_pairs_enter_first(demo_schema, pooled):
+    plain = build_layout(demo_schema)
+    layout = plain.with_groups(plain.column_counts(pooled))
+    tables = layout.counts(pooled)
+    # The column whose pairs the strongest-first order keeps least of under the cap.
+    by_strength = fit_model(layout, tables, max_cells=400)
+    names = [c.name for c in demo_schema.features]
+    weakest = min(names, key=lambda n: sum(n in pair for pair in by_strength.pairs))
+    outcome_first = fit_model(layout, tables, max_cells=400, outcome=[weakest])
+    with_outcome = [pair for pair in outcome_first.pairs if weakest in pair]
+    assert len(with_outcome) > sum(weakest in pair for pair in by_strength.pairs)
+    assert outcome_first.pairs[:len(with_outcome)] == tuple(with_outcome)
+    assert sum(d.size for d in outcome_first.distributions) <= 400
+
+
+def test_the_outcome_columns_are_the_schemas_declared_roles(demo_schema):
+    assert outcome_columns(demo_schema) == {"treated", "survival_months", "death"}
+    assert outcome_columns(dataclasses.replace(demo_schema, roles=EvaluationRoles())) == set()
