@@ -50,27 +50,41 @@ def revoke(out: Path, site: str, control: SuperLinkAddress | None = None,
     site = check_site_name(site)
     enrolled = coordinator_dir / ENROLLED / f"{site}.pub"
     record = coordinator_dir / REVOCATIONS
-    earlier = _last_revocation(record, site)
-    if enrolled.is_file():
-        key = read_public_key_file(enrolled)
-    elif earlier is not None and control is not None:
-        key = NodeAuthPublicKey(earlier["public_key"].encode())
-    elif earlier is not None:
-        raise KitError(f"Site {site!r} was already revoked on {earlier['revoked_at']} "
-                       f"({record}). To make sure the running SuperLink refuses it too, run "
-                       "this again with --control HOST:PORT (its loopback address).")
-    else:
-        enrolled_sites = sorted(p.stem for p in (coordinator_dir / ENROLLED).glob("*.pub"))
-        raise KitError(f"Site {site!r} is not enrolled in {coordinator_dir} (no "
-                       f"{enrolled}); the enrolled sites are: "
-                       f"{', '.join(enrolled_sites) or 'none'}. Nothing was changed.")
+    key = _key_to_revoke(coordinator_dir, site, record, asks_superlink=control is not None)
     nodes = unregister_key(control, consortium.ca_pem, key) if control else None
     if not enrolled.is_file():
         return Revocation(site, key, now, True, nodes, record)
-    revoked = coordinator_dir / REVOKED / f"{site}.{_stamp(now)}.pub"
     entry = {"site": site, "fingerprint": key.fingerprint, "public_key": key.line.decode(),
              "revoked_at": _utc(now),
              "superlink_nodes_unregistered": None if nodes is None else list(nodes)}
+    _record(enrolled, coordinator_dir / REVOKED / f"{site}.{_stamp(now)}.pub", record, entry)
+    remaining = replace(consortium, sites=tuple(s for s in consortium.sites if s != site))
+    for name, file in coordinator_docs(remaining, coordinator_dir, None).items():
+        replace_file(coordinator_dir / name, file)
+    return Revocation(site, key, now, False, nodes, record)
+
+
+def _key_to_revoke(coordinator_dir: Path, site: str, record: Path, asks_superlink: bool
+                   ) -> NodeAuthPublicKey:
+    """The site's enrolled key or, when only the SuperLink is left to ask, its revoked one."""
+    enrolled = coordinator_dir / ENROLLED / f"{site}.pub"
+    if enrolled.is_file():
+        return read_public_key_file(enrolled)
+    earlier = _last_revocation(record, site)
+    if earlier is not None and asks_superlink:
+        return NodeAuthPublicKey(earlier["public_key"].encode())
+    if earlier is not None:
+        raise KitError(f"Site {site!r} was already revoked on {earlier['revoked_at']} "
+                       f"({record}). To make sure the running SuperLink refuses it too, run "
+                       "this again with --control HOST:PORT (its loopback address).")
+    enrolled_sites = sorted(p.stem for p in (coordinator_dir / ENROLLED).glob("*.pub"))
+    raise KitError(f"Site {site!r} is not enrolled in {coordinator_dir} (no {enrolled}); the "
+                   f"enrolled sites are: {', '.join(enrolled_sites) or 'none'}. Nothing was "
+                   "changed.")
+
+
+def _record(enrolled: Path, revoked: Path, record: Path, entry: dict) -> None:
+    """Move the key out of the enrolled set and record it: both, or neither."""
     try:
         _move_to_revoked(enrolled, revoked)
         try:
@@ -79,13 +93,9 @@ def revoke(out: Path, site: str, control: SuperLinkAddress | None = None,
             os.rename(revoked, enrolled)  # unrecorded, so not revoked in the files
             raise
     except OSError as exc:
-        raise KitError(f"Cannot write {exc.filename} ({exc.strerror}); site {site!r} is "
-                       "still enrolled in the coordinator kit; fix that and run revoke "
-                       "again.") from None
-    remaining = replace(consortium, sites=tuple(s for s in consortium.sites if s != site))
-    for name, file in coordinator_docs(remaining, coordinator_dir, None).items():
-        replace_file(coordinator_dir / name, file)
-    return Revocation(site, key, now, False, nodes, record)
+        raise KitError(f"Cannot write {exc.filename} ({exc.strerror}); site "
+                       f"{entry['site']!r} is still enrolled in the coordinator kit; fix that "
+                       "and run revoke again.") from None
 
 
 def _last_revocation(record: Path, site: str) -> dict | None:
