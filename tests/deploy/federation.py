@@ -6,7 +6,9 @@ and accepts only enrolled node keys; each hospital is `fedsynth-node start
 --kit ... --data ...`, which becomes a `flower-supernode`; enrolment and the
 study go through the `flwr` CLI. Every process is started in its own process
 group and `stop()` ends each group (the SuperLink's ServerApp and a node's
-ClientApp processes included), also when a test fails.
+ClientApp processes included), also when a test fails. Every process runs with
+Flower's runtime dependency installation off (`ENVIRONMENT`), as the deployment
+files run them: nothing is fetched while a study runs.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 CONNECTION = "fedsynth-test"
+# What every Flower process of the harness runs with (Flower's own variable names).
+ENVIRONMENT = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
+               "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "PYTHONUNBUFFERED": "1"}
 
 
 def free_port() -> int:
@@ -46,8 +51,7 @@ class Federation:
         self.schema = root / "schema.yaml"
         self.schema.write_text(schema_yaml)
         self.processes: dict[str, subprocess.Popen] = {}
-        self.env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0",
-                    "FLWR_DISABLE_UPDATE_CHECK": "1", "PYTHONUNBUFFERED": "1"}
+        self.env = {**os.environ, **ENVIRONMENT}
 
     @property
     def address(self) -> str:
@@ -67,18 +71,35 @@ class Federation:
             f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
             f'address = "{self.address}"\nroot-certificates = "{self.ca}"\n')
 
-    def start_superlink(self, *extra: str, tls: bool = True) -> None:
+    def start_superlink(self, *extra: str, tls: bool = True, separate_serverapp: bool = False
+                        ) -> None:
+        """`separate_serverapp`: the layout of deploy/systemd and deploy/compose.yaml —
+        the SuperLink runs no app code (`--isolation process`) and a `flower-superexec`
+        of its own (process "serverapp", authenticated by a shared secret) runs the
+        ServerApp; without it the SuperLink starts the ServerApp itself."""
         coordinator = self.kits / "coordinator"
         security = (["--ssl-ca-certfile", str(self.ca),
                      "--ssl-certfile", str(coordinator / "superlink.pem"),
                      "--ssl-keyfile", str(coordinator / "superlink.key"),
                      "--enable-supernode-auth"] if tls else ["--insecure"])
+        secret = self.root / "superexec.secret"
+        if separate_serverapp:
+            secret.write_bytes(os.urandom(32))
+            secret.chmod(0o600)
+            extra = ("--isolation", "process", "--superexec-auth-secret-file", str(secret),
+                     *extra)
         self._start("superlink", [tool("flower-superlink"), *security,
                                   "--database", str(self.root / "superlink.db"),
                                   "--disable-runtime-dependency-installation",
                                   "--host", "127.0.0.1", "--port", str(self.port), *extra],
                     home=self.root / "superlink-home")
         self.wait_for_port()
+        if separate_serverapp:
+            self._start("serverapp", [tool("flower-superexec"),
+                                      "--runtime-api-address", self.address,
+                                      "--root-certificates", str(self.ca),
+                                      "--superexec-auth-secret-file", str(secret)],
+                        home=self.root / "serverapp-home")
 
     def enroll(self, site: str) -> None:
         key = self.kits / "coordinator" / "enrolled" / f"{site}.pub"
@@ -169,6 +190,17 @@ class Federation:
             except ProcessLookupError:
                 pass
         return groups
+
+    def runs_below(self, name: str, command: str) -> bool:
+        """Whether a live process started by process `name` has `command` in its command line."""
+        for pid in _descendants(self.processes[name].pid):
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if command.encode() in cmdline:
+                return True
+        return False
 
     def stop(self) -> None:
         for name in list(self.processes):
