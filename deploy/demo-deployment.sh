@@ -11,7 +11,10 @@
 # it protects nothing against the other site), --generator vae trains the VAE
 # instead, --rounds N sets its rounds (the marginals family always takes 2).
 # Every process it starts runs in its own process group and is ended on exit,
-# whether the study succeeded, failed or was interrupted.
+# whether the study succeeded, failed or was interrupted, and with Flower's runtime
+# dependency installation off: nothing is downloaded while the demo runs. (On one
+# machine and one account the SuperLink starts the ServerApp itself; deploy/systemd
+# and deploy/compose.yaml run it apart, so that only it holds the signing key.)
 #
 #   deploy/demo-deployment.sh [--[no-]secure-aggregation] [--generator NAME] [--rounds N] OUTDIR
 set -euo pipefail
@@ -25,6 +28,7 @@ readonly WAIT_S=60     # bound on each wait for a process to come up
 readonly STUDY_S=600   # bound on the study itself
 
 export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 PYTHONUNBUFFERED=1
+export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1
 
 rounds=""     # empty: the generator's own, from pyproject.toml
 generator=""  # empty: pyproject.toml's

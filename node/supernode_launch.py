@@ -1,10 +1,17 @@
 """Turning a checked kit into the `flower-supernode` process that is the hospital's node.
 
 The command always verifies the SuperLink with the consortium CA (TLS, never
-`--insecure`) and proves the site's identity with its node-auth key; it never
-allows Flower to install packages at run time. The node only dials out; its own
-runtime port listens on 127.0.0.1. `exec_supernode` replaces the current process
-so that, under systemd or a container runtime, signals reach Flower directly.
+`--insecure`) and proves the site's identity with its node-auth key. The node only
+dials out; its own runtime port listens on 127.0.0.1. `exec_supernode` replaces the
+current process so that, under systemd or a container runtime, signals reach Flower
+directly.
+
+Nothing is fetched at run time: `flower-supernode` is never given
+`--allow-runtime-dependency-installation` (Flower 1.42 then installs no app
+dependencies, `uv sync` never runs), and its environment (`LAUNCH_ENVIRONMENT`) also
+sets `FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1`, the switch Flower's
+SuperLink-side processes read, and turns off Flower's telemetry and update check,
+so the node contacts nothing but the SuperLink.
 """
 
 from __future__ import annotations
@@ -17,6 +24,9 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
+from flwr.common.constant import FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION
+from flwr.supercore.constant import FLWR_DISABLE_UPDATE_CHECK
+
 from node.kit import NodeKit
 from node.site_config import (DATA_PATH, DELTA_BUDGET, EPSILON_BUDGET, FEDERATED_EVALUATION,
                               MANIFEST_PUBLIC_KEY, SCHEMA_PATH, SITE_NAME, STATE_DIR,
@@ -24,6 +34,11 @@ from node.site_config import (DATA_PATH, DELTA_BUDGET, EPSILON_BUDGET, FEDERATED
 from protocols.kit_layout import KitError
 
 EXECUTABLE = "flower-supernode"
+# Set in the environment of every Flower process the node starts (the names are
+# Flower's own constants, so a Flower that renamed them fails at import, not silently).
+LAUNCH_ENVIRONMENT = {FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION: "1",
+                      FLWR_DISABLE_UPDATE_CHECK: "1",
+                      "FLWR_TELEMETRY_ENABLED": "0"}
 
 
 def find_flower_supernode() -> str:
@@ -72,8 +87,9 @@ def node_config(kit: NodeKit) -> str:
 
 
 def shell_command(argv: list[str]) -> str:
-    """`argv` as one line a shell runs unchanged."""
-    return shlex.join(argv)
+    """`argv`, in `LAUNCH_ENVIRONMENT`, as one line a shell runs unchanged."""
+    settings = [f"{name}={value}" for name, value in LAUNCH_ENVIRONMENT.items()]
+    return shlex.join([*settings, *argv])
 
 
 def starting_line(kit: NodeKit, n_records: int) -> str:
@@ -87,4 +103,4 @@ def exec_supernode(argv: list[str]) -> NoReturn:
     """Become `flower-supernode` (same PID), so a service manager's signals reach it."""
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(argv[0], argv)
+    os.execve(argv[0], argv, {**os.environ, **LAUNCH_ENVIRONMENT})

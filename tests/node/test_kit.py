@@ -54,6 +54,11 @@ def test_dry_run_prints_a_tls_authenticated_supernode_command(kit, records, caps
     code, out, err = _start(capsys, "--kit", str(kit), "--data", str(records), "--dry-run")
     assert code == 0, err
     argv = shlex.split(out.strip())
+    settings = {}  # the environment it runs in, written before the command
+    while "=" in argv[0]:
+        name, value = argv.pop(0).split("=", 1)
+        settings[name] = value
+    assert settings["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] == "1"
     assert Path(argv[0]).name == "flower-supernode"
     flags = dict(zip(argv[1::2], argv[2::2]))
     assert flags["--superlink"] == "fl.consortium.example:9092"
