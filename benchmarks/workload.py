@@ -1,4 +1,4 @@
-"""Where should the pair tables' budget go: every pair once, or AIM-style, screen then refine?
+"""Where should the pair tables' budget go: every pair once, or AIM-style, adaptively?
 
     python benchmarks/workload.py [--repeats 3] [--epsilon 3] [--splits rare,gbsg2]
 
@@ -13,9 +13,14 @@ same total privacy (the tables' precision Σ 1/σ² is held fixed):
   family as it ships);
 - screen s, refine k: the same column tables; every pair table with the share s
   of the pairs' budget; then the k pairs whose noisy tables hold the most mutual
-  information (a released value: post-processing) measured again with the rest.
+  information (a released value: post-processing) measured again with the rest;
+- pairs s, then k outcome triples: every pair table with the share s; then the k
+  3-way tables (target, a, b) whose pairs with the schema's target hold the most
+  noisy mutual information together, measured with the rest (AIM's 3-way marginals,
+  chosen where a study's prediction needs them).
 Every variant is fitted with the same graphical model (`marginals.graphical`,
-both measurements of a refined pair enter it) and scored by `protocols.evaluation`
+both measurements of a refined pair and the 3-way tables enter it, the outcome
+columns' pairs first) and scored by `protocols.evaluation`
 against the pooled records, with the held-out ones for TSTR. Noise is the
 discrete Gaussian from the CSPRNG (`distributed_noise.noisy_share`), so repeats differ.
 """
@@ -28,6 +33,7 @@ import math
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -49,9 +55,20 @@ from protocols.schema import parse_schema  # noqa: E402
 
 SCORES = ("column_shapes", "pairwise", "strong_associations_kept", "tstr_ratio",
           "hr_direction_agreement", "km_distance")
-# (label, share of the pairs' budget spent screening, pairs refined: None = one per column)
-VARIANTS = (("all pairs (as shipped)", 1.0, 0), ("screen ½, refine one pair per column", 0.5, None),
-            ("screen ¼, refine one pair per column", 0.25, None))
+
+@dataclass(frozen=True)
+class Variant:
+    label: str
+    screen: float  # share of the pairs' budget spent on every pair table
+    refined: int | None = 0  # pairs measured again with the rest (None: one per column)
+    triples: int = 0  # or: (target, a, b) tables measured with the rest
+
+
+VARIANTS = (Variant("all pairs (as shipped)", 1.0),
+            Variant("screen ½, refine one pair per column", 0.5, None),
+            Variant("screen ¼, refine one pair per column", 0.25, None),
+            Variant("pairs ¾, then 3 outcome triples", 0.75, triples=3),
+            Variant("pairs ½, then 3 outcome triples", 0.5, triples=3))
 
 
 def main() -> None:
@@ -98,35 +115,71 @@ def _run_split(data: datasets.BenchmarkData, tmp: Path, args: argparse.Namespace
     sigma_one = math.sqrt(n_one / (column_share * precision))
     results: dict[str, list[dict]] = {}
     for repeat in range(args.repeats):
-        for label, screen, refined in VARIANTS:
+        for variant in VARIANTS:
             columns = _noisy(plain.column_counts(real), sigma_one)
             layout = plain.with_groups(columns)
             exact = layout.pair_counts(real)
             pair_budget = (1 - column_share) * precision
-            sigma_two = math.sqrt(n_two / (screen * pair_budget))
+            sigma_two = math.sqrt(n_two / (variant.screen * pair_budget))
             pairs = _noisy(exact, sigma_two)
-            again: dict[tuple[str, str], np.ndarray] = {}
-            ratio_again = 0.0
-            if screen < 1:
-                k = refined or n_one
-                sigma_again = math.sqrt(k / ((1 - screen) * pair_budget))
-                ranked = sorted(itertools.combinations(layout.columns, 2), key=lambda ab: -(
-                    graphical._mutual_information(pairs[pair_name(*ab)])))[:k]
-                again = {(a.name, b.name): _noisy({"t": exact[pair_name(a, b)]},
-                                                 sigma_again)["t"] for a, b in ranked}
-                ratio_again = sigma_again / sigma_one
+            extra = []
+            if variant.screen < 1:
+                cliques = (_outcome_triples(layout, schema.roles.target, pairs, variant.triples)
+                           if variant.triples else _strongest_pairs(layout, pairs,
+                                                                    variant.refined or n_one))
+                sigma_again = math.sqrt(len(cliques) / ((1 - variant.screen) * pair_budget))
+                extra = [graphical.Measured(clique, table, sigma_again / sigma_one)
+                         for clique, table in zip(cliques, _noisy_cliques(layout, real, cliques,
+                                                                          sigma_again))]
             model = graphical.fit_model(
                 layout, {**columns, **pairs}, pair_noise_ratio=sigma_two / sigma_one,
-                again={pair: (table, ratio_again) for pair, table in again.items()},
-                outcome=graphical.outcome_columns(schema))
+                extra=extra, outcome=graphical.outcome_columns(schema))
             cohort = graphical.sample_model(model, plan.rows, repeat)
             path = folder / "cohort.csv"
             cohort.to_csv(path, index=False)
             report = evaluate_cohort(schema, real, _parsed(path, schema), holdout=holdout,
                                      figures=False)
-            results.setdefault(label, []).append(report["scores"])
+            results.setdefault(variant.label, []).append(report["scores"])
         print(f"{data.name}: repeat {repeat + 1}/{args.repeats} done", flush=True)
     return results
+
+
+def _strongest_pairs(layout, pairs: dict[str, np.ndarray], k: int) -> list[tuple[str, str]]:
+    """The k pairs whose noisy tables hold the most mutual information."""
+    ranked = sorted(itertools.combinations(layout.columns, 2), key=lambda ab: -(
+        graphical._mutual_information(pairs[pair_name(*ab)])))
+    return [(a.name, b.name) for a, b in ranked[:k]]
+
+
+def _outcome_triples(layout, target: str, pairs: dict[str, np.ndarray], k: int
+                     ) -> list[tuple[str, str, str]]:
+    """The k tables (target, a, b) whose pairs (target, a) and (target, b) hold the most
+    noisy mutual information together (released values: post-processing)."""
+    order = [c.name for c in layout.columns]
+    by_name = {c.name: c for c in layout.columns}
+
+    def with_target(name: str) -> float:
+        a, b = sorted((by_name[name], by_name[target]), key=lambda c: order.index(c.name))
+        return graphical._mutual_information(pairs[pair_name(a, b)])
+
+    others = [name for name in order if name != target]
+    ranked = sorted(itertools.combinations(others, 2),
+                    key=lambda ab: -(with_target(ab[0]) + with_target(ab[1])))
+    return [(target, a, b) for a, b in ranked[:k]]
+
+
+def _noisy_cliques(layout, real, cliques, sigma: float) -> list[np.ndarray]:
+    """Each clique's table of `real` on `layout`'s coarse bins (axes in the clique's
+    order), plus the discrete Gaussian noise."""
+    fine = layout.fine_codes(real)
+    by_name = {c.name: c for c in layout.columns}
+    tables = []
+    for clique in cliques:
+        cols = [by_name[name] for name in clique]
+        table = np.zeros([layout.coarse_size(c) for c in cols])
+        np.add.at(table, tuple(layout.coarse(c, fine[c.name]) for c in cols), 1.0)
+        tables.append(noisy_share(table.astype(np.int64), sigma).astype(float))
+    return tables
 
 
 def _noisy(tables: dict[str, np.ndarray], sigma: float) -> dict[str, np.ndarray]:

@@ -33,7 +33,7 @@ from __future__ import annotations
 import itertools
 import math
 import warnings
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,6 +52,16 @@ _SMOOTHING = 1e-3  # keeps every declared value possible where the noise left no
 
 
 @dataclass(frozen=True)
+class Measured:
+    """A noisy table on `clique`'s coarse bins (axes in its order), carrying `noise_ratio`
+    times a column cell's noise."""
+
+    clique: tuple[str, ...]
+    table: np.ndarray
+    noise_ratio: float
+
+
+@dataclass(frozen=True)
 class GraphicalModel:
     """A fitted model, ready to sample: its cliques in drawing order and each clique's
     distribution (axes in the clique's order), plus the clipped column tables that place
@@ -66,28 +76,26 @@ class GraphicalModel:
 
 def fit_model(layout: MarginalLayout, tables: Mapping[str, np.ndarray],
               max_cells: int = MAX_MODEL_CELLS, pair_noise_ratio: float = PAIR_NOISE_RATIO,
-              again: Mapping[tuple[str, str], tuple[np.ndarray, float]] | None = None,
-              outcome: Collection[str] = ()) -> GraphicalModel:
+              extra: Sequence[Measured] = (), outcome: Collection[str] = ()) -> GraphicalModel:
     """The model of `tables` (column tables on fine bins, pair tables on `layout`'s coarse
     bins, as the sites' pooled release holds them), whose pair tables carry
-    `pair_noise_ratio` times a column cell's noise. `again`: pairs measured a second time,
-    (a, b) → (table, its noise ratio); both measurements enter the fit
-    (benchmarks/workload.py). `outcome`: the columns whose pairs enter the model first
-    (`outcome_columns` of the schema)."""
+    `pair_noise_ratio` times a column cell's noise. `extra`: further coarse tables (a pair
+    measured again, a 3-way table), each with its noise ratio; they enter the model before
+    any pair (benchmarks/workload.py measures such designs). `outcome`: the columns whose
+    pairs enter the model first (`outcome_columns` of the schema)."""
     mbi = _mbi()
     columns = layout.columns
     domain = mbi.Domain([c.name for c in columns], [layout.coarse_size(c) for c in columns])
-    pairs = _chosen_pairs(mbi, domain, columns, tables, max_cells, frozenset(outcome))
+    pairs = _chosen_pairs(mbi, domain, columns, tables, max_cells, frozenset(outcome),
+                          [m.clique for m in extra])
     measurements = [_column_measurement(mbi, layout, c, tables[one_name(c)]) for c in columns]
     for a, b in itertools.combinations(columns, 2):
         if (a.name, b.name) in pairs:
             measurements.append(mbi.LinearMeasurement(
                 np.asarray(tables[pair_name(a, b)], dtype=float).ravel(), (a.name, b.name),
                 stddev=pair_noise_ratio))
-            if again and (a.name, b.name) in again:
-                table, ratio = again[(a.name, b.name)]
-                measurements.append(mbi.LinearMeasurement(
-                    np.asarray(table, dtype=float).ravel(), (a.name, b.name), stddev=ratio))
+    measurements += [mbi.LinearMeasurement(np.asarray(m.table, dtype=float).ravel(), m.clique,
+                                           stddev=m.noise_ratio) for m in extra]
     fitted = mbi.estimation.MirrorDescent().estimate(domain, measurements,
                                                       iters=FIT_ITERATIONS)
     tree, _ = mbi.junction_tree.make_junction_tree(domain, [tuple(c) for c in fitted.cliques])
@@ -161,18 +169,19 @@ def outcome_columns(schema: Schema) -> frozenset[str]:
 
 
 def _chosen_pairs(mbi, domain, columns: tuple[Column, ...], tables: Mapping[str, np.ndarray],
-                  max_cells: int, outcome: frozenset[str]) -> list[tuple[str, str]]:
-    """The pairs the model holds: those with an `outcome` column first, then the rest,
-    each group by strongest noisy mutual information, while the junction tree stays
-    under `max_cells`."""
+                  max_cells: int, outcome: frozenset[str],
+                  held: Sequence[tuple[str, ...]] = ()) -> list[tuple[str, str]]:
+    """The pairs the model holds besides the cliques `held` already: those with an
+    `outcome` column first, then the rest, each group by strongest noisy mutual
+    information, while the junction tree stays under `max_cells`."""
     ranked = sorted(itertools.combinations(columns, 2), key=lambda ab: (
         not {ab[0].name, ab[1].name} & outcome,
         -_mutual_information(np.asarray(tables[pair_name(*ab)]))))
     chosen: list[tuple[str, str]] = []
-    singles = [(c.name,) for c in columns]
+    base = [(c.name,) for c in columns] + list(held)
     for a, b in ranked:
         trial = chosen + [(a.name, b.name)]
-        if model_cells(mbi, domain, singles + trial) <= max_cells:
+        if model_cells(mbi, domain, base + trial) <= max_cells:
             chosen = trial
     return chosen
 
