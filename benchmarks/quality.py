@@ -86,7 +86,7 @@ def main() -> None:
     lines = ["# fedsynth privacy–utility benchmark\n",
              f"Command: `python {' '.join(sys.argv)}`  ",
              f"Run: {dt.datetime.now().isoformat(timespec='seconds')}, {platform.machine()}, "
-             f"plan: {_plan_text(plan)}  ",
+             f"plan: {_plan_text(plan, args.families)}  ",
              "Central AIM: " + (environment.describe() if environment else "not run")
              + f"  \nPlot: `{plot_path.name}`\n", report.COLUMN_NOTES]
     by_split = {}
@@ -305,12 +305,17 @@ def _parsed(validation, what: str = "cohort") -> pd.DataFrame:
     return validation.parsed
 
 
-def _plan_text(plan: StudyPlan) -> str:
-    return (f"{plan.rounds} rounds × {plan.local_steps} local steps, sample rate q "
-            f"{plan.sample_rate:g} (expected q·n records per step), "
-            f"lr {plan.learning_rate}, clip {plan.max_grad_norm}, hidden {plan.hidden}, "
-            f"latent {plan.latent}, δ {plan.delta}, {plan.rows} rows per cohort")
-
+def _plan_text(plan: StudyPlan, families: list[str]) -> str:
+    """The plan's settings that the families run here use."""
+    parts = []
+    if "marginals" in families:
+        parts.append(f"marginals: {FAMILIES['marginals'].default_rounds} rounds")
+    if "vae" in families:
+        parts.append(f"vae: {plan.rounds} rounds × {plan.local_steps} local "
+                     f"steps, sample rate q {plan.sample_rate:g} (expected q·n records per "
+                     f"step), lr {plan.learning_rate}, clip {plan.max_grad_norm}, hidden "
+                     f"{plan.hidden}, latent {plan.latent}")
+    return "; ".join(parts + [f"δ {plan.delta}, {plan.rows} rows per cohort"])
 
 if __name__ == "__main__":
     main()
