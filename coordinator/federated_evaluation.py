@@ -72,7 +72,7 @@ def read_reply(reply: Message, layout: EvaluationLayout) -> tuple[str, Tables, s
     if problem:
         return "", {}, problem
     site = content[keys.SITE]
-    if set(site.keys()) != keys.REPLY_SITE:
+    if set(site.keys()) != keys.EVALUATION_SITE:
         return "", {}, "the site record holds more than the site's name"
     name = site[keys.SITE_NAME]
     if not isinstance(name, str) or not name.strip():

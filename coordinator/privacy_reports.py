@@ -4,7 +4,7 @@ Under secure aggregation the coordinator never sees a single site's reply,
 so it cannot learn from the updates what each site spent. Instead, once the
 rounds are over, it asks every node for its report on this study: the ε its
 accountant gives for the steps it ran, those steps, and the rounds it
-answered. A reply with anything else, a duplicate site, or an ε beyond the
+answered, with its ledger's head (recorded in the manifest). A reply with anything else, a duplicate site, or an ε beyond the
 plan is dropped and logged, like a bad update.
 """
 
@@ -16,7 +16,7 @@ import math
 from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
-from coordinator.strategy import flag_problem, record_problem, scalar_problem
+from coordinator.strategy import flag_problem, record_problem, scalar_problem, site_problem
 from protocols import messages as keys
 from protocols.plan import StudyPlan
 from protocols.release.manifest import SitePrivacySpent
@@ -58,9 +58,7 @@ def _read(reply: Message, plan: StudyPlan) -> tuple[str, SitePrivacySpent, str |
     report, site = content[keys.REPORT], content[keys.SITE]
     if set(report.keys()) != keys.REPORT_METRICS:
         return "", none, "the report is not exactly the whitelisted keys"
-    if set(site.keys()) != keys.REPLY_SITE:
-        return "", none, "the site record holds more than the site's name"
-    problem = scalar_problem(report, site, lists=frozenset({keys.ROUNDS}))
+    problem = site_problem(site) or scalar_problem(report, site, lists=frozenset({keys.ROUNDS}))
     if problem:
         return "", none, problem
     epsilon, steps = float(report[keys.EPSILON_SPENT]), int(report[keys.STEPS_TOTAL])
@@ -72,4 +70,5 @@ def _read(reply: Message, plan: StudyPlan) -> tuple[str, SitePrivacySpent, str |
     synthetic = report[keys.SYNTHETIC_INPUT]
     if flag_problem(synthetic):
         return "", none, flag_problem(synthetic)
-    return str(site[keys.SITE_NAME]), SitePrivacySpent(epsilon, steps, synthetic == 1.0), None
+    return str(site[keys.SITE_NAME]), SitePrivacySpent(epsilon, steps, synthetic == 1.0,
+                                                       str(site[keys.LEDGER_HEAD])), None

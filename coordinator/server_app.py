@@ -25,6 +25,7 @@ from flwr.serverapp import Grid, ServerApp
 from coordinator.checkpoints import (Checkpoint, checkpoint_dir, clear_checkpoints,
                                      load_checkpoint, mark_released, resumable, save_checkpoint)
 from coordinator.cohort import release_cohort
+from coordinator.ledger_heads import presented, read_known_heads, record_heads
 from coordinator.federated_evaluation import REPORT_NAME, evaluate_at_sites, write_study_report
 from coordinator.privacy_reports import collect_privacy_reports
 from coordinator.provisioning.signing_key import signing_key
@@ -120,6 +121,7 @@ def run_study(grid: Grid, settings: StudySettings, progress: ProgressFn,
                              sites=strategy.sites, contributions=strategy.contributions,
                              engine=settings.engine, signing_key=signer.key,
                              tls=settings.engine == "deployment")
+    record_heads(settings.ledger_heads, release.manifest["ledger_heads"])
     mark_released(settings.out_dir, study)
     progress(f"released {len(cohort)} synthetic rows to {settings.out_dir}")
     _evaluate_release(grid, settings, release, progress)
@@ -131,7 +133,9 @@ def _train(grid: Grid, context: Context, settings: StudySettings, strategy: Stud
            ) -> ArrayRecord:
     """Rounds `first`..`plan.rounds` (none if a stopped study had finished them all)."""
     plan = settings.plan
-    plan_record = ConfigRecord({**plan.to_config(), keys.SCHEMA_SHA256: settings.schema.sha256})
+    # Each site's last ledger head this coordinator saw: a node whose ledger lost it refuses.
+    plan_record = ConfigRecord({**plan.to_config(), keys.SCHEMA_SHA256: settings.schema.sha256,
+                                **presented(read_known_heads(settings.ledger_heads))})
     if not plan.secure_aggregation:
         return run_rounds(grid, strategy, arrays, plan_record, first, plan.rounds,
                           settings.round_timeout, after_round)

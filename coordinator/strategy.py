@@ -30,6 +30,7 @@ from protocols import messages as keys
 from protocols.errors import FedsynthError
 from protocols.generators import family_for
 from protocols.plan import StudyPlan
+from protocols.privacy.ledger import is_head
 from protocols.release.manifest import SitePrivacySpent
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,8 @@ class StudyStrategy(FedAvg):
             earlier = name in self.sites and self.sites[name].synthetic_input
             self.sites[name] = SitePrivacySpent(float(metrics[keys.EPSILON_SPENT]),
                                                 int(metrics[keys.STEPS_TOTAL]),
-                                                earlier or metrics[keys.SYNTHETIC_INPUT] == 1.0)
+                                                earlier or metrics[keys.SYNTHETIC_INPUT] == 1.0,
+                                                str(msg.content[keys.SITE][keys.LEDGER_HEAD]))
             accepted.append(msg)
             names.append(name)
         if len(accepted) < self.plan.min_sites:
@@ -104,9 +106,8 @@ class StudyStrategy(FedAvg):
             return problem
         if set(content[keys.METRICS].keys()) != keys.REPLY_METRICS:
             return f"metrics {sorted(content[keys.METRICS].keys())} are not the whitelisted ones"
-        if set(content[keys.SITE].keys()) != keys.REPLY_SITE:
-            return f"site fields {sorted(content[keys.SITE].keys())} are not the whitelisted ones"
-        problem = scalar_problem(content[keys.METRICS], content[keys.SITE])
+        problem = (site_problem(content[keys.SITE])
+                   or scalar_problem(content[keys.METRICS], content[keys.SITE]))
         if problem:
             return problem
         arrays = content[keys.ARRAYS]
@@ -139,6 +140,15 @@ def record_problem(content: RecordDict, expected: Mapping[str, type]) -> str | N
     for name, kind in expected.items():
         if not isinstance(content[name], kind):
             return f"record {name} is a {type(content[name]).__name__}, not a {kind.__name__}"
+    return None
+
+
+def site_problem(site: ConfigRecord) -> str | None:
+    """The site record must hold exactly its name and its ledger's head (64 hex digits)."""
+    if set(site.keys()) != keys.REPLY_SITE:
+        return f"site fields {sorted(site.keys())} are not the whitelisted ones"
+    if not is_head(site[keys.LEDGER_HEAD]):
+        return "the ledger head is not 64 hex digits"
     return None
 
 

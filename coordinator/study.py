@@ -10,7 +10,11 @@ for a deployment the coordinator kit's manifest-signing.key; empty: this
 user's own key, see `coordinator.provisioning.signing_key`) and, for a deployment,
 `superlink-address` and `root-certificates`: the coordinator checks that the
 SuperLink serves TLS with a certificate of the consortium CA before it sends
-anything, and records it in the manifest.
+anything, and records it in the manifest. `ledger-heads`: the coordinator's file of
+the last ledger head each site reported (`coordinator.ledger_heads`), presented at
+the sites' next study; default for a deployment `ledger-heads.json` in the folder
+above `out-dir` (beside the other studies), none for a simulation (its nodes are
+the harness's own, with fresh ledgers).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from coordinator.ledger_heads import FILE_NAME as HEADS_FILE
 from protocols.config import read_path, read_positive, read_text
 from protocols.demo_registry import simulate_registry
 from protocols.errors import PlanError
@@ -40,6 +45,7 @@ class StudySettings:
     superlink_address: str = ""
     root_certificates: str = ""
     signing_key: Path | None = None
+    ledger_heads: Path | None = None
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any],
@@ -54,8 +60,11 @@ class StudySettings:
                             f"{', '.join(ENGINES)}.")
         plan = StudyPlan.from_config(dict(run_config))
         family_for(plan)  # the family's own rules, before the study's key or TLS is touched
-        return cls(schema=schema, plan=plan,
-                   out_dir=read_path(run_config.get("out-dir")) or Path("fedsynth-out"),
+        out_dir = read_path(run_config.get("out-dir")) or Path("fedsynth-out")
+        heads = read_path(run_config.get("ledger-heads"))
+        if heads is None and engine == "deployment":
+            heads = out_dir.absolute().parent / HEADS_FILE
+        return cls(schema=schema, plan=plan, out_dir=out_dir, ledger_heads=heads,
                    engine=engine,
                    round_timeout=read_positive(run_config.get("round-timeout", 600.0),
                                                "Run config: round-timeout", PlanError),

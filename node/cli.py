@@ -9,9 +9,12 @@ report.json) at the hospital; nothing leaves. `verify DIR --kit KIT` checks a
 released cohort folder: the manifest's signature, against the consortium's key
 in the site kit, and the sha256 and size of every file it lists; it exits 0
 only when all match, 1 naming each file that does not, 3 when no trusted key
-was given (the signer is then not pinned). `budget` shows what
+was given (the signer is then not pinned); with `--kit` it also checks what the
+manifest says about this site (rounds, ε, steps, δ, ledger head) against the
+site's own ledger, and exits 1 naming each claim that disagrees. `budget` shows what
 the site's privacy ledger has spent and committed, and what is left of its
-budget; it exits 2 when the ledger's hash chain is broken. `blend` measures, on
+budget; it exits 2 when the ledger's hash chain is broken or the ledger no
+longer holds the head the node kept outside it (rolled back). `blend` measures, on
 the site's own patients, how much of a released cohort to mix into its training
 set, and writes blend.html and blend.json; nothing leaves. User errors end with
 one paragraph on stderr and exit 2, never a traceback. `keygen --out DIR` makes the
@@ -30,13 +33,17 @@ from pathlib import Path
 from node.blend import add_blend_parser, blend_command
 from node.keygen import write_node_auth_key_pair
 from node.kit import NodeKit, check_kit, prepare_state_dir, read_kit
+from node.ledger.anchor import LedgerAnchor, check_anchor
 from node.ledger.budget_report import read_budget, report_text
+from node.ledger.manifest_claims import claim_problems
+from node.ledger.privacy_ledger import PrivacyLedger
 from node.supernode_launch import (exec_supernode, find_flower_supernode, shell_command,
                                    starting_line, supernode_argv)
 from protocols.errors import FedsynthError
 from protocols.evaluation.report.files import evaluate_files, score_lines
 from protocols.kit_layout import MANIFEST_SIGNING_PUB
 from protocols.records import check_file
+from protocols.release.manifest import MANIFEST_NAME
 from protocols.release.provenance import synthetic_provenance
 from protocols.release.verification import load_trusted_key, verify_release
 from protocols.schema import load_schema
@@ -124,6 +131,10 @@ def _start_parser(sub: argparse._SubParsersAction) -> None:
     start.add_argument("--schema", type=Path, help="the consortium schema (overrides node.toml)")
     start.add_argument("--state-dir", type=Path,
                        help="where the privacy ledger and study state live (overrides node.toml)")
+    start.add_argument("--ledger-head", type=Path,
+                       help="where the node keeps its privacy ledger's latest hash, outside "
+                            "the state folder (overrides node.toml; default: ledger-head in "
+                            "the kit folder)")
     start.add_argument("--runtime-port", type=int,
                        help="the node's local runtime port (overrides node.toml; give each "
                             "node on one machine its own)")
@@ -156,7 +167,25 @@ def _verify(args: argparse.Namespace) -> int:
         print(f"fedsynth-node: {check.problem_report()}", file=sys.stderr)
         return 1
     print(check.summary())
+    if args.kit:
+        return _verify_site_claims(args.directory / MANIFEST_NAME, read_kit(args.kit))
     return check.exit_status
+
+
+def _verify_site_claims(manifest_path: Path, kit: NodeKit) -> int:
+    """Exit 0 when what the (verified) manifest says about this site matches its ledger;
+    1 naming each claim that does not."""
+    ledger = PrivacyLedger(kit.state_dir)
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    problems, compared = claim_problems(manifest, kit.site, ledger.entries(), ledger.path)
+    if problems:
+        print(f"fedsynth-node: what the manifest says about site {kit.site} disagrees with "
+              "its own ledger: " + "; ".join(problems) + ". The cohort's privacy statement "
+              "for this site is not what the site recorded; ask the coordinator why.",
+              file=sys.stderr)
+        return 1
+    print(compared)
+    return 0
 
 
 def _budget_parser(sub: argparse._SubParsersAction) -> None:
@@ -171,12 +200,15 @@ def _budget_parser(sub: argparse._SubParsersAction) -> None:
     budget.add_argument("--delta-budget", type=float,
                         help="the site's total delta over all studies (overrides node.toml; "
                              "default without a kit: 1, no limit)")
+    budget.add_argument("--ledger-head", type=Path, help="the node's ledger head file "
+                        "(overrides node.toml; default with a kit: ledger-head in the kit)")
     budget.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
 def _budget(args: argparse.Namespace) -> int:
     """Exit 0 with the report; 2 when the ledger's chain is broken (it is shown up to
-    the break, and the node refuses to train until an operator acts)."""
+    the break) or the ledger lost the head kept in the kit's head file: the node refuses
+    to train on either until an operator acts."""
     kit = read_kit(args.kit) if args.kit else None
     state_dir = args.state_dir or (kit.state_dir if kit else None)
     epsilon_budget = args.epsilon_budget if args.epsilon_budget is not None else (
@@ -186,10 +218,11 @@ def _budget(args: argparse.Namespace) -> int:
                             "--epsilon-budget.")
     delta_budget = args.delta_budget if args.delta_budget is not None else (
         kit.delta_budget if kit else 1.0)
-    report = read_budget(state_dir, epsilon_budget, delta_budget)
+    head_file = args.ledger_head or (kit.ledger_head_file if kit else None)
+    report = read_budget(state_dir, epsilon_budget, delta_budget, head_file)
     print(json.dumps(report.to_json(), indent=2) if args.json else report_text(report))
-    if not report.intact:
-        print(f"fedsynth-node: error: {report.problem}", file=sys.stderr)
+    if not report.trusted:
+        print(f"fedsynth-node: error: {report.problem or report.rolled_back}", file=sys.stderr)
         return 2
     return 0
 
@@ -202,6 +235,9 @@ def _start(args: argparse.Namespace) -> int:
         print(shell_command(argv))
         return 0
     prepare_state_dir(kit)
+    ledger = PrivacyLedger(kit.state_dir)
+    # A ledger rolled back is refused here, before the node connects to anyone.
+    check_anchor(ledger.entries(), LedgerAnchor(kit.ledger_head_file), ledger.path)
     print(starting_line(kit, n_records), flush=True)
     exec_supernode(argv)
 
@@ -209,7 +245,8 @@ def _start(args: argparse.Namespace) -> int:
 def _with_overrides(kit: NodeKit, args: argparse.Namespace) -> NodeKit:
     """Command-line paths are relative to the working directory, node.toml's to the kit."""
     overrides = {name: path.expanduser().resolve() for name, path in
-                 (("records", args.data), ("schema", args.schema), ("state_dir", args.state_dir))
+                 (("records", args.data), ("schema", args.schema), ("state_dir", args.state_dir),
+                  ("ledger_head", args.ledger_head))
                  if path is not None}
     if args.train_on_synthetic:
         overrides["train_on_synthetic"] = True

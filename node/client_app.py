@@ -1,13 +1,16 @@
 """The node's Flower ClientApp: the front door of the hospital side.
 
 On each training message it checks, from public inputs only, that the plan is
-for its schema and that the global model is the plan's (names, shapes,
-dtypes, finite values); then its privacy ledger (`round_charging`) refuses a
-study that would overspend the site's ε or δ budget and reserves the plan's
-before any step; only then are the site's records read, the global generator
+for its schema and within the hospital's caps on one study (`study_caps`, before
+anything of the plan is allocated), and that the global model is the plan's
+(names, shapes, dtypes, finite values); then its privacy ledger
+(`round_charging`) refuses a ledger that was rolled back (one that no longer holds
+the head kept outside it, or the head the coordinator last saw: `ledger.anchor`)
+and a study that would overspend the site's ε or δ budget, and reserves the
+plan's before any step; only then are the site's records read, the global generator
 trained locally with DP-SGD (or the marginal tables released), and the reply
-sent: the weights and the whitelisted scalars of `protocols.messages`, nothing
-else. Each round is charged once before its answer leaves; the steps already
+sent: the weights, the whitelisted scalars of `protocols.messages` and the
+ledger's new head, nothing else. Each round is charged once before its answer leaves; the steps already
 run carry over, so the accountant covers every round of the study, across
 coordinator restarts too.
 
@@ -38,6 +41,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from node.global_model import check_global_arrays
+from node.ledger.anchor import LedgerAnchor, presented_head
 from node.ledger.privacy_ledger import PrivacyLedger
 from node.ledger.round_charging import RoundRequest, answer_round
 from node.ledger.round_replay import StoredAnswer, model_sha256
@@ -45,13 +49,14 @@ from node.secure_aggregation import is_secure_message, secure_train
 from node.site_config import FEDERATED_EVALUATION, SiteSource, resolve_site
 from node.site_data import SiteData
 from node.site_evaluation import evaluation_release
+from node.study_caps import refuse_beyond_caps, refuse_cohort_beyond_cap
 from protocols import messages as keys
 from protocols.config import read_flag
 from protocols.errors import FedsynthError, PlanError
 from protocols.generators import family_for
 from protocols.generators.family import SitePrivacy
 from protocols.plan import StudyPlan
-from protocols.privacy.ledger import study_rounds, study_spend
+from protocols.privacy.ledger import last_hash, study_rounds, study_spend
 from protocols.schema import Schema
 
 log = logging.getLogger(__name__)
@@ -125,6 +130,8 @@ def train_reply(content: RecordDict, context: Context, source: SiteSource) -> Re
     schema = source.load_schema()
     source.refuse_a_cohort()
     plan = _plan_for(schema, plan_config, "train")
+    refuse_beyond_caps(plan, schema, source.caps, source.site_name)
+    anchor = LedgerAnchor(_head_file(source), presented_head(plan_config, source.site_name))
     received = content[keys.ARRAYS]
     check_global_arrays(received, schema, plan, source.site_name)
     request = RoundRequest(site=source.site_name, plan=plan, schema_sha256=schema.sha256,
@@ -161,12 +168,13 @@ def train_reply(content: RecordDict, context: Context, source: SiteSource) -> Re
                                      keys.STEPS_TOTAL: release.steps_total,
                                      keys.EPSILON_SPENT: release.epsilon})
 
-    answer = answer_round(_state_dir(source, context), source.budget, request,
-                          new_study_privacy, train)
+    state_dir = _state_dir(source, context)
+    answer = answer_round(state_dir, source.budget, request, new_study_privacy, train, anchor)
     arrays = ArrayRecord({k: torch.from_numpy(v) for k, v in answer.arrays.items()})
     return _reply_content(arrays, source, int(answer.metrics[keys.STEPS]),
                           int(answer.metrics[keys.STEPS_TOTAL]),
-                          float(answer.metrics[keys.EPSILON_SPENT]))
+                          float(answer.metrics[keys.EPSILON_SPENT]),
+                          last_hash(PrivacyLedger(state_dir).entries()))
 
 
 def _plan_for(schema: Schema, plan_config: Mapping[str, Any], what: str) -> StudyPlan:
@@ -200,8 +208,8 @@ def _privacy_report(msg: Message, context: Context, source: SiteSource) -> Messa
     report = MetricRecord({keys.EPSILON_SPENT: spend.spent, keys.STEPS_TOTAL: spend.steps_total,
                            keys.ROUNDS: study_rounds(entries, study),
                            keys.SYNTHETIC_INPUT: _synthetic_input(source)})
-    return Message(content=RecordDict({keys.REPORT: report, keys.SITE: _site_record(source)}),
-                   reply_to=msg)
+    site = _site_record(source, last_hash(entries))
+    return Message(content=RecordDict({keys.REPORT: report, keys.SITE: site}), reply_to=msg)
 
 
 def _state_dir(source: SiteSource, context: Context) -> Path:
@@ -214,9 +222,14 @@ def _state_dir(source: SiteSource, context: Context) -> Path:
         f"node-{node}"
 
 
+def _head_file(source: SiteSource) -> Path | None:
+    return Path(source.ledger_head_file) if source.ledger_head_file else None
+
+
 def _reply_content(arrays: ArrayRecord, source: SiteSource, steps: int, steps_total: int,
-                   epsilon: float) -> RecordDict:
-    """Weights (or tables) and the whitelisted scalars: all a training reply holds."""
+                   epsilon: float, head: str) -> RecordDict:
+    """Weights (or tables), the whitelisted scalars and the ledger's head: all a training
+    reply holds."""
     return RecordDict({
         keys.ARRAYS: arrays,
         keys.METRICS: MetricRecord({
@@ -226,7 +239,7 @@ def _reply_content(arrays: ArrayRecord, source: SiteSource, steps: int, steps_to
             keys.EPSILON_SPENT: epsilon,
             keys.SYNTHETIC_INPUT: _synthetic_input(source),
         }),
-        keys.SITE: _site_record(source),
+        keys.SITE: _site_record(source, head),
     })
 
 
@@ -235,8 +248,12 @@ def _synthetic_input(source: SiteSource) -> float:
     return float(source.load()[1].synthetic)
 
 
-def _site_record(source: SiteSource) -> ConfigRecord:
-    return ConfigRecord({keys.SITE_NAME: source.site_name})
+def _site_record(source: SiteSource, head: str | None = None) -> ConfigRecord:
+    """The site's name, and its ledger's head where the reply follows a charge the
+    coordinator records (a training reply, a privacy report)."""
+    if head is None:
+        return ConfigRecord({keys.SITE_NAME: source.site_name})
+    return ConfigRecord({keys.SITE_NAME: source.site_name, keys.LEDGER_HEAD: head})
 
 
 def _evaluate(msg: Message, context: Context, source: SiteSource) -> Message:
@@ -251,9 +268,11 @@ def _evaluate(msg: Message, context: Context, source: SiteSource) -> Message:
     schema = source.load_schema()
     plan = _plan_for(schema, msg.content[keys.PLAN], "evaluate")
     cohort = msg.content[keys.COHORT]
+    cohort_csv = bytes(cohort[keys.COHORT_CSV])
+    refuse_cohort_beyond_cap(cohort_csv, plan, source.caps, source.site_name)
     tables = evaluation_release(source, _state_dir(source, context), schema, plan,
-                                bytes(cohort[keys.COHORT_CSV]),
-                                bytes(cohort[keys.COHORT_MANIFEST]))
+                                cohort_csv, bytes(cohort[keys.COHORT_MANIFEST]),
+                                LedgerAnchor(_head_file(source)))
     log.info("site %s: released its evaluation tables of the study's cohort",
              source.site_name)
     reply = RecordDict({keys.EVALUATION_TABLES: ArrayRecord(

@@ -13,6 +13,7 @@ therefore already proved it can train on every row it holds.
 from __future__ import annotations
 
 import math
+import os
 import stat
 import tomllib
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 
+from node.study_caps import StudyCaps, read_caps
 from protocols import kit_layout as layout
 from protocols.config import read_flag, read_positive, read_text, read_whole_number
 from protocols.kit_layout import (KitError, SuperLinkAddress, TomlKey, check_site_name,
@@ -55,6 +57,14 @@ class NodeKit:
     epsilon_budget: float
     delta_budget: float
     train_on_synthetic: bool = False  # only ever from the operator's command line
+    ledger_head: Path | None = None  # the head file, outside the state folder (default: kit)
+    caps: StudyCaps = StudyCaps()
+
+    @property
+    def ledger_head_file(self) -> Path:
+        """Where the node keeps its ledger's head: node.toml's [node] ledger-head, else
+        `ledger-head` in the kit folder (never inside the state folder it anchors)."""
+        return self.ledger_head or self.directory / layout.DEFAULT_LEDGER_HEAD
 
     @property
     def manifest_public_key(self) -> Path:
@@ -88,7 +98,9 @@ def read_kit(directory: Path) -> NodeKit:
         runtime_port=setting.port(layout.RUNTIME_PORT),
         federated_evaluation=setting.flag(layout.FEDERATED_EVALUATION),
         epsilon_budget=setting.budget(layout.EPSILON_BUDGET),
-        delta_budget=setting.budget(layout.DELTA_BUDGET, below=1.0))
+        delta_budget=setting.budget(layout.DELTA_BUDGET, below=1.0),
+        ledger_head=setting.optional_file(directory, layout.LEDGER_HEAD),
+        caps=read_caps(setting.table("limits"), str(path), KitError))
 
 
 def check_kit(kit: NodeKit) -> int:
@@ -113,12 +125,30 @@ def check_kit(kit: NodeKit) -> int:
 
 
 def prepare_state_dir(kit: NodeKit) -> None:
-    """Create the state folder (privacy ledger, study state) readable by this user only."""
+    """Create the state folder (privacy ledger, study state) readable by this user only,
+    and check that the ledger's head file can be written outside it."""
     try:
         kit.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
         raise KitError(f"Cannot create the node's state folder {kit.state_dir}: "
                        f"{exc.strerror}.") from None
+    head = kit.ledger_head_file
+    if head.resolve().is_relative_to(kit.state_dir.resolve()):
+        raise KitError(f"The ledger head file {head} is inside the state folder "
+                       f"{kit.state_dir}, whose loss it is there to reveal: name a place "
+                       f"outside it ({layout.LEDGER_HEAD} in node.toml, or --ledger-head).")
+    try:
+        head.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise KitError(f"Cannot create the folder of the ledger head file {head}: "
+                       f"{exc.strerror}.") from None
+    if not os.access(head.parent, os.W_OK):
+        raise KitError(f"The node cannot write its ledger head file {head} (the folder "
+                       f"{head.parent} is read-only to it). The node keeps its ledger's latest "
+                       "hash there, outside the state folder, so that a lost or replaced "
+                       f"ledger is noticed: set {layout.LEDGER_HEAD} in node.toml (or pass "
+                       "--ledger-head) to a file in a writable folder that outlives the state "
+                       "folder.")
 
 
 def _check_private_key(path: Path) -> ec.EllipticCurvePrivateKey:
@@ -210,6 +240,20 @@ class _Settings:
         if not 1 <= port <= 65535:
             raise KitError(f"{self._where(key)} = {port} is outside 1-65535.")
         return port
+
+    def table(self, section: str) -> dict[str, Any]:
+        """An optional section (empty when absent); refused when it is not a table."""
+        table = self._doc.get(section, {})
+        if not isinstance(table, dict):
+            raise KitError(f"{self._path}: [{section}] must be a table of keys.")
+        return table
+
+    def optional_file(self, directory: Path, key: TomlKey) -> Path | None:
+        """An optional path, relative to the kit folder; None when absent."""
+        table = self._doc.get(key.section)
+        if not isinstance(table, dict) or table.get(key.key) is None:
+            return None
+        return directory / self.file(key)
 
     def flag(self, key: TomlKey) -> bool:
         return read_flag(self._value(key, "true or false"), self._where(key), KitError)

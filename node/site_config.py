@@ -4,14 +4,18 @@ Deployment: the SuperNode's node config names them (`schema-path`,
 `data-path`, optionally `site-name`), the folder of its privacy ledger
 (`state-dir`), its total ε and δ budgets over all studies (`epsilon-budget`,
 `delta-budget`) and the consortium's manifest-signing key it trusts
-(`manifest-public-key`, from its kit): a deployed node without the first ones
+(`manifest-public-key`, from its kit), where it keeps its ledger's head outside
+the state folder (`ledger-head-file`, `node.ledger.anchor`) and its caps on any
+one study (the `[limits]` keys of node.toml under the same names,
+`node.study_caps`; defaults where absent): a deployed node without the first ones
 refuses to start training, and without the key it declines every evaluation.
 Nothing a deployed node trusts comes from the run config, which is the
 coordinator's word. Simulation: the run config lists one file per simulated
 site (`site-data`, joined with the OS path separator) and the node's
 `partition-id` picks its own; its ledger goes under the run's `node-state-dir`
 (or a temporary folder of the run), and the harness, which plays both sides,
-names the key (`manifest-public-key`). A simulated node with no file falls
+names the key (`manifest-public-key`); a simulated node keeps no head file and
+has no caps. A simulated node with no file falls
 back to the built-in demo registry, so `flwr run .` works out of the box; a
 deployed node never does, it must be told where its records are.
 """
@@ -27,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from node.site_data import SiteData, encode_site, load_site
+from node.study_caps import NO_CAPS, StudyCaps, read_caps
 from protocols.config import read_flag, read_positive, read_text, read_whole_number
 from protocols.demo_registry import DemoRegistry, simulate_registry
 from protocols.errors import FedsynthError
@@ -48,6 +53,7 @@ DELTA_BUDGET = "delta-budget"
 MANIFEST_PUBLIC_KEY = "manifest-public-key"
 FEDERATED_EVALUATION = "federated-evaluation"
 TRAIN_ON_SYNTHETIC = "train-on-synthetic"
+LEDGER_HEAD_FILE = "ledger-head-file"
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,8 @@ class SiteSource:
     budget: SiteBudget = SiteBudget(math.inf, math.inf)
     train_on_synthetic: bool = False  # the operator's explicit choice (--train-on-synthetic)
     manifest_public_key: str | None = None
+    ledger_head_file: str | None = None  # outside the state folder (None: simulation)
+    caps: StudyCaps = NO_CAPS
 
     def load_schema(self) -> Schema:
         """The consortium's schema alone: public, read before any record is."""
@@ -126,7 +134,9 @@ def resolve_site(node_config: Mapping[str, Any], run_config: Mapping[str, Any]) 
                           str(node_config.get(SITE_NAME) or Path(data).stem),
                           state_dir=str(node_config[STATE_DIR]), budget=budget,
                           train_on_synthetic=_flag(node_config, TRAIN_ON_SYNTHETIC, "node"),
-                          manifest_public_key=read_text(node_config.get(MANIFEST_PUBLIC_KEY)))
+                          manifest_public_key=read_text(node_config.get(MANIFEST_PUBLIC_KEY)),
+                          ledger_head_file=read_text(node_config.get(LEDGER_HEAD_FILE)),
+                          caps=read_caps(node_config, "The node config"))
     if "partition-id" not in node_config:
         raise FedsynthError("This node has no 'data-path' in its node config: tell the "
                             "SuperNode where the site's records are (--node-config).")

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from node.ledger.anchor import LedgerAnchor
 from node.ledger.round_charging import RoundRequest, charge_evaluation
 from node.site_config import SiteSource
 from protocols.errors import PlanError, RecordError
@@ -38,7 +39,8 @@ from protocols.schema import Schema
 
 
 def evaluation_release(source: SiteSource, state_dir: Path, schema: Schema, plan: StudyPlan,
-                       cohort_csv: bytes, manifest_bytes: bytes) -> dict[str, np.ndarray]:
+                       cohort_csv: bytes, manifest_bytes: bytes,
+                       anchor: LedgerAnchor = LedgerAnchor()) -> dict[str, np.ndarray]:
     """The site's noisy evaluation tables of the study's released cohort, charged once."""
     if not plan.evaluated:
         raise PlanError("The plan has no evaluation-epsilon: nothing was budgeted for a "
@@ -52,8 +54,8 @@ def evaluation_release(source: SiteSource, state_dir: Path, schema: Schema, plan
     verify_study_cohort(manifest_bytes, cohort_csv, trusted, study)
     request = RoundRequest(site=source.site_name or "this site", plan=plan,
                            schema_sha256=schema.sha256, round=0, model_sha256="")
-    charge_evaluation(state_dir, request, lambda spend: epsilon_with_evaluation(plan, schema,
-                                                                               spend))
+    charge_evaluation(state_dir, request,
+                      lambda spend: epsilon_with_evaluation(plan, schema, spend), anchor)
     _, site = source.load()
     cohort = _parse_cohort(schema, cohort_csv)
     return noisy_evaluation_tables(evaluation_layout(schema), plan, site.parsed, cohort)

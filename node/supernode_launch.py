@@ -29,8 +29,9 @@ from flwr.supercore.constant import FLWR_DISABLE_UPDATE_CHECK
 
 from node.kit import NodeKit
 from node.site_config import (DATA_PATH, DELTA_BUDGET, EPSILON_BUDGET, FEDERATED_EVALUATION,
-                              MANIFEST_PUBLIC_KEY, SCHEMA_PATH, SITE_NAME, STATE_DIR,
-                              TRAIN_ON_SYNTHETIC)
+                              LEDGER_HEAD_FILE, MANIFEST_PUBLIC_KEY, SCHEMA_PATH, SITE_NAME,
+                              STATE_DIR, TRAIN_ON_SYNTHETIC)
+from node.study_caps import CAP_KEYS
 from protocols.kit_layout import KitError
 
 EXECUTABLE = "flower-supernode"
@@ -68,7 +69,8 @@ def node_config(kit: NodeKit) -> str:
     may not contain a quote, so a path with a double quote is refused.
     """
     paths = {SCHEMA_PATH: kit.schema, DATA_PATH: kit.records, STATE_DIR: kit.state_dir,
-             MANIFEST_PUBLIC_KEY: kit.manifest_public_key}
+             MANIFEST_PUBLIC_KEY: kit.manifest_public_key,
+             LEDGER_HEAD_FILE: kit.ledger_head_file}
     for key, path in paths.items():
         if '"' in str(path):
             raise KitError(f"The path {path} ({key}) contains a double quote, which Flower's "
@@ -78,8 +80,11 @@ def node_config(kit: NodeKit) -> str:
               EPSILON_BUDGET: repr(float(kit.epsilon_budget)),
               DELTA_BUDGET: repr(float(kit.delta_budget)),
               FEDERATED_EVALUATION: "true" if kit.federated_evaluation else "false"}
+    caps = {key.key: repr(getattr(kit.caps, field)) for key, field in CAP_KEYS.items()}
+    values.update(caps)
     order = (SCHEMA_PATH, DATA_PATH, SITE_NAME, STATE_DIR, EPSILON_BUDGET,
-             DELTA_BUDGET, MANIFEST_PUBLIC_KEY, FEDERATED_EVALUATION)
+             DELTA_BUDGET, MANIFEST_PUBLIC_KEY, FEDERATED_EVALUATION, LEDGER_HEAD_FILE,
+             *caps)
     if kit.train_on_synthetic:
         values[TRAIN_ON_SYNTHETIC] = "true"
         order += (TRAIN_ON_SYNTHETIC,)

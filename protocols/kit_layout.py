@@ -25,6 +25,7 @@ COORDINATOR_KIT = "coordinator"
 
 DEFAULT_RUNTIME_PORT = 9094
 DEFAULT_STATE_DIR = "state"
+DEFAULT_LEDGER_HEAD = "ledger-head"
 RECORDS_PLACEHOLDER = "/path/to/site-records.csv"
 SCHEMA_PLACEHOLDER = "/path/to/consortium-schema.yaml"
 
@@ -52,6 +53,16 @@ RUNTIME_PORT = TomlKey("node", "runtime-port")
 FEDERATED_EVALUATION = TomlKey("node", "federated-evaluation")
 EPSILON_BUDGET = TomlKey("privacy", "epsilon-budget")
 DELTA_BUDGET = TomlKey("privacy", "delta-budget")
+# Where the node keeps its ledger's head, outside the state folder (optional; default
+# DEFAULT_LEDGER_HEAD in the kit folder; a read-only kit names a writable place).
+LEDGER_HEAD = TomlKey("node", "ledger-head")
+# The hospital's caps on any one study (`[limits]`, optional, `node.study_caps` has the
+# defaults): checked before anything of the study is allocated.
+MAX_EPSILON = TomlKey("limits", "max-epsilon-per-study")
+MAX_DELTA = TomlKey("limits", "max-delta-per-study")
+MAX_TOTAL_STEPS = TomlKey("limits", "max-rounds-times-steps")
+MAX_MODEL_PARAMETERS = TomlKey("limits", "max-model-parameters")
+MAX_ROWS_TO_SCORE = TomlKey("limits", "max-rows-to-score")
 
 _SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _DNS_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")

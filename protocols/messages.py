@@ -29,7 +29,22 @@ SYNTHETIC_INPUT = "synthetic-input"
 REPLY_METRICS = frozenset({WEIGHT, STEPS, STEPS_TOTAL, EPSILON_SPENT, SYNTHETIC_INPUT})
 
 SITE_NAME = "name"
-REPLY_SITE = frozenset({SITE_NAME})
+# The hash of the last entry of the site's privacy ledger (64 hex digits) after it
+# charged this answer: a function of the ledger alone, whose entries hold the plan's
+# public values and their times, never a record. The coordinator records it in the
+# manifest and presents it at the site's next study (`LEDGER_HEADS`), so a ledger
+# that was deleted, truncated or rewritten since is refused. Not secret.
+LEDGER_HEAD = "ledger-head"
+# A training reply's and a privacy report's site record; an evaluation reply's holds
+# the name alone (the release it follows is already signed).
+REPLY_SITE = frozenset({SITE_NAME, LEDGER_HEAD})
+EVALUATION_SITE = frozenset({SITE_NAME})
+
+# In the `PLAN` record of a training message, when the coordinator has released a
+# study with these sites before: one "SITE=HEAD" text per site, the last ledger head
+# that site reported to it. A node whose name is listed refuses to train unless its
+# ledger still holds that entry (`node.ledger.anchor`).
+LEDGER_HEADS = "ledger-heads"
 
 # Every refusal, whatever its reason, reaches the coordinator as this one text;
 # the reason stays in the node's log for its operator.

@@ -8,7 +8,9 @@ Each study commits its whole planned ε and δ when it starts (its noise was
 calibrated for all its rounds and its evaluation), so "left" counts what is
 committed, not only what has been spent so far; across studies ε and δ both
 add up (basic composition). A broken chain is shown up
-to the line that breaks it, so an operator can compare with a backup.
+to the line that breaks it, so an operator can compare with a backup; a ledger
+that no longer holds the head the node kept outside it (deleted, cut short,
+rewritten: `node.ledger.anchor`) is shown with a paragraph saying so.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from node.ledger.anchor import read_head_file, rollback_problem
 from node.ledger.privacy_ledger import PrivacyLedger
-from protocols.errors import FedsynthError
+from protocols.errors import BudgetError, FedsynthError
 from protocols.privacy.ledger import RESERVE, LedgerEntry, last_hash, study_spend
 
 
@@ -48,6 +51,12 @@ class BudgetReport:
     budget: float
     studies: tuple[StudyLine, ...]
     delta_budget: float = 1.0
+    rolled_back: str | None = None  # why the ledger lost the head kept outside it
+
+    @property
+    def trusted(self) -> bool:
+        """Chain intact and still holding the head kept outside it."""
+        return self.intact and self.rolled_back is None
 
     @property
     def committed(self) -> float:
@@ -77,9 +86,10 @@ class BudgetReport:
                         "studies": [asdict(s) for s in self.studies]})
 
 
-def read_budget(state_dir: Path, budget: float, delta_budget: float = 1.0) -> BudgetReport:
+def read_budget(state_dir: Path, budget: float, delta_budget: float = 1.0,
+                head_file: Path | None = None) -> BudgetReport:
     """The site's ledger in `state_dir`, summarised against its ε `budget` and its
-    `delta_budget`."""
+    `delta_budget`, and checked against the head kept in `head_file` (if any)."""
     ledger = PrivacyLedger(state_dir)
     try:
         entries, problem = ledger.chain()
@@ -89,7 +99,21 @@ def read_budget(state_dir: Path, budget: float, delta_budget: float = 1.0) -> Bu
     return BudgetReport(ledger=str(ledger.path), entries=len(entries), intact=problem is None,
                         problem=str(problem) if problem else None,
                         last_hash=last_hash(entries), budget=budget,
-                        studies=tuple(_studies(entries)), delta_budget=delta_budget)
+                        studies=tuple(_studies(entries)), delta_budget=delta_budget,
+                        rolled_back=_rolled_back(entries, ledger.path, head_file))
+
+
+def _rolled_back(entries: list[LedgerEntry], ledger_path: Path,
+                 head_file: Path | None) -> str | None:
+    if head_file is None:
+        return None
+    try:
+        kept = read_head_file(head_file)
+    except BudgetError as exc:
+        return str(exc)
+    if kept is None:
+        return None
+    return rollback_problem(entries, kept, ledger_path, f"this node's head file {head_file}")
 
 
 def _studies(entries: list[LedgerEntry]) -> list[StudyLine]:
@@ -128,6 +152,8 @@ def report_text(report: BudgetReport) -> str:
     lines = [head, *rows, total, deltas]
     if report.problem:
         lines.append(f"The entries after the break are not counted above: {report.problem}")
+    if report.rolled_back:
+        lines.append(f"NOT TO BE TRUSTED: {report.rolled_back}")
     return "\n".join(lines)
 
 

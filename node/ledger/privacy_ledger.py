@@ -3,7 +3,9 @@
 Append-only: entries are only ever added, one line each, under an exclusive
 file lock, and flushed to disk before the node replies, so a round is on the
 ledger before its update leaves. The format and the chain check are in
-`protocols.privacy.ledger`; a broken chain is refused on every read.
+`protocols.privacy.ledger`; a broken chain is refused on every read. After each
+entry the new head is written to the node's head file, outside the state folder
+(`node.ledger.anchor`), so a ledger rolled back is refused too.
 """
 
 from __future__ import annotations
@@ -11,11 +13,13 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
+import json
 import os
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
+from node.ledger.anchor import write_head_file
 from protocols.errors import BudgetError
 from protocols.privacy.ledger import LedgerEntry, entry_line, last_hash, parse_ledger, read_chain
 
@@ -39,8 +43,9 @@ def exclusive(state_dir: Path) -> Iterator[None]:
 class PrivacyLedger:
     """One site's ledger file."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, head_file: Path | None = None) -> None:
         self.path = Path(state_dir) / LEDGER_NAME
+        self.head_file = head_file
 
     def entries(self) -> list[LedgerEntry]:
         """Every entry; `BudgetError` naming the first line that breaks the chain."""
@@ -66,9 +71,12 @@ class PrivacyLedger:
         with os.fdopen(descriptor, "a+", encoding="utf-8") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             chained = replace(entry, prev=last_hash(self.entries()))
-            handle.write(entry_line(chained) + "\n")
+            line = entry_line(chained)
+            handle.write(line + "\n")
             handle.flush()
             os.fsync(handle.fileno())
+            if self.head_file is not None:
+                write_head_file(self.head_file, json.loads(line)["hash"])
         return chained
 
 

@@ -1,7 +1,8 @@
 """Answering a study's round, and its one evaluation, at most once per privacy charge.
 
-Before any step of a new study the node checks its ledger (chain intact,
-ε and δ budget left) and reserves the plan's ε and δ; the noise multiplier and
+Before any step the node checks its ledger (chain intact, and still holding
+the head kept outside it, its own and the one the coordinator presents:
+`node.ledger.anchor`); before any step of a new study also the ε and δ budget left, and reserves the plan's ε and δ; the noise multiplier and
 sampling rate (functions of the plan alone) are fixed then, for every round. Each round trained is charged on the ledger
 before its answer leaves. When a resumed coordinator asks again for a round:
 - same round, same global model: the stored answer is given again (the same
@@ -23,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from node.ledger.anchor import LedgerAnchor, check_anchor
 from node.ledger.privacy_ledger import PrivacyLedger, exclusive, now_utc
 from node.ledger.round_replay import StoredAnswer, store_answer, stored_answer
 from protocols import messages as keys
@@ -53,22 +55,24 @@ TrainFn = Callable[[SitePrivacy, int], StoredAnswer]
 
 
 def answer_round(state_dir: Path, budget: SiteBudget, request: RoundRequest,
-                 privacy_for_new_study: Callable[[], SitePrivacy], train: TrainFn
-                 ) -> StoredAnswer:
+                 privacy_for_new_study: Callable[[], SitePrivacy], train: TrainFn,
+                 anchor: LedgerAnchor = LedgerAnchor()) -> StoredAnswer:
     """The site's answer to `request`, charged on the ledger exactly once (under the
-    site's ledger lock, from the budget check to the charge)."""
+    site's ledger lock, from the anchor and budget checks to the charge)."""
     with exclusive(state_dir):
-        return _answer_round(state_dir, budget, request, privacy_for_new_study, train)
+        return _answer_round(state_dir, budget, request, privacy_for_new_study, train,
+                             anchor)
 
 
 def _answer_round(state_dir: Path, budget: SiteBudget, request: RoundRequest,
-                  privacy_for_new_study: Callable[[], SitePrivacy], train: TrainFn
-                  ) -> StoredAnswer:
-    ledger = PrivacyLedger(state_dir)
+                  privacy_for_new_study: Callable[[], SitePrivacy], train: TrainFn,
+                  anchor: LedgerAnchor) -> StoredAnswer:
+    ledger = PrivacyLedger(state_dir, anchor.head_file)
+    entries = ledger.entries()
+    check_anchor(entries, anchor, ledger.path)
     stored = stored_answer(state_dir, request.study)
     same = (stored is not None and stored.round == request.round
             and stored.model_sha256 == request.model_sha256)
-    entries = ledger.entries()
     spend = study_spend(entries, request.study)
     if same and (spend is None or spend.last_round < request.round):
         _charge(ledger, request, stored)  # the answer was stored, its charge not yet written
@@ -98,13 +102,17 @@ def _answer_round(state_dir: Path, budget: SiteBudget, request: RoundRequest,
 
 
 def charge_evaluation(state_dir: Path, request: RoundRequest,
-                      epsilon_after: Callable[[StudySpend], float]) -> StudySpend:
+                      epsilon_after: Callable[[StudySpend], float],
+                      anchor: LedgerAnchor = LedgerAnchor()) -> StudySpend:
     """Record the study's evaluation release on the ledger before it is computed, or
-    refuse: a site that never reserved the study (its records are not in the cohort,
-    and the study's ε was never committed), or one that already evaluated it."""
+    refuse: a ledger that lost its kept head, a site that never reserved the study (its
+    records are not in the cohort, and the study's ε was never committed), or one that
+    already evaluated it."""
     with exclusive(state_dir):
-        ledger = PrivacyLedger(state_dir)
-        spend = study_spend(ledger.entries(), request.study)
+        ledger = PrivacyLedger(state_dir, anchor.head_file)
+        entries = ledger.entries()
+        check_anchor(entries, anchor, ledger.path)
+        spend = study_spend(entries, request.study)
         if spend is None:
             raise BudgetError(f"Site {request.site} refuses to evaluate: its ledger holds no "
                               "reserve for this study, so it took no part in it.")

@@ -3,8 +3,11 @@
 Every node keeps one ledger (a JSON-lines file). Each line is one entry and
 carries the SHA-256 of the line before it, so an entry edited, reordered or
 removed from the middle breaks the chain and the ledger is refused until an
-operator acts. A ledger cut short at its end, or deleted, still reads as a
-valid chain: that needs the last hash kept somewhere else (not done yet).
+operator acts. A ledger cut short at its end, deleted, or rewritten with a
+recomputed chain still reads as a valid chain on its own: the hash of its last
+entry (its *head*) is therefore also kept outside it, by the node beside its
+kit and by the coordinator in every manifest, and a ledger that no longer
+holds a head kept elsewhere is refused (`holds_head`, `node.ledger.anchor`).
 
 Three kinds of entry:
 - `reserve`: a study's first round at this site; it commits the plan's whole
@@ -113,6 +116,24 @@ def read_chain(lines: Sequence[str], source: str) -> tuple[list[LedgerEntry], Bu
 
 def last_hash(entries: Sequence[LedgerEntry]) -> str:
     return _digest(_as_json(entries[-1])) if entries else GENESIS
+
+
+def entry_hashes(entries: Sequence[LedgerEntry]) -> list[str]:
+    """The hash of every entry, in order: the heads the ledger has had."""
+    return [_digest(_as_json(entry)) for entry in entries]
+
+
+def is_head(text: object) -> bool:
+    """Whether `text` has the form of a ledger head: 64 lowercase hex digits."""
+    return (isinstance(text, str) and len(text) == 64
+            and all(c in "0123456789abcdef" for c in text))
+
+
+def holds_head(entries: Sequence[LedgerEntry], head: str) -> bool:
+    """Whether the ledger once had `head` as its last entry's hash (the empty ledger's
+    head, GENESIS, is held by every ledger). A ledger that was truncated before it,
+    deleted or rewritten (even with a recomputed chain) does not hold it."""
+    return head == GENESIS or head in entry_hashes(entries)
 
 
 def study_spend(entries: Iterable[LedgerEntry], study: str) -> StudySpend | None:

@@ -50,6 +50,7 @@ class SitePrivacySpent:
     epsilon: float
     steps: int
     synthetic_input: bool = False  # its operator let it train on a fedsynth cohort
+    ledger_head: str = ""  # its privacy ledger's head after its last answer ("" if unknown)
 
 
 NEIGHBOURING = "add or remove one patient's record at one site"
@@ -78,7 +79,10 @@ def build_manifest(*, schema_sha256: str, plan: StudyPlan, sites: Mapping[str, S
     says whether the sites' traffic went over TLS verified by the consortium CA
     (a simulation has no network: false). `trained_on_synthetic` names the
     sites whose operator explicitly let them train on a fedsynth cohort (model
-    collapse risk: such a cohort is partly generated from generated data)."""
+    collapse risk: such a cohort is partly generated from generated data).
+    `ledger_heads`: the head of each site's privacy ledger after its last answer in
+    the study, as the site reported it; the coordinator presents it at the site's next
+    study, and the site refuses a ledger that no longer holds it (a rollback)."""
     contributors = sorted(name for name, rounds in contributions.items() if rounds)
     family = family_for(plan)
     return {
@@ -100,6 +104,8 @@ def build_manifest(*, schema_sha256: str, plan: StudyPlan, sites: Mapping[str, S
         "contributions": {name: sorted(contributions[name]) for name in contributors},
         "trained_on_synthetic": sorted(name for name, spent in sites.items()
                                        if spent.synthetic_input),
+        "ledger_heads": {name: spent.ledger_head for name, spent in sorted(sites.items())
+                         if spent.ledger_head},
         "privacy": {
             "private": plan.private,
             "statement": privacy_sentence(plan, exposed_epsilon),

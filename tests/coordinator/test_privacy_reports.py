@@ -22,7 +22,8 @@ def _report(site="a", **changes):
               keys.SYNTHETIC_INPUT: 0.0, **changes}
     request = Message(content=RecordDict({}), dst_node_id=1, message_type="query")
     content = RecordDict({keys.REPORT: MetricRecord(values),
-                          keys.SITE: ConfigRecord({keys.SITE_NAME: site})})
+                          keys.SITE: ConfigRecord({keys.SITE_NAME: site,
+                                                   keys.LEDGER_HEAD: "cd" * 32})})
     return Message(content=content, reply_to=request)
 
 

@@ -30,7 +30,7 @@ def _update(site, value=0.1, epsilon=1.0, arrays=None, weight=1.0, synthetic=0.0
         keys.METRICS: MetricRecord({keys.WEIGHT: weight, keys.STEPS: 5, keys.STEPS_TOTAL: 5,
                                     keys.EPSILON_SPENT: epsilon,
                                     keys.SYNTHETIC_INPUT: synthetic}),
-        keys.SITE: ConfigRecord({keys.SITE_NAME: site})})
+        keys.SITE: ConfigRecord({keys.SITE_NAME: site, keys.LEDGER_HEAD: "ab" * 32})})
     return Message(content=content, reply_to=request)
 
 

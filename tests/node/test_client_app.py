@@ -59,7 +59,10 @@ def test_reply_holds_only_weights_of_the_global_shapes_and_whitelisted_scalars(
     assert metrics[keys.WEIGHT] == 1.0  # no row count leaves the node
     assert metrics[keys.SYNTHETIC_INPUT] == 0.0  # real records
     assert 0 < metrics[keys.EPSILON_SPENT] <= PLAN.epsilon
-    assert dict(reply.content[keys.SITE]) == {keys.SITE_NAME: "hospital-03"}
+    # The head is the hash of the ledger's last line: it says nothing the ledger does not.
+    head = json.loads(_ledger_lines(site_files)[-1])["hash"]
+    assert dict(reply.content[keys.SITE]) == {keys.SITE_NAME: "hospital-03",
+                                              keys.LEDGER_HEAD: head}
 
 
 def test_node_keeps_counting_steps_across_rounds(site_files, demo_schema, caplog):
@@ -99,8 +102,12 @@ def test_non_private_plan_reports_infinite_epsilon(site_files, demo_schema, capl
     plan = StudyPlan(epsilon=math.inf, rounds=1, local_steps=2, hidden=16, latent=4)
     _refused(lambda: build_client_app()(_message(demo_schema, plan)[0],
                                         _context(*site_files)), caplog,
-             "needs epsilon inf")  # never within a finite budget
-    unlimited = _context(*site_files, **{"epsilon-budget": "inf"})
+             "max-epsilon-per-study")  # beyond the default cap on one study
+    _refused(lambda: build_client_app()(_message(demo_schema, plan)[0],
+                                        _context(*site_files, **{"max-epsilon-per-study": "inf"})),
+             caplog, "needs epsilon inf")  # never within a finite budget
+    unlimited = _context(*site_files, **{"epsilon-budget": "inf",
+                                         "max-epsilon-per-study": "inf"})
     reply = build_client_app()(_message(demo_schema, plan)[0], unlimited)
     assert math.isinf(reply.content[keys.METRICS][keys.EPSILON_SPENT])
 

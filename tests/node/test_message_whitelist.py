@@ -44,6 +44,7 @@ from protocols.generators.marginals.tables import (noise_scales, site_noise_mult
                                                    table_counts)
 from protocols.plan import StudyPlan
 from protocols.privacy import secure_aggregation as contract
+from protocols.privacy.ledger import is_head
 from protocols.release.manifest import CSV_NAME
 from protocols.schema import Schema, load_schema
 from simulation import engine as simulation
@@ -234,7 +235,7 @@ def test_training_replies_hold_the_global_models_arrays_and_the_whitelisted_scal
         for key, (kind, value) in metrics.items():
             assert kind == METRIC_TYPES.get(key, kind) and kind in ("int", "float"), key
             assert math.isfinite(value), key
-        assert record_values(message, keys.SITE) == {keys.SITE_NAME: message["site"]}
+        _assert_site_and_head(message)
 
 
 @pytest.mark.parametrize("study", PLAIN_STUDIES)
@@ -307,7 +308,15 @@ def test_privacy_reports_hold_the_whitelisted_metrics_only(secure_study):
         assert 0 < report[keys.EPSILON_SPENT] <= plan.epsilon
         assert report[keys.STEPS_TOTAL] == plan.total_steps
         assert report[keys.ROUNDS] == list(range(1, plan.rounds + 1))
-        assert record_values(message, keys.SITE) == {keys.SITE_NAME: message["site"]}
+        _assert_site_and_head(message)
+
+
+def _assert_site_and_head(message: dict[str, Any]) -> None:
+    """A training reply's or privacy report's site record: the site's name and its
+    ledger's head (64 hex digits, the hash of its ledger's last line), nothing else."""
+    site = record_values(message, keys.SITE)
+    assert set(site) == keys.REPLY_SITE and site[keys.SITE_NAME] == message["site"]
+    assert is_head(site[keys.LEDGER_HEAD])
 
 
 # ---------------------------------------------------------------- SecAgg+
@@ -446,6 +455,10 @@ def _public_view(message: dict[str, Any]) -> dict[str, Any]:
     sent = json.loads(json.dumps(message["sent"]))
     if keys.SITE in sent:
         sent[keys.SITE]["values"].pop(keys.SITE_NAME)
+        # The ledger head hashes the plan's values and the time each was charged (no
+        # record; tests/node/test_privacy_attacks.py checks it is the ledger's last
+        # line): the time differs by site, so it is left out like the name.
+        sent[keys.SITE]["values"].pop(keys.LEDGER_HEAD, None)
     return {"type": message["message_type"], "error": message["error"], "sent": sent}
 
 

@@ -78,13 +78,20 @@ def make_site(tmp_path, demo_registry):
 
 
 def _answer(app, message, context):
-    """The reply's public content, or the refusal text the coordinator sees."""
+    """The reply's public content, or the refusal text the coordinator sees. The ledger
+    head is checked to be the hash of the site's ledger's last line (the plan's values
+    and the time it was charged, no record), then left out: its time differs by site."""
     try:
         reply = app(message, context)
     except SiteRefusal as refusal:
         return ("declined", str(refusal))
-    return ("replied", {name: dict(record) for name, record in reply.content.items()
-                        if not hasattr(record, "to_torch_state_dict")})
+    content = {name: dict(record) for name, record in reply.content.items()
+               if not hasattr(record, "to_torch_state_dict")}
+    head = content.get(keys.SITE, {}).pop(keys.LEDGER_HEAD, None)
+    if head is not None:
+        ledger = Path(context.node_config["state-dir"]) / "privacy-ledger.jsonl"
+        assert head == json.loads(ledger.read_text().splitlines()[-1])["hash"]
+    return ("replied", content)
 
 
 # ---------------------------------------------------------------- 1. size from epsilon

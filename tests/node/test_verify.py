@@ -26,9 +26,11 @@ def kits(tmp_path_factory) -> Path:
 
 
 def _release(folder: Path, cohort, schema, key: Ed25519PrivateKey) -> Path:
+    """Signed claims about two sites that are not the kits' (the kits' own ledgers are
+    compared with a manifest in tests/node/test_ledger_rollback.py)."""
     release_cohort(cohort, folder, schema=schema, plan=StudyPlan(rounds=2),
-                   sites={"siteA": SitePrivacySpent(1.9, 40), "siteB": SitePrivacySpent(1.8, 40)},
-                   contributions={"siteA": [1, 2], "siteB": [1, 2]}, engine="deployment",
+                   sites={"siteX": SitePrivacySpent(1.9, 40), "siteY": SitePrivacySpent(1.8, 40)},
+                   contributions={"siteX": [1, 2], "siteY": [1, 2]}, engine="deployment",
                    signing_key=key, tls=True)
     return folder
 
@@ -44,6 +46,7 @@ def test_a_released_cohort_verifies_against_the_site_kit(cohort, kits, capsys):
     assert node_main(["verify", str(cohort), "--kit", str(kits / "siteA")]) == 0
     out = capsys.readouterr().out
     assert out.startswith("verified: 2 files, signed by key ") and "(trusted)" in out
+    assert "The manifest says nothing about site siteA." in out
 
 
 def test_without_a_key_the_node_says_the_signer_is_not_pinned(cohort, capsys):

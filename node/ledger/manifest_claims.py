@@ -1,0 +1,61 @@
+"""What a signed manifest says about this site, checked against the site's own ledger.
+
+The signature proves who wrote the manifest, not that its words about a site are
+true: the per-site ε, steps, δ and rounds are the coordinator's record of what the
+site sent. `fedsynth-node verify --kit` compares them with the ledger the node wrote
+as it answered: the study must be one the site reserved, every round the manifest
+credits to it one the site answered, the ε and steps those its ledger charged at the
+last such round, the δ its reserve's, and the ledger head it records one the ledger
+still holds. A study the manifest says nothing about at this site is no problem.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from node.ledger.anchor import rollback_problem
+from protocols.privacy.ledger import RESERVE, ROUND, LedgerEntry, is_head
+
+
+def claim_problems(manifest: Mapping[str, Any], site: str, entries: Sequence[LedgerEntry],
+                   ledger_path: Path) -> tuple[list[str], str]:
+    """(problems, one line saying what was compared) for `site`'s claims in `manifest`."""
+    study = str(manifest.get("study", ""))
+    claims = (manifest.get("privacy") or {}).get("sites", {}).get(site)
+    rounds = (manifest.get("contributions") or {}).get(site, [])
+    head = (manifest.get("ledger_heads") or {}).get(site)
+    if claims is None and not rounds and head is None:
+        return [], f"The manifest says nothing about site {site}."
+    mine = [e for e in entries if e.study == study]
+    reserve = next((e for e in mine if e.kind == RESERVE), None)
+    if reserve is None:
+        return [f"the manifest credits site {site} with study {study[:12]}, but its ledger "
+                f"{ledger_path} holds no reserve of that study"], ""
+    answered = {e.round: e for e in mine if e.kind == ROUND}
+    problems = [f"the manifest credits site {site} with round {r}, which its ledger does "
+                "not record as answered" for r in rounds if r not in answered]
+    if rounds and max(rounds) in answered and claims is not None:
+        last = answered[max(rounds)]
+        problems += _compare("epsilon spent", claims.get("epsilon_spent"), last.epsilon)
+        problems += _compare("steps", claims.get("steps"), last.steps_total)
+    if claims is not None and claims.get("delta") is not None:
+        problems += _compare("delta", claims.get("delta"), reserve.delta)
+    if head is not None:
+        problem = rollback_problem(entries, head, ledger_path, "the manifest") \
+            if is_head(head) else f"the manifest's ledger head {head!r} is not a head"
+        problems += [problem] if problem else []
+    compared = (f"Site {site}: the manifest's rounds {sorted(rounds)}, epsilon, steps, delta "
+                f"and ledger head agree with its ledger {ledger_path}.")
+    return problems, compared
+
+
+def _compare(what: str, claimed: Any, recorded: float) -> list[str]:
+    value = math.inf if claimed is None else claimed
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and (
+            value == recorded or math.isclose(value, recorded, rel_tol=1e-9)):
+        return []
+    return [f"the manifest states {what} {claimed!r} for this site; its ledger records "
+            f"{recorded:g}"]
