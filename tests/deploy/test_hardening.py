@@ -20,7 +20,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
-STATE_VOLUMES = {"superlink-state", "studies", "node-state"}
+STATE_VOLUMES = {"superlink-state", "studies", "node-state", "node-ledger-head"}
 SIGNING_KEY = "manifest-signing.key"
 # unit -> the one folder it may write (its StateDirectory)
 UNITS = {"fedsynth-node.service": "/var/lib/fedsynth",
