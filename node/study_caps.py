@@ -10,9 +10,11 @@ memory, so a plan with hidden = 10^5 is refused before any weight exists. A refu
 names the cap, the plan's value and the node.toml key to change, in the node's log;
 the coordinator gets the one fixed refusal text.
 
-The defaults suit fedsynth's rare-disease studies (the default plan asks ε 3,
-δ 1e-5, 15 × 20 steps, a VAE of about 14 000 parameters, 1000 rows) with room to
-spare; a simulation, where the harness plays both sides, has no caps.
+The defaults (`protocols.kit_layout.CAP_DEFAULTS`) suit fedsynth's rare-disease
+studies (the default plan asks ε 3, δ 1e-5, 15 × 20 steps, a VAE of about 14 000
+parameters, 1000 rows) with room to spare, and keep any one study to half of the
+default lifetime budget (ε 10); a simulation, where the harness plays both sides,
+has no caps.
 """
 
 from __future__ import annotations
@@ -41,11 +43,11 @@ from protocols.schema import Schema
 class StudyCaps:
     """What one study may ask of this node (defaults: a deployed node without [limits])."""
 
-    max_epsilon: float = 10.0
-    max_delta: float = 1e-5
-    max_total_steps: int = 2_000
-    max_model_parameters: int = 1_000_000
-    max_rows_to_score: int = 100_000
+    max_epsilon: float = float(layout.CAP_DEFAULTS[layout.MAX_EPSILON])
+    max_delta: float = float(layout.CAP_DEFAULTS[layout.MAX_DELTA])
+    max_total_steps: int = int(layout.CAP_DEFAULTS[layout.MAX_TOTAL_STEPS])
+    max_model_parameters: int = int(layout.CAP_DEFAULTS[layout.MAX_MODEL_PARAMETERS])
+    max_rows_to_score: int = int(layout.CAP_DEFAULTS[layout.MAX_ROWS_TO_SCORE])
 
 
 NO_CAPS = StudyCaps(math.inf, 1.0, 2**62, 2**62, 2**62)

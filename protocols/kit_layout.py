@@ -63,6 +63,10 @@ MAX_DELTA = TomlKey("limits", "max-delta-per-study")
 MAX_TOTAL_STEPS = TomlKey("limits", "max-rounds-times-steps")
 MAX_MODEL_PARAMETERS = TomlKey("limits", "max-model-parameters")
 MAX_ROWS_TO_SCORE = TomlKey("limits", "max-rows-to-score")
+# Their defaults (the node applies them; the kit writer shows them in node.toml).
+CAP_DEFAULTS: dict[TomlKey, float | int] = {
+    MAX_EPSILON: 5.0, MAX_DELTA: 1e-5, MAX_TOTAL_STEPS: 2_000,
+    MAX_MODEL_PARAMETERS: 1_000_000, MAX_ROWS_TO_SCORE: 100_000}
 
 _SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _DNS_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")

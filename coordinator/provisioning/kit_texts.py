@@ -48,7 +48,17 @@ def node_toml(site: str, address: SuperLinkAddress, has_schema: bool,
             section = key.section
             lines += ["", f"[{section}]"]
         lines.append(f"{key.key} = {value}" + (f"  # {comment}" if comment else ""))
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _limits_comment()) + "\n"
+
+
+def _limits_comment() -> list[str]:
+    """The caps on one study, as comments showing the node's defaults: a hospital that
+    wants its own uncomments the section and changes them."""
+    return ["", "# Caps on any one study, checked before anything of it runs (a study asking "
+            "more is", "# refused, and the node's log names the key). These are the "
+            "defaults; to set your own,", "# uncomment [limits] and the keys to change, "
+            "then restart the node.", f"# [{kit.MAX_EPSILON.section}]",
+            *(f"# {key.key} = {value!r}" for key, value in kit.CAP_DEFAULTS.items())]
 
 
 def consortium_toml(address: SuperLinkAddress, sites: Sequence[str], created: dt.datetime,

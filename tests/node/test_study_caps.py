@@ -69,7 +69,7 @@ def _refused(call, caplog, detail: str) -> str:
     ({"max-model-parameters": 1000}, PLAN,
      "a vae model of this many values (hidden 16, latent 4) = "),
     ({}, PLAN.with_overrides(epsilon=20.0),  # the defaults, with no [limits] at all
-     "above this site's cap of 10 (node.toml [limits] max-epsilon-per-study)"),
+     "above this site's cap of 5 (node.toml [limits] max-epsilon-per-study)"),
     ({}, PLAN.with_overrides(rounds=50, local_steps=50),
      "(50 x 50) = 2500, above this site's cap of 2000"),
 ])
