@@ -227,8 +227,10 @@ fedsynth-node budget --kit .
 It lists every study on this node's privacy ledger (`state/privacy-ledger.jsonl`) and
 what is committed, spent and left of `epsilon-budget` and `delta-budget`. A study that
 would overspend either is refused before any step. Whatever the reason the node declines,
-the coordinator sees one fixed text; the reason is in this node's log. If the ledger's hash chain is broken (exit status 2), the node
-refuses every study until you restore the ledger from your backup.
+the coordinator sees one fixed text; the reason is in this node's log. If the ledger's
+hash chain is broken, or the ledger no longer holds the head kept outside it (below), it
+exits 2 with a paragraph saying why, and the node refuses every study until you restore
+the ledger from your backup.
 
 ## Check a released cohort
 
@@ -239,7 +241,9 @@ fedsynth-node verify /path/to/cohort-folder --kit .
 It exits 0 only when the cohort's manifest is signed by the consortium's key in this kit
 and every file it lists (`synthetic.csv`, `synthetic.parquet`) has the sha256 and size the
 manifest states; otherwise it prints one line per file that differs. `report.html` is not
-covered by the signature.
+covered by the signature. With `--kit` it then compares what the manifest says about this
+site (the rounds it is credited with, its epsilon, steps, delta and ledger head) with this
+node's own ledger, and exits 1 naming each claim the ledger contradicts.
 
 ## Network
 
@@ -252,6 +256,33 @@ It opens no inbound port: the node's local runtime port ({kit.DEFAULT_RUNTIME_PO
 Created on first start, readable by the node's user only. It holds this site's
 privacy ledger (the epsilon every study has spent, append-only and hash-chained; a
 study that would exceed the budget in `{kit.NODE_TOML}` is refused) and study state. Back
-it up and never delete it: the chain catches an edited or removed entry, but not a
-ledger cut short or deleted, which would forget what was already spent.
+it up and never delete it.
+
+## What your security officer needs to know
+
+**The ledger cannot be rolled back unnoticed.** The hash chain catches an entry edited or
+removed from the middle. A ledger cut short, deleted, or rewritten with a recomputed chain
+is caught by its *head*, the hash of its last entry, kept in two places the state folder
+does not reach: the file `{kit.DEFAULT_LEDGER_HEAD}` in this kit folder (or where
+`{kit.LEDGER_HEAD}` in `{kit.NODE_TOML}` / `start --ledger-head` puts it; the node rewrites
+it after every entry, and refuses to start if it cannot), and the consortium's signed
+manifests, which record each site's head; at the next study the coordinator presents the
+last one it saw. A ledger that lost the head kept in the file is refused before anything
+runs (`start` and `budget` exit 2, every study is declined), and one that lost the head the
+coordinator presents is declined at that study; each time a paragraph says why. Restore the
+ledger from a backup that holds that entry; never start a new, empty one, which would
+spend earlier studies' epsilon again. A head is not secret: a coordinator that presents a
+false one can only make the node decline. Back up the head file with the state folder.
+
+**Caps on any one study.** Besides the lifetime budget, `{kit.NODE_TOML}` can cap what one
+study asks (`[{kit.MAX_EPSILON.section}]`, shown there as comments with the defaults):
+`{kit.MAX_EPSILON.key}` ({kit.CAP_DEFAULTS[kit.MAX_EPSILON]:g}), `{kit.MAX_DELTA.key}`
+({kit.CAP_DEFAULTS[kit.MAX_DELTA]:g}), `{kit.MAX_TOTAL_STEPS.key}` (rounds x local
+steps, {kit.CAP_DEFAULTS[kit.MAX_TOTAL_STEPS]}), `{kit.MAX_MODEL_PARAMETERS.key}` (the values
+of the model the study makes this node hold, {kit.CAP_DEFAULTS[kit.MAX_MODEL_PARAMETERS]}) and
+`{kit.MAX_ROWS_TO_SCORE.key}` (a cohort's rows in a federated evaluation,
+{kit.CAP_DEFAULTS[kit.MAX_ROWS_TO_SCORE]}). They are checked on the plan before the ledger is
+touched and before any weight is allocated (the model is counted, not built); a refusal in
+the node's log names the cap, the plan's value and the key to change. Restart the node after
+changing them.
 """
