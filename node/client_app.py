@@ -41,7 +41,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from node.global_model import check_global_arrays
-from node.ledger.anchor import LedgerAnchor, presented_head
+from node.ledger.anchor import LedgerAnchor, check_anchor, presented_head
 from node.ledger.privacy_ledger import PrivacyLedger
 from node.ledger.round_charging import RoundRequest, answer_round
 from node.ledger.round_replay import StoredAnswer, model_sha256
@@ -198,10 +198,13 @@ def _note_small_site(plan: StudyPlan, site: SiteData) -> None:
 
 
 def _privacy_report(msg: Message, context: Context, source: SiteSource) -> Message:
-    """This site's ε, steps and rounds answered in the study, from its own ledger."""
+    """This site's ε, steps and rounds answered in the study, from its own ledger (refused
+    when the ledger lost the head kept outside it), with the ledger's head."""
     schema = source.load_schema()
     study = _plan_for(schema, msg.content[keys.PLAN], "report").fingerprint(schema.sha256)
-    entries = PrivacyLedger(_state_dir(source, context)).entries()
+    ledger = PrivacyLedger(_state_dir(source, context))
+    entries = ledger.entries()
+    check_anchor(entries, LedgerAnchor(_head_file(source)), ledger.path)  # not a rolled-back one
     spend = study_spend(entries, study)
     if spend is None:
         raise PlanError(f"Site {source.site_name} has no record of this study in its ledger.")

@@ -283,3 +283,17 @@ def test_entry_lines_stay_the_contract(site):
     _train(site, STUDIES[0])
     entries = PrivacyLedger(site[0].state_dir).entries()
     assert _ledger(site).read_text().splitlines()[-1] == entry_line(entries[-1])
+
+
+def test_a_privacy_report_is_not_read_from_a_rolled_back_ledger(site, caplog):
+    from flwr.app import ConfigRecord, Context, Message, RecordDict
+
+    _three_studies(site)
+    _truncate(site)  # the first study's lines are still there, the head is not
+    kit, config, _ = site
+    plan = ConfigRecord({**STUDIES[0].to_config(), keys.SCHEMA_SHA256: _schema(kit).sha256})
+    query = Message(content=RecordDict({keys.PLAN: plan}), dst_node_id=1, message_type="query")
+    context = Context(run_id=1, node_id=1, node_config=dict(config), state=RecordDict(),
+                      run_config={})
+    _refused(lambda: build_client_app()(query, context), caplog,
+             r"no longer holds the entry .* this node's head file")
