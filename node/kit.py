@@ -26,7 +26,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 
-from node.study_caps import StudyCaps, read_caps
+from node.study_caps import CAP_KEYS, StudyCaps, read_caps
 from protocols import kit_layout as layout
 from protocols.config import read_flag, read_positive, read_text, read_whole_number
 from protocols.kit_layout import (KitError, SuperLinkAddress, TomlKey, check_site_name,
@@ -100,7 +100,7 @@ def read_kit(directory: Path) -> NodeKit:
         epsilon_budget=setting.budget(layout.EPSILON_BUDGET),
         delta_budget=setting.budget(layout.DELTA_BUDGET, below=1.0),
         ledger_head=setting.optional_file(directory, layout.LEDGER_HEAD),
-        caps=read_caps(setting.table("limits"), str(path), KitError))
+        caps=read_caps(setting.limits(), str(path), KitError))
 
 
 def check_kit(kit: NodeKit) -> int:
@@ -246,6 +246,16 @@ class _Settings:
         table = self._doc.get(section, {})
         if not isinstance(table, dict):
             raise KitError(f"{self._path}: [{section}] must be a table of keys.")
+        return table
+
+    def limits(self) -> dict[str, Any]:
+        """The [limits] section; a key that is not a cap is refused, so that a misspelt
+        cap is not silently left at its default."""
+        table = self.table(layout.MAX_EPSILON.section)
+        unknown = sorted(set(table) - {key.key for key in CAP_KEYS})
+        if unknown:
+            raise KitError(f"{self._path}: [{layout.MAX_EPSILON.section}] {unknown[0]} is not "
+                           f"a cap; the caps are {', '.join(k.key for k in CAP_KEYS)}.")
         return table
 
     def optional_file(self, directory: Path, key: TomlKey) -> Path | None:

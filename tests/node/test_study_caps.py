@@ -179,6 +179,7 @@ def test_node_toml_limits_reach_the_supernodes_node_config(kit_dir):
     ("max-model-parameters = -3", "[limits] max-model-parameters = -3 must be at least 1"),
     ("max-epsilon-per-study = \"lots\"", "[limits] max-epsilon-per-study"),
     ("max-delta-per-study = 2", "[limits] max-delta-per-study"),
+    ("max-epsilon = 2", "[limits] max-epsilon is not a cap"),  # misspelt: not ignored
 ])
 def test_a_bad_cap_is_named_with_its_file_and_key(kit_dir, line, detail):
     with (kit_dir / "node.toml").open("a") as toml:
