@@ -4,8 +4,9 @@ Under secure aggregation the coordinator never sees a single site's reply,
 so it cannot learn from the updates what each site spent. Instead, once the
 rounds are over, it asks every node for its report on this study: the ε its
 accountant gives for the steps it ran, those steps, and the rounds it
-answered, with its ledger's head (recorded in the manifest). A reply with anything else, a duplicate site, or an ε beyond the
-plan is dropped and logged, like a bad update.
+answered, with its ledger's head (recorded in the manifest). A reply with
+anything else, a duplicate site, or an ε beyond the plan is dropped and
+logged, like a bad update.
 """
 
 from __future__ import annotations

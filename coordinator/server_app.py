@@ -25,8 +25,8 @@ from flwr.serverapp import Grid, ServerApp
 from coordinator.checkpoints import (Checkpoint, checkpoint_dir, clear_checkpoints,
                                      load_checkpoint, mark_released, resumable, save_checkpoint)
 from coordinator.cohort import release_cohort
-from coordinator.ledger_heads import presented, read_known_heads, record_heads
 from coordinator.federated_evaluation import REPORT_NAME, evaluate_at_sites, write_study_report
+from coordinator.ledger_heads import presented, read_known_heads, record_heads
 from coordinator.privacy_reports import collect_privacy_reports
 from coordinator.provisioning.signing_key import signing_key
 from coordinator.rounds import run_rounds

@@ -10,9 +10,9 @@ and a study that would overspend the site's ε or δ budget, and reserves the
 plan's before any step; only then are the site's records read, the global generator
 trained locally with DP-SGD (or the marginal tables released), and the reply
 sent: the weights, the whitelisted scalars of `protocols.messages` and the
-ledger's new head, nothing else. Each round is charged once before its answer leaves; the steps already
-run carry over, so the accountant covers every round of the study, across
-coordinator restarts too.
+ledger's new head, nothing else. Each round is charged once before its answer
+leaves; the steps already run carry over, so the accountant covers every round
+of the study, across coordinator restarts too.
 
 Whatever the reason, a refusal reaches the coordinator as the one text
 `protocols.messages.DECLINED`; the reason goes to the node's log. No check

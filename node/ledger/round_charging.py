@@ -1,10 +1,11 @@
 """Answering a study's round, and its one evaluation, at most once per privacy charge.
 
 Before any step the node checks its ledger (chain intact, and still holding
-the head kept outside it, its own and the one the coordinator presents:
-`node.ledger.anchor`); before any step of a new study also the ε and δ budget left, and reserves the plan's ε and δ; the noise multiplier and
-sampling rate (functions of the plan alone) are fixed then, for every round. Each round trained is charged on the ledger
-before its answer leaves. When a resumed coordinator asks again for a round:
+the heads kept outside it, its own and the one the coordinator presents:
+`node.ledger.anchor`); before any step of a new study also the ε and δ budget
+left, and it reserves the plan's ε and δ; the noise multiplier and sampling rate
+(functions of the plan alone) are fixed then, for every round. Each round
+trained is charged on the ledger before its answer leaves. When a resumed coordinator asks again for a round:
 - same round, same global model: the stored answer is given again (the same
   release; nothing new is spent) — but never under secure aggregation, where
   a second secure sum over a different set of sites would reveal this site's
