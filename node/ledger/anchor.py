@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from node.ledger.durable import replace_durably
 from protocols import messages as keys
 from protocols.errors import BudgetError, PlanError
 from protocols.privacy.ledger import LedgerEntry, holds_head, is_head, last_hash
@@ -67,12 +68,7 @@ def write_head_file(path: Path, head: str) -> None:
         handle.write(head + "\n")
         handle.flush()
         os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)  # the rename itself survives a power loss
-    finally:
-        os.close(folder)
+    replace_durably(tmp, path)
 
 
 def rollback_problem(entries: Sequence[LedgerEntry], head: str, ledger_path: Path,

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord
 
+from node.ledger.durable import replace_durably
 from protocols.errors import BudgetError
 
 
@@ -54,12 +55,7 @@ def store_answer(state_dir: Path, study: str, answer: StoredAnswer) -> None:
                     "metrics": dict(answer.metrics)}, handle)
         handle.flush()
         os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)  # the rename itself survives a power loss
-    finally:
-        os.close(folder)
+    replace_durably(tmp, path)
 
 
 def stored_answer(state_dir: Path, study: str) -> StoredAnswer | None:

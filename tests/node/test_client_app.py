@@ -37,15 +37,6 @@ def _message(schema, plan=PLAN, schema_hash=None, server_round=1, arrays=None):
 _context = node_context
 
 
-@pytest.fixture
-def site_files(tmp_path, demo_registry):
-    schema_path = tmp_path / "schema.yaml"
-    schema_path.write_text(demo_registry.schema_yaml)
-    data_path = tmp_path / "hospital-03.csv"
-    demo_registry.sites["hospital-03"].to_csv(data_path, index=False)
-    return schema_path, data_path
-
-
 def test_reply_holds_only_weights_of_the_global_shapes_and_whitelisted_scalars(
         site_files, demo_schema):
     msg, model = _message(demo_schema)

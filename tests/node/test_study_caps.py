@@ -38,15 +38,6 @@ def task_identity():
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
 
 
-@pytest.fixture
-def site_files(tmp_path, demo_registry):
-    schema_path = tmp_path / "schema.yaml"
-    schema_path.write_text(demo_registry.schema_yaml)
-    data_path = tmp_path / "hospital-03.csv"
-    demo_registry.sites["hospital-03"].to_csv(data_path, index=False)
-    return schema_path, data_path
-
-
 def _refused(call, caplog, detail: str) -> str:
     with caplog.at_level(logging.ERROR, logger="node.client_app"):
         with pytest.raises(SiteRefusal) as raised:
