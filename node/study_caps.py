@@ -24,17 +24,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-import torch
-
 from protocols import kit_layout as layout
 from protocols.config import read_positive, read_whole_number
-from protocols.count_tables import build_layout
-from protocols.encoding import build_encoding
 from protocols.errors import FedsynthError, PlanError
 from protocols.generators import family_for
-from protocols.generators.vae.family import VaeFamily
-from protocols.generators.vae.model import build_generator
 from protocols.plan import StudyPlan
 from protocols.schema import Schema
 
@@ -80,24 +73,13 @@ def read_caps(values: Mapping[str, Any], where: str,
     return StudyCaps(**caps)
 
 
-def model_parameters(schema: Schema, plan: StudyPlan) -> int:
-    """The number of values in the plan's global model on `schema`, counted without
-    allocating them. (A `GeneratorFamily` method would be this function's better home.)"""
-    family = family_for(plan)
-    if isinstance(family, VaeFamily):
-        with torch.device("meta"):  # shapes only: no memory behind any tensor
-            model = build_generator(build_encoding(schema), plan.hidden, plan.latent, plan.seed)
-        return sum(tensor.numel() for tensor in model.state_dict().values())
-    # The marginals tables follow from the public schema alone, whatever the plan says.
-    return sum(int(np.prod(shape)) for shape in build_layout(schema).table_shapes().values())
-
-
 def refuse_beyond_caps(plan: StudyPlan, schema: Schema, caps: StudyCaps, site: str) -> None:
     """Refuse a plan that asks more than one of the site's caps (before anything runs)."""
     for key, asked in ((layout.MAX_EPSILON, plan.epsilon), (layout.MAX_DELTA, plan.delta),
                        (layout.MAX_TOTAL_STEPS, plan.total_steps)):
         _refuse_above(site, key, asked, caps, _what(key, plan))
-    _refuse_above(site, layout.MAX_MODEL_PARAMETERS, model_parameters(schema, plan), caps,
+    values = family_for(plan).model_values(schema, plan)  # counted, never allocated
+    _refuse_above(site, layout.MAX_MODEL_PARAMETERS, values, caps,
                   f"a {plan.generator} model of this many values (hidden {plan.hidden}, "
                   f"latent {plan.latent})")
 

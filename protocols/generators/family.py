@@ -98,6 +98,11 @@ class GeneratorFamily(ABC):
         the only ones a node accepts or a coordinator averages."""
 
     @abstractmethod
+    def model_values(self, schema: Schema, plan: StudyPlan) -> int:
+        """How many values `global_arrays` would hold, counted without allocating them:
+        a node checks a plan against its cap on model size before anything exists."""
+
+    @abstractmethod
     def site_privacy(self, plan: StudyPlan, schema: Schema) -> SitePrivacy:
         """Every site's mechanism for the study, from the plan and the public schema."""
 

@@ -21,10 +21,11 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from client_calls import node_context, train_message
 from node.client_app import SiteRefusal, build_client_app
 from node.kit import read_kit
-from node.study_caps import StudyCaps, model_parameters
+from node.study_caps import StudyCaps
 from node.supernode_launch import node_config
 from protocols import messages as keys
 from protocols.kit_layout import KitError
+from protocols.generators import family_for
 from protocols.plan import StudyPlan
 from simulation.cli import main as coordinator_main
 
@@ -82,12 +83,17 @@ def test_a_plan_within_the_caps_is_answered(site_files, demo_schema):
 
 
 def test_the_model_is_counted_without_allocating_it(demo_schema):
-    small = model_parameters(demo_schema, PLAN)
+    def values(plan):
+        return family_for(plan).model_values(demo_schema, plan)
+
+    small = values(PLAN)
+    assert small == sum(a.size for a in family_for(PLAN).global_arrays(demo_schema, PLAN).values())
     assert 1000 < small < 100_000
-    assert model_parameters(demo_schema, PLAN.with_overrides(hidden=100_000)) > 10**10
+    assert values(PLAN.with_overrides(hidden=100_000)) > 10**10
     marginals = StudyPlan(epsilon=2.0, rounds=2, generator="marginals")
-    assert model_parameters(demo_schema, marginals) == model_parameters(
-        demo_schema, marginals.with_overrides(hidden=100_000))  # tables follow the schema
+    assert values(marginals) == sum(
+        a.size for a in family_for(marginals).global_arrays(demo_schema, marginals).values())
+    assert values(marginals) == values(marginals.with_overrides(hidden=100_000))  # the schema's
 
 
 _HUGE_PLAN_SCRIPT = textwrap.dedent("""

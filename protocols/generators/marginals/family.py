@@ -11,6 +11,7 @@ theirs.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -64,6 +65,10 @@ class MarginalsFamily(GeneratorFamily):
         """Zero tables: round 1 fills the column tables, round 2 the pair tables."""
         return {name: np.zeros(shape, dtype=np.float64)
                 for name, shape in build_layout(schema).table_shapes().items()}
+
+    def model_values(self, schema: Schema, plan: StudyPlan) -> int:
+        # The tables follow from the public schema alone, whatever the plan says.
+        return sum(math.prod(shape) for shape in build_layout(schema).table_shapes().values())
 
     def site_privacy(self, plan: StudyPlan, schema: Schema) -> SitePrivacy:
         # Every record is counted (rate 1); the noise (or the site's share of it, under

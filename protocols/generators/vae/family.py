@@ -40,6 +40,11 @@ class VaeFamily(GeneratorFamily):
         model = _model(schema, plan)
         return {name: tensor.numpy() for name, tensor in model.state_dict().items()}
 
+    def model_values(self, schema: Schema, plan: StudyPlan) -> int:
+        with torch.device("meta"):  # shapes only: no memory behind any tensor
+            model = _model(schema, plan)
+        return sum(tensor.numel() for tensor in model.state_dict().values())
+
     def site_privacy(self, plan: StudyPlan, schema: Schema) -> SitePrivacy:
         return accounting.dpsgd_privacy(plan)
 
