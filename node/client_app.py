@@ -168,13 +168,12 @@ def train_reply(content: RecordDict, context: Context, source: SiteSource) -> Re
                                      keys.STEPS_TOTAL: release.steps_total,
                                      keys.EPSILON_SPENT: release.epsilon})
 
-    state_dir = _state_dir(source, context)
-    answer = answer_round(state_dir, source.budget, request, new_study_privacy, train, anchor)
+    answer, head = answer_round(_state_dir(source, context), source.budget, request,
+                                new_study_privacy, train, anchor)
     arrays = ArrayRecord({k: torch.from_numpy(v) for k, v in answer.arrays.items()})
     return _reply_content(arrays, source, int(answer.metrics[keys.STEPS]),
                           int(answer.metrics[keys.STEPS_TOTAL]),
-                          float(answer.metrics[keys.EPSILON_SPENT]),
-                          last_hash(PrivacyLedger(state_dir).entries()))
+                          float(answer.metrics[keys.EPSILON_SPENT]), head)
 
 
 def _plan_for(schema: Schema, plan_config: Mapping[str, Any], what: str) -> StudyPlan:

@@ -33,7 +33,7 @@ from protocols.errors import BudgetError
 from protocols.generators.family import SitePrivacy
 from protocols.plan import StudyPlan
 from protocols.privacy.ledger import (EVALUATION, RESERVE, ROUND, LedgerEntry, SiteBudget,
-                                      StudySpend, check_budget, study_spend)
+                                      StudySpend, check_budget, last_hash, study_spend)
 
 
 @dataclass(frozen=True)
@@ -57,12 +57,14 @@ TrainFn = Callable[[SitePrivacy, int], StoredAnswer]
 
 def answer_round(state_dir: Path, budget: SiteBudget, request: RoundRequest,
                  privacy_for_new_study: Callable[[], SitePrivacy], train: TrainFn,
-                 anchor: LedgerAnchor = LedgerAnchor()) -> StoredAnswer:
+                 anchor: LedgerAnchor = LedgerAnchor()) -> tuple[StoredAnswer, str]:
     """The site's answer to `request`, charged on the ledger exactly once (under the
-    site's ledger lock, from the anchor and budget checks to the charge)."""
+    site's ledger lock, from the anchor and budget checks to the charge), and the
+    ledger's head right after that charge, read under the same lock."""
     with exclusive(state_dir):
-        return _answer_round(state_dir, budget, request, privacy_for_new_study, train,
-                             anchor)
+        answer = _answer_round(state_dir, budget, request, privacy_for_new_study, train,
+                               anchor)
+        return answer, last_hash(PrivacyLedger(state_dir).entries())
 
 
 def _answer_round(state_dir: Path, budget: SiteBudget, request: RoundRequest,
