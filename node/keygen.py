@@ -14,12 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from protocols import kit_layout as layout
-from protocols.kit_layout import KitError
+from protocols.kit_layout import PRIVATE_DIR, PRIVATE_FILE, PUBLIC_FILE, KitError
 from protocols.node_keys import NodeAuthPublicKey, new_node_auth_key_pair
-
-PRIVATE_FILE = 0o600
-PUBLIC_FILE = 0o644
-PRIVATE_DIR = 0o700
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,11 @@ DEFAULT_STATE_DIR = "state"
 DEFAULT_LEDGER_HEAD = "ledger-head"
 RECORDS_PLACEHOLDER = "/path/to/site-records.csv"
 SCHEMA_PLACEHOLDER = "/path/to/consortium-schema.yaml"
+# File modes of what a kit holds, wherever it is written (the hospital's keygen, the
+# coordinator's provisioning): private keys and their folders owner-only.
+PRIVATE_FILE = 0o600
+PUBLIC_FILE = 0o644
+PRIVATE_DIR = 0o700
 
 
 @dataclass(frozen=True)

@@ -18,11 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from protocols.kit_layout import KitError
-
-PRIVATE_FILE = 0o600
-PUBLIC_FILE = 0o644
-PRIVATE_DIR = 0o700
+from protocols.kit_layout import PRIVATE_DIR, PRIVATE_FILE, PUBLIC_FILE, KitError
 
 
 @dataclass(frozen=True)

@@ -20,10 +20,11 @@ from pathlib import Path
 
 from coordinator.provisioning.consortium import (ENROLLED, REVOKED, coordinator_docs,
                                                  read_consortium)
-from coordinator.provisioning.kit_staging import PRIVATE_DIR, PUBLIC_FILE, replace_file
+from coordinator.provisioning.kit_staging import replace_file
 from coordinator.provisioning.superlink_enrolment import unregister_key
 from protocols import kit_layout as kit
-from protocols.kit_layout import KitError, SuperLinkAddress, check_site_name
+from protocols.kit_layout import PRIVATE_DIR, PUBLIC_FILE, KitError, SuperLinkAddress, \
+    check_site_name
 from protocols.node_keys import NodeAuthPublicKey, read_public_key_file
 
 REVOCATIONS = "revocations.jsonl"
