@@ -138,7 +138,7 @@ def _run_split(data: datasets.BenchmarkData, tmp: Path, args: argparse.Namespace
             model = graphical.fit_model(
                 layout, {**columns, **pairs}, pair_noise_ratio=sigma_two / sigma_one,
                 extra=extra,
-                outcome=graphical.outcome_columns(schema) if variant.outcome_first else ())
+                outcome=schema.roles.columns if variant.outcome_first else ())
             cohort = graphical.sample_model(model, plan.rows, repeat)
             path = folder / "cohort.csv"
             cohort.to_csv(path, index=False)

@@ -31,6 +31,13 @@ class EvaluationRoles:
     survival_event: str | None = None
 
     @property
+    def columns(self) -> tuple[str, ...]:
+        """The columns a study predicts: the target, then the survival time and event
+        (those declared)."""
+        return tuple(name for name in (self.target, self.survival_time, self.survival_event)
+                     if name is not None)
+
+    @property
     def survival(self) -> tuple[str, str] | None:
         if self.survival_time is None or self.survival_event is None:
             return None

@@ -21,7 +21,7 @@ from protocols.count_tables import build_layout
 from protocols.generators.family import (Arrays, GeneratorFamily, LocalRelease, SitePrivacy,
                                          SiteRecords, sampling_seed)
 from protocols.generators.marginals.bounds import tables_problem
-from protocols.generators.marginals.graphical import fit_model, outcome_columns, sample_model
+from protocols.generators.marginals.graphical import fit_model, sample_model
 from protocols.generators.marginals.release import release_marginals
 from protocols.generators.marginals.tables import (STAGES, exposed_epsilon,
                                                    site_noise_multiplier, stages_epsilon,
@@ -101,5 +101,5 @@ class MarginalsFamily(GeneratorFamily):
                round_arrays: Callable[[int], Arrays]) -> pd.DataFrame:
         tables = {name: np.asarray(table) for name, table in final.items()}
         layout = build_layout(schema).with_groups(round_arrays(1))
-        model = fit_model(layout, tables, outcome=outcome_columns(schema))
+        model = fit_model(layout, tables, outcome=schema.roles.columns)
         return sample_model(model, plan.rows, sampling_seed(plan))

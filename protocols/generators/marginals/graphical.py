@@ -41,7 +41,7 @@ import pandas as pd
 
 from protocols.count_tables import PAIR_NOISE_RATIO, MarginalLayout, fine_to_encoded, one_name, \
     pair_name
-from protocols.schema import Column, Schema
+from protocols.schema import Column
 
 # Cells of the model's junction tree (float64: 0.5 MB; the private-pgm authors' AIM allows
 # 80 MB). Fitting costs cells × iterations: on 2 cores a 10⁶-cell model took 2 minutes, and
@@ -82,7 +82,7 @@ def fit_model(layout: MarginalLayout, tables: Mapping[str, np.ndarray],
     `pair_noise_ratio` times a column cell's noise. `extra`: further coarse tables (a pair
     measured again, a 3-way table), each with its noise ratio; they enter the model before
     any pair (benchmarks/workload.py measures such designs). `outcome`: the columns whose
-    pairs enter the model first (`outcome_columns` of the schema)."""
+    pairs enter the model first (the schema's `roles.columns`)."""
     mbi = _mbi()
     columns = layout.columns
     domain = mbi.Domain([c.name for c in columns], [layout.coarse_size(c) for c in columns])
@@ -158,14 +158,6 @@ def _mbi():
 def _jax():
     import jax
     return jax
-
-
-def outcome_columns(schema: Schema) -> frozenset[str]:
-    """The columns a study predicts, as the schema declares them: its evaluation target
-    and survival pair (none when it declares no roles)."""
-    roles = schema.roles
-    return frozenset(name for name in (roles.target, roles.survival_time, roles.survival_event)
-                     if name is not None)
 
 
 def _chosen_pairs(mbi, domain, columns: tuple[Column, ...], tables: Mapping[str, np.ndarray],

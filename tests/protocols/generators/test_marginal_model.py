@@ -1,6 +1,5 @@
 """The coordinator's graphical model: post-processing that keeps structure and the schema."""
 
-import dataclasses
 import itertools
 
 import numpy as np
@@ -9,8 +8,7 @@ import pytest
 
 from protocols.count_tables import build_layout
 from protocols.evaluation import evaluate_cohort
-from protocols.generators.marginals.graphical import _draw_rows, fit_model, outcome_columns, \
-    sample_model
+from protocols.generators.marginals.graphical import _draw_rows, fit_model, sample_model
 from protocols.generators.marginals.tables import noisy_column_tables, noisy_pair_tables
 from protocols.records import check_file
 from protocols.schema_roles import EvaluationRoles
@@ -99,5 +97,5 @@ def test_under_a_tight_cap_the_outcome_columns_pairs_enter_first(demo_schema, po
 
 
 def test_the_outcome_columns_are_the_schemas_declared_roles(demo_schema):
-    assert outcome_columns(demo_schema) == {"treated", "survival_months", "death"}
-    assert outcome_columns(dataclasses.replace(demo_schema, roles=EvaluationRoles())) == set()
+    assert demo_schema.roles.columns == ("treated", "survival_months", "death")
+    assert EvaluationRoles().columns == ()
