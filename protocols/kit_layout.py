@@ -61,6 +61,10 @@ DELTA_BUDGET = TomlKey("privacy", "delta-budget")
 # Where the node keeps its ledger's head, outside the state folder (optional; default
 # DEFAULT_LEDGER_HEAD in the kit folder; a read-only kit names a writable place).
 LEDGER_HEAD = TomlKey("node", "ledger-head")
+# The sha256 of the one app bundle (FAB) this node runs studies of: the release the
+# consortium agreed on (`protocols.release.app_bundle`); any other bundle is refused before
+# its code runs, and the node runs its own installed ClientApp (`node.app_executor`).
+APP_SHA256 = TomlKey("app", "sha256")
 # The hospital's caps on any one study (`[limits]`, optional, `node.study_caps` has the
 # defaults): checked before anything of the study is allocated.
 MAX_EPSILON = TomlKey("limits", "max-epsilon-per-study")
