@@ -1,7 +1,10 @@
 """`fedsynth-node`: what a hospital's data steward runs.
 
-`start` checks the site's deployment kit and records, then becomes the Flower
-SuperNode that dials the consortium's SuperLink (outbound only). `check`
+`start` checks the site's deployment kit and records, then runs the Flower
+SuperNode that dials the consortium's SuperLink (outbound only) and, beside it, the
+node's own app executor, which runs only studies of the app bundle the kit pins, with
+the ClientApp installed here (`node.app_executor`); `app-hash` prints the sha256 of the
+app bundle this installation runs, the value a kit pins. `check`
 validates a records file against the consortium's schema and prints a short
 report; it exits 0 only when every row is valid. `evaluate` scores a
 synthetic cohort against the site's own records and writes report.html (and
@@ -32,18 +35,20 @@ from pathlib import Path
 
 from node.blend import add_blend_parser, blend_command
 from node.keygen import write_node_auth_key_pair
-from node.kit import NodeKit, check_kit, prepare_state_dir, read_kit
+from node.kit import NodeKit, check_app_pin, check_kit, prepare_state_dir, read_kit
 from node.ledger.anchor import LedgerAnchor, check_anchor
 from node.ledger.budget_report import read_budget, report_text
 from node.ledger.manifest_claims import claim_problems
 from node.ledger.privacy_ledger import PrivacyLedger
-from node.supernode_launch import (exec_supernode, find_flower_supernode, shell_command,
-                                   starting_line, supernode_argv)
+from node.sandbox import unavailable_reason
+from node.supernode_launch import (executor_argv, executor_secret, find_flower_supernode,
+                                   run_node, shell_command, starting_line, supernode_argv)
 from protocols.errors import FedsynthError
 from protocols.evaluation.report.files import evaluate_files, score_lines
-from protocols.kit_layout import MANIFEST_SIGNING_PUB
+from protocols.kit_layout import MANIFEST_SIGNING_PUB, KitError
 from protocols.records import check_file
 from protocols.release.manifest import MANIFEST_NAME
+from protocols.release.app_bundle import release_sha256
 from protocols.release.provenance import synthetic_provenance
 from protocols.release.verification import load_trusted_key, verify_release
 from protocols.schema import load_schema
@@ -68,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
             return blend_command(args)
         if args.command == "keygen":
             return _keygen(args.out)
+        if args.command == "app-hash":
+            print(release_sha256())
+            return 0
         return _check(args.schema, args.data)
     except FedsynthError as exc:
         print(f"fedsynth-node: error: {exc}", file=sys.stderr)
@@ -81,6 +89,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedsynth-node", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _keygen_parser(sub)
+    sub.add_parser("app-hash", help="print the sha256 of the app bundle this installation "
+                   "runs (the fedsynth release); a kit's node.toml pins it as [app] sha256")
     _start_parser(sub)
     _verify_parser(sub)
     _budget_parser(sub)
@@ -143,7 +153,8 @@ def _start_parser(sub: argparse._SubParsersAction) -> None:
                             "site's records (refused otherwise); the cohort's manifest will "
                             "record that this site did")
     start.add_argument("--dry-run", action="store_true",
-                       help="check everything and print the flower-supernode command; run nothing")
+                       help="check everything and print the flower-supernode and app executor "
+                            "commands; run nothing")
 
 
 def _verify_parser(sub: argparse._SubParsersAction) -> None:
@@ -230,16 +241,27 @@ def _budget(args: argparse.Namespace) -> int:
 def _start(args: argparse.Namespace) -> int:
     kit = _with_overrides(read_kit(args.kit), args)
     n_records = check_kit(kit)
-    argv = supernode_argv(kit, find_flower_supernode())
+    check_app_pin(kit)
+    sandbox_problem = unavailable_reason()
+    if sandbox_problem:
+        raise KitError(f"The node cannot start: {sandbox_problem}. The app process that "
+                       "handles the coordinator's messages must be unable to read this "
+                       "site's node-auth key; run the node on such a kernel (the container "
+                       "and the service do not change this).")
+    supernode = find_flower_supernode()
     if args.dry_run:
-        print(shell_command(argv))
+        placeholder = Path("$SUPEREXEC_SECRET")
+        print(shell_command(supernode_argv(kit, supernode, placeholder)))
+        print(shell_command(executor_argv(kit, placeholder)))
         return 0
     prepare_state_dir(kit)
     ledger = PrivacyLedger(kit.state_dir)
     # A ledger rolled back is refused here, before the node connects to anyone.
     check_anchor(ledger.entries(), LedgerAnchor(kit.ledger_head_file), ledger.path)
     print(starting_line(kit, n_records), flush=True)
-    exec_supernode(argv)
+    with executor_secret() as secret:
+        return run_node({"supernode": supernode_argv(kit, supernode, secret),
+                         "app executor": executor_argv(kit, secret)})
 
 
 def _with_overrides(kit: NodeKit, args: argparse.Namespace) -> NodeKit:

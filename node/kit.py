@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 
 from node.study_caps import CAP_KEYS, StudyCaps, read_caps
+from protocols import __version__
 from protocols import kit_layout as layout
 from protocols.config import read_flag, read_positive, read_text, read_whole_number
 from protocols.kit_layout import (KitError, SuperLinkAddress, TomlKey, check_site_name,
@@ -34,6 +35,7 @@ from protocols.kit_layout import (KitError, SuperLinkAddress, TomlKey, check_sit
 from protocols.node_keys import public_key_of, read_public_key_file
 from protocols.privacy.site_limits import MIN_SITE_RECORDS
 from protocols.records import check_file
+from protocols.release.app_bundle import is_sha256_hex, release_sha256
 from protocols.release.provenance import refuse_synthetic_records
 from protocols.schema import load_schema
 
@@ -59,6 +61,7 @@ class NodeKit:
     train_on_synthetic: bool = False  # only ever from the operator's command line
     ledger_head: Path | None = None  # the head file, outside the state folder (default: kit)
     caps: StudyCaps = StudyCaps()
+    app_sha256: str = ""  # the pinned app bundle ([app] sha256): the only study code run
 
     @property
     def ledger_head_file(self) -> Path:
@@ -100,7 +103,22 @@ def read_kit(directory: Path) -> NodeKit:
         epsilon_budget=setting.budget(layout.EPSILON_BUDGET),
         delta_budget=setting.budget(layout.DELTA_BUDGET, below=1.0),
         ledger_head=setting.optional_file(directory, layout.LEDGER_HEAD),
-        caps=read_caps(setting.limits(), str(path), KitError))
+        caps=read_caps(setting.limits(), str(path), KitError),
+        app_sha256=setting.parsed(layout.APP_SHA256, "the sha256 of the consortium's app "
+                                  "bundle, 64 lowercase hex digits in quotes", _sha256_text))
+
+
+def check_app_pin(kit: NodeKit) -> None:
+    """Refuse a pin that is not the app bundle of the fedsynth installed here: the node runs
+    its own installed ClientApp for the pinned bundle, so the two must be one release."""
+    installed = release_sha256()
+    if kit.app_sha256 != installed:
+        raise KitError(
+            f"{kit.directory / layout.NODE_TOML} pins the app bundle {kit.app_sha256} "
+            f"({layout.APP_SHA256}), but the fedsynth {__version__} installed here builds "
+            f"{installed}. The node runs only the release the consortium agreed on: install "
+            "that release here (the coordinator's `fedsynth-node app-hash` prints its hash), "
+            "or ask the coordinator for a kit made with this one.")
 
 
 def check_kit(kit: NodeKit) -> int:
@@ -271,3 +289,9 @@ class _Settings:
     def budget(self, key: TomlKey, below: float = math.inf) -> float:
         return read_positive(self._value(key, "a number above 0"), self._where(key), KitError,
                              below)
+
+
+def _sha256_text(text: str) -> str:
+    if not is_sha256_hex(text):
+        raise ValueError(f"{text!r} is not 64 lowercase hex digits")
+    return text

@@ -33,6 +33,7 @@ from coordinator.provisioning.kit_texts import consortium_toml, node_toml
 from protocols import kit_layout as kit
 from protocols.kit_layout import KitError, SuperLinkAddress, check_site_name, parse_address
 from protocols.node_keys import NodeAuthPublicKey, new_node_auth_key_pair, read_public_key_file
+from protocols.release.app_bundle import release_sha256
 from protocols.schema import load_schema
 
 DEFAULT_SUPERLINK = "localhost:9092"
@@ -149,7 +150,8 @@ def site_kit(site: str, consortium: Consortium, schema: bytes | None, epsilon_bu
     files = {kit.CA_CERT: KitFile(consortium.ca_pem),
              kit.MANIFEST_SIGNING_PUB: KitFile(consortium.signing_pub),
              kit.NODE_TOML: KitFile(node_toml(site, consortium.address, schema is not None,
-                                              epsilon_budget, delta_budget).encode()),
+                                              epsilon_budget, delta_budget,
+                                              release_sha256()).encode()),
              kit.KIT_README: KitFile(site_readme(site, consortium.address,
                                                  own_key is not None).encode())}
     if own_key is None:

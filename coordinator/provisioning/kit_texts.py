@@ -15,10 +15,11 @@ from protocols.kit_layout import SuperLinkAddress
 
 
 def node_toml(site: str, address: SuperLinkAddress, has_schema: bool,
-              epsilon_budget: float, delta_budget: float,
+              epsilon_budget: float, delta_budget: float, app_sha256: str,
               runtime_port: int = kit.DEFAULT_RUNTIME_PORT) -> str:
     """A site's node configuration; relative paths resolve against the kit folder. Its
-    sections and keys are the contract's (`protocols.kit_layout`), as the node reads them."""
+    sections and keys are the contract's (`protocols.kit_layout`), as the node reads them.
+    `app_sha256` pins the release's app bundle: the only study code the node will run."""
     schema = kit.SCHEMA_COPY if has_schema else kit.SCHEMA_PLACEHOLDER
     settings = [
         (kit.SITE_NAME, _s(site), ""),
@@ -37,6 +38,8 @@ def node_toml(site: str, address: SuperLinkAddress, has_schema: bool,
          "total epsilon this site will spend across all studies"),
         (kit.DELTA_BUDGET, repr(float(delta_budget)),
          "total delta across all studies (they add up, like epsilon)"),
+        (kit.APP_SHA256, _s(app_sha256),
+         "the fedsynth release's app bundle: any other is refused unrun"),
     ]
     lines = [f"# fedsynth node configuration for site {site}, written by "
              "`fedsynth-coordinator provision`.",

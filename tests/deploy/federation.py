@@ -111,23 +111,25 @@ class Federation:
                                   "--runtime-port", str(free_port())],
                            home=self.root / f"{site}-home")
 
-    def start_study(self, out_dir: Path, **run_config: object) -> subprocess.Popen:
-        """`flwr run` of this repository's app on the federation, streaming its log."""
+    def start_study(self, out_dir: Path, project: Path = REPO, **run_config: object
+                    ) -> subprocess.Popen:
+        """`flwr run` of an app (this repository's unless `project` names another folder)
+        on the federation, streaming its log."""
         config = {"engine": "deployment", "schema-path": str(self.schema),
                   "out-dir": str(out_dir), "superlink-address": self.address,
                   "root-certificates": str(self.ca),
                   "signing-key": str(self.kits / "coordinator" / "manifest-signing.key"),
                   **run_config}
         text = " ".join(f"{k}={json.dumps(v)}" for k, v in config.items())
-        return subprocess.Popen([tool("flwr"), "run", str(REPO), CONNECTION, "--stream",
+        return subprocess.Popen([tool("flwr"), "run", str(project), CONNECTION, "--stream",
                                  "--run-config", text], stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True,
                                 env=self._env(self.root / "flwr-home"))
 
-    def run_study(self, out_dir: Path, timeout: float, **run_config: object
-                  ) -> tuple[int, str]:
+    def run_study(self, out_dir: Path, timeout: float, project: Path = REPO,
+                  **run_config: object) -> tuple[int, str]:
         """Run a study to its end: (exit status, its log)."""
-        study = self.start_study(out_dir, **run_config)
+        study = self.start_study(out_dir, project, **run_config)
         try:
             output, _ = study.communicate(timeout=timeout)
         finally:

@@ -63,27 +63,37 @@ def test_flowers_superlink_would_install_without_the_switch(without_switch):
     assert installs_dependencies(["flower-superlink", "--insecure"])
 
 
-def test_the_node_execs_flower_supernode_with_installation_off(monkeypatch, without_switch,
-                                                               tmp_path, demo_registry):
+def test_the_node_starts_flower_supernode_with_installation_off(monkeypatch, without_switch,
+                                                                tmp_path, demo_registry):
     schema = tmp_path / "schema.yaml"
     schema.write_text(demo_registry.schema_yaml)
     assert coordinator_main(["provision", "--sites", "siteA", "--out", str(tmp_path / "kits"),
                              "--schema", str(schema)]) == 0
     kit = read_kit(tmp_path / "kits" / "siteA")
-    argv = launch.supernode_argv(kit, "/opt/venv/bin/flower-supernode")
+    secret = tmp_path / "superexec.secret"
+    argv = launch.supernode_argv(kit, "/opt/venv/bin/flower-supernode", secret)
     assert not installs_dependencies(argv)
-    started = {}
+    started = []
 
-    def execve(path, args, env):
-        started.update(path=path, args=args, env=env)
-        raise SystemExit(0)
+    class Started:
+        def __init__(self, args, env):
+            started.append((args, env))
+            self.returncode = 0
 
-    monkeypatch.setattr(launch.os, "execve", execve)
-    with pytest.raises(SystemExit):
-        launch.exec_supernode(argv)
-    assert started["args"] == argv and started["env"][SWITCH] == "1"
-    assert started["env"]["FLWR_TELEMETRY_ENABLED"] == "0"
-    assert started["env"]["FLWR_DISABLE_UPDATE_CHECK"] == "1"
+        def poll(self):
+            return 0
+
+        def wait(self, timeout=None):
+            return 0
+
+    monkeypatch.setattr(launch.subprocess, "Popen", Started)
+    assert launch.run_node({"supernode": argv,
+                            "app executor": launch.executor_argv(kit, secret)}) == 0
+    assert [args for args, _ in started] == [argv, launch.executor_argv(kit, secret)]
+    for _, env in started:
+        assert env[SWITCH] == "1"
+        assert env["FLWR_TELEMETRY_ENABLED"] == "0"
+        assert env["FLWR_DISABLE_UPDATE_CHECK"] == "1"
     assert launch.shell_command(argv).startswith(f"{SWITCH}=1 ")
 
 
@@ -106,7 +116,7 @@ def test_every_systemd_unit_has_installation_off(unit, without_switch):
     argv = shlex.split(_continued(text, "ExecStart="))
     if Path(argv[0]).name in PARSERS:
         assert not installs_dependencies(argv)
-    else:  # fedsynth-node start: pinned above, it execs flower-supernode with it off
+    else:  # fedsynth-node start: pinned above, it starts flower-supernode with it off
         assert Path(argv[0]).name == "fedsynth-node" and argv[1] == "start"
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from node.cli import main as node_main
+from protocols.release.app_bundle import release_sha256
 from protocols.demo_registry import simulate_registry
 from simulation.cli import main as coordinator_main
 
@@ -50,17 +51,32 @@ def _refused(capsys, *args: str) -> str:
     return err
 
 
-def test_dry_run_prints_a_tls_authenticated_supernode_command(kit, records, capsys):
-    code, out, err = _start(capsys, "--kit", str(kit), "--data", str(records), "--dry-run")
-    assert code == 0, err
-    argv = shlex.split(out.strip())
-    settings = {}  # the environment it runs in, written before the command
+def _command(line: str) -> tuple[dict[str, str], list[str]]:
+    """A printed command line: (the environment it runs in, written before it; argv)."""
+    argv = shlex.split(line)
+    settings = {}
     while "=" in argv[0]:
         name, value = argv.pop(0).split("=", 1)
         settings[name] = value
+    return settings, argv
+
+
+def test_dry_run_prints_a_tls_authenticated_supernode_command(kit, records, capsys):
+    code, out, err = _start(capsys, "--kit", str(kit), "--data", str(records), "--dry-run")
+    assert code == 0, err
+    supernode, executor = out.strip().splitlines()
+    settings, argv = _command(supernode)
     assert settings["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] == "1"
     assert Path(argv[0]).name == "flower-supernode"
     flags = dict(zip(argv[1::2], argv[2::2]))
+    # It runs no app code: the node's own executor, beside it, runs only the pinned bundle.
+    assert flags["--isolation"] == "process"
+    assert flags["--superexec-auth-secret-file"] == "$SUPEREXEC_SECRET"
+    _, executor_argv = _command(executor)
+    assert executor_argv[1:4] == ["-m", "node.app_executor", "serve"]
+    executor_flags = dict(zip(executor_argv[4::2], executor_argv[5::2]))
+    assert executor_flags["--app-sha256"] == release_sha256()
+    assert executor_flags["--secret-file"] == "$SUPEREXEC_SECRET"
     assert flags["--superlink"] == "fl.consortium.example:9092"
     assert flags["--root-certificates"] == str(kit.resolve() / "ca.pem")
     assert flags["--auth-supernode-private-key"] == str(kit.resolve() / "node-auth.key")
@@ -75,6 +91,27 @@ def test_dry_run_prints_a_tls_authenticated_supernode_command(kit, records, caps
     assert "federated-evaluation=true" in config
     assert "--insecure" not in argv and "--allow-runtime-dependency-installation" not in argv
     assert not (kit / "state").exists()  # a dry run changes nothing
+
+
+def test_a_kit_pinning_another_release_is_refused_naming_both_hashes(kit, records, capsys):
+    toml = kit / "node.toml"
+    other = "0" * 64
+    toml.write_text(toml.read_text().replace(release_sha256(), other))
+    err = _refused(capsys, "--kit", str(kit), "--data", str(records), "--dry-run")
+    assert f"pins the app bundle {other}" in err and release_sha256() in err
+    assert "fedsynth-node app-hash" in err
+
+
+def test_a_kit_without_an_app_pin_is_refused(kit, records, capsys):
+    toml = kit / "node.toml"
+    toml.write_text(toml.read_text().replace(f'sha256 = "{release_sha256()}"', ""))
+    err = _refused(capsys, "--kit", str(kit), "--data", str(records), "--dry-run")
+    assert "node.toml: [app] sha256 is missing" in err
+
+
+def test_app_hash_prints_the_installed_release(capsys):
+    assert node_main(["app-hash"]) == 0
+    assert capsys.readouterr().out.strip() == release_sha256()
 
 
 def test_runtime_port_override_reaches_the_command(kit, records, capsys):
