@@ -13,8 +13,10 @@ every process it starts, irrevocably. Before any message is read, the app proces
   `fedsynth`, of `/etc/fedsynth` but `kit`, and every file of the kit but the key),
   computed afresh for each app process. Symbolic links along the way are not followed
   (Landlock would grant their target's hierarchy): read a file through its real path;
-- **may connect** over TCP only to the SuperNode's runtime port (ABI 4 and later), and
-  bind none: the app reaches the SuperLink only through its SuperNode;
+- **may connect** over TCP only to the SuperNode's runtime port, and bind none, so the
+  app reaches the SuperLink only through its SuperNode: where the kernel offers Landlock
+  ABI 4 or later (Linux 6.7+). On an older kernel the node's network is confined by its
+  unit or container only (deploy/), and `start` says so;
 - **may not signal or ptrace** a process outside its sandbox (Landlock's ptrace rule; the
   signal and abstract-socket scopes from ABI 6): it cannot read the SuperNode's memory,
   where the key also lives, through `/proc`. Landlock lets a process holding
@@ -53,7 +55,8 @@ _PR_CAPBSET_DROP = 24
 _CAP_LAST = 63  # above the kernel's last capability, dropping is refused: stop there
 _SYS_CAPSET = {"x86_64": 126, "aarch64": 91}.get(platform.machine())
 _CAPABILITY_VERSION_3 = 0x20080522
-# The ABI that confines TCP connections (4); files alone need 1.
+# The ABI that confines TCP connections (4); files need 1, which the node requires.
+FILES_ABI = 1
 NETWORK_ABI = 4
 SCOPE_ABI = 6
 
@@ -92,15 +95,19 @@ def landlock_abi() -> int:
 
 
 def unavailable_reason() -> str | None:
-    """Why the app process cannot be fully confined here; None when it can."""
-    abi = landlock_abi()
-    if abi >= NETWORK_ABI:
+    """Why the app process cannot be kept from the node's key here; None when it can."""
+    if landlock_abi() >= FILES_ABI:
         return None
-    found = f"Landlock ABI {abi}" if abi else "no Landlock"
-    return (f"this kernel offers {found} (Linux {platform.release()}); the node's app "
-            f"sandbox needs ABI {NETWORK_ABI} or later (Linux 6.7+) to confine the app's "
-            "file reads and connections, or a container runtime that lets the landlock_* "
-            "system calls through")
+    return (f"this kernel (Linux {platform.release()}) offers no Landlock, which the node "
+            "needs to keep its app process from reading the node-auth key: use Linux 5.13 "
+            "or later with Landlock enabled (the lsm= boot list holds `landlock`), and in a "
+            "container a runtime whose seccomp profile lets the landlock_* system calls "
+            "through (Docker's default does, since moby/moby#43199)")
+
+
+def confines_network() -> bool:
+    """Whether the app process's TCP connections are confined too (Landlock ABI 4+)."""
+    return landlock_abi() >= NETWORK_ABI
 
 
 def readable_siblings(denied: Iterable[Path]) -> list[Path]:
@@ -135,19 +142,23 @@ def confine(denied: Iterable[Path], connect_port: int) -> None:
     if reason:
         raise SandboxError(f"The node's app process cannot be sandboxed: {reason}.")
     abi = landlock_abi()
+    network = abi >= NETWORK_ABI
     attr = _RulesetAttr(handled_access_fs=_ACCESS_FS_READ_FILE,
-                        handled_access_net=_ACCESS_NET_BIND_TCP | _ACCESS_NET_CONNECT_TCP,
+                        handled_access_net=(_ACCESS_NET_BIND_TCP | _ACCESS_NET_CONNECT_TCP
+                                            if network else 0),
                         scoped=(_SCOPE_ABSTRACT_UNIX_SOCKET | _SCOPE_SIGNAL
                                 if abi >= SCOPE_ABI else 0))
-    size = ctypes.sizeof(attr) if abi >= SCOPE_ABI else _RulesetAttr.scoped.offset
+    size = (ctypes.sizeof(attr) if abi >= SCOPE_ABI else
+            _RulesetAttr.scoped.offset if network else _RulesetAttr.handled_access_net.offset)
     ruleset = _call(_SYS_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size),
                     ctypes.c_uint32(0), what="create a Landlock ruleset")
     try:
         for path in readable_siblings(denied):
             _grant_reading(ruleset, path)
-        port = _NetPortAttr(allowed_access=_ACCESS_NET_CONNECT_TCP, port=connect_port)
-        _call(_SYS_ADD_RULE, ruleset, ctypes.c_int(_RULE_NET_PORT), ctypes.byref(port),
-              ctypes.c_uint32(0), what=f"allow connections to port {connect_port}")
+        if network:
+            port = _NetPortAttr(allowed_access=_ACCESS_NET_CONNECT_TCP, port=connect_port)
+            _call(_SYS_ADD_RULE, ruleset, ctypes.c_int(_RULE_NET_PORT), ctypes.byref(port),
+                  ctypes.c_uint32(0), what=f"allow connections to port {connect_port}")
         _drop_capabilities()
         if _libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
             raise SandboxError("The node's app process could not set no_new_privs: "

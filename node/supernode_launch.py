@@ -39,6 +39,7 @@ from flwr.common.constant import FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION
 from flwr.supercore.constant import FLWR_DISABLE_UPDATE_CHECK
 
 from node.kit import NodeKit
+from node.sandbox import confines_network
 from node.site_config import (DATA_PATH, DELTA_BUDGET, EPSILON_BUDGET, FEDERATED_EVALUATION,
                               LEDGER_HEAD_FILE, MANIFEST_PUBLIC_KEY, SCHEMA_PATH, SITE_NAME,
                               STATE_DIR, TRAIN_ON_SYNTHETIC)
@@ -138,7 +139,9 @@ def starting_line(kit: NodeKit, n_records: int) -> str:
             f"SuperNode dialling {kit.superlink} over TLS — outbound only, no inbound port; "
             f"state in {kit.state_dir}. It runs only studies of the app bundle "
             f"{kit.app_sha256[:16]}… (node.toml [app] sha256), with the ClientApp installed "
-            "here.")
+            "here, in a sandbox that cannot read the node's key"
+            + ("." if confines_network() else " (this kernel cannot also confine its "
+               "connections: Landlock ABI 4, Linux 6.7+; the unit or container does)."))
 
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
