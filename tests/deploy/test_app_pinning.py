@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -222,3 +223,25 @@ def test_the_executor_denies_the_app_the_kits_key_and_its_secret(tmp_path, demo_
     assert denied == [str(kit.auth_private_key), str(tmp_path / "superexec.secret")]
     assert argv[argv.index("--app-sha256") + 1] == kit.app_sha256 == release_sha256()
     assert REFUSED_EXIT != 0
+
+
+def test_an_installed_wheel_builds_the_same_bundle_without_a_checkout(tmp_path):
+    """The hash a kit pins is the release's, wherever it is installed: a wheel of this
+    checkout, unpacked where no source tree is, rebuilds the very bundle."""
+    pytest.importorskip("setuptools")
+    wheels = tmp_path / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
+                    "--no-build-isolation", "--no-index", str(REPO), "-w", str(wheels)],
+                   check=True, capture_output=True, timeout=300, cwd=tmp_path)
+    installed = tmp_path / "site-packages"
+    with zipfile.ZipFile(next(wheels.glob("fedsynth-*.whl"))) as wheel:
+        wheel.extractall(installed)
+    assert (installed / "protocols" / "release" / "flower_app.toml").is_file()
+    result = subprocess.run(
+        [sys.executable, "-c", "import protocols.release.app_bundle as bundle; "
+         "print(bundle.__file__); print(bundle.release_sha256())"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(installed)})
+    where, sha256 = result.stdout.split()
+    assert Path(where).is_relative_to(installed), result.stderr
+    assert sha256 == release_sha256()
