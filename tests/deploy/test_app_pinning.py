@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -229,9 +230,16 @@ def test_an_installed_wheel_builds_the_same_bundle_without_a_checkout(tmp_path):
     """The hash a kit pins is the release's, wherever it is installed: a wheel of this
     checkout, unpacked where no source tree is, rebuilds the very bundle."""
     pytest.importorskip("setuptools")
+    source = tmp_path / "source"  # a copy, so that the build leaves nothing in the checkout
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copyfile(REPO / name, source / name)
+    for package in ("protocols", "node", "coordinator", "simulation"):
+        shutil.copytree(REPO / package, source / package, symlinks=True,
+                        ignore=shutil.ignore_patterns("__pycache__"))
     wheels = tmp_path / "wheels"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
-                    "--no-build-isolation", "--no-index", str(REPO), "-w", str(wheels)],
+                    "--no-build-isolation", "--no-index", str(source), "-w", str(wheels)],
                    check=True, capture_output=True, timeout=300, cwd=tmp_path)
     installed = tmp_path / "site-packages"
     with zipfile.ZipFile(next(wheels.glob("fedsynth-*.whl"))) as wheel:
