@@ -137,8 +137,9 @@ def run_task(runtime_address: str, token: str, pinned_sha256: str,
     except Exception as exc:  # pylint: disable=broad-exception-caught
         # Flower's own ClientApp process reports a failed task the same way: a task
         # status the SuperNode relays, and a log line for the operator.
+        # Only the node's log holds the reason: an exception's text could quote a record.
         LOG.error("fedsynth app task failed: %s", exc, exc_info=exc)
-        details = f"{type(exc).__name__}: {exc}"
+        details = "the fedsynth ClientApp task failed at this node; its log has the reason"
         exit_status = exit_status or 1
     finally:
         push_task_output(client=client, context=context, sub_status=status, details=details)
