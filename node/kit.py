@@ -66,8 +66,14 @@ class NodeKit:
     @property
     def ledger_head_file(self) -> Path:
         """Where the node keeps its ledger's head: node.toml's [node] ledger-head, else
-        `ledger-head` in the kit folder (never inside the state folder it anchors)."""
-        return self.ledger_head or self.directory / layout.DEFAULT_LEDGER_HEAD
+        `ledger-anchor/ledger-head` in the kit folder (never inside the state folder it
+        anchors); a kit whose head is still at the earlier default, `ledger-head` beside the
+        key, reads it there until `start` moves it (`move_legacy_head_file`)."""
+        if self.ledger_head is not None:
+            return self.ledger_head
+        default = self.directory / layout.DEFAULT_LEDGER_HEAD
+        legacy = self.directory / layout.LEGACY_LEDGER_HEAD
+        return legacy if legacy.is_file() and not default.exists() else default
 
     @property
     def manifest_public_key(self) -> Path:
@@ -145,6 +151,7 @@ def check_kit(kit: NodeKit) -> int:
 def prepare_state_dir(kit: NodeKit) -> None:
     """Create the state folder (privacy ledger, study state) readable by this user only,
     and check that the ledger's head file can be written outside it."""
+    _move_legacy_head_file(kit)
     try:
         kit.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
@@ -167,6 +174,21 @@ def prepare_state_dir(kit: NodeKit) -> None:
                        f"ledger is noticed: set {layout.LEDGER_HEAD} in node.toml (or pass "
                        "--ledger-head) to a file in a writable folder that outlives the state "
                        "folder.")
+
+
+def _move_legacy_head_file(kit: NodeKit) -> None:
+    """Move a head file kept at the earlier default (beside the key) to its own folder."""
+    legacy = kit.directory / layout.LEGACY_LEDGER_HEAD
+    if kit.ledger_head is not None or kit.ledger_head_file != legacy:
+        return
+    default = kit.directory / layout.DEFAULT_LEDGER_HEAD
+    try:
+        default.parent.mkdir(mode=0o700, exist_ok=True)
+        os.replace(legacy, default)
+    except OSError as exc:
+        raise KitError(f"Cannot move the ledger head file {legacy} to {default} "
+                       f"({exc.strerror}); move it by hand, or name it with "
+                       f"{layout.LEDGER_HEAD} in node.toml.") from None
 
 
 def _check_private_key(path: Path) -> ec.EllipticCurvePrivateKey:

@@ -25,11 +25,11 @@ every process it starts, irrevocably. Before any message is read, the app proces
 
 Every other right stays: the app writes the ledger and its head as before. Landlock only
 takes rights away, so what it does not cover (UDP, for one) stays as the process had it.
-The grants are made when the app process starts, one per message: a file created later
-directly in the key's folder (the ledger's head file, replaced on every charge, in the kit
-by default) is readable again by the next message's process. A node charges a message's
-rounds after its one read of the head, so no read is refused; if one ever were, the node
-would refuse the round (`node.ledger.anchor`), not skip the check.
+Folders are granted whole, so files created in them later are readable too; in the key's
+own folder each file is granted by itself, so a file created there later is not (the
+node keeps nothing it rewrites there: its ledger head has a folder of its own,
+`protocols.kit_layout.DEFAULT_LEDGER_HEAD`). A process confines itself before it starts
+any thread: Landlock binds the calling thread and the threads it starts afterwards.
 """
 
 from __future__ import annotations
@@ -141,6 +141,11 @@ def confine(denied: Iterable[Path], connect_port: int) -> None:
     reason = unavailable_reason()
     if reason:
         raise SandboxError(f"The node's app process cannot be sandboxed: {reason}.")
+    threads = len(os.listdir("/proc/self/task"))
+    if threads != 1:
+        # Landlock and capabilities bind the calling thread and those it starts later only.
+        raise SandboxError(f"The node's app process must confine itself before any thread "
+                           f"starts; it already runs {threads}.")
     abi = landlock_abi()
     network = abi >= NETWORK_ABI
     attr = _RulesetAttr(handled_access_fs=_ACCESS_FS_READ_FILE,

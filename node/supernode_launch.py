@@ -79,7 +79,7 @@ def supernode_argv(kit: NodeKit, executable: str, secret_file: Path) -> list[str
 def executor_argv(kit: NodeKit, secret_file: Path) -> list[str]:
     """The node's app executor for `kit` (`node.app_executor`): it runs only the pinned
     bundle's studies, with the installed ClientApp, unable to read the key or the secret."""
-    return [sys.executable, "-m", "node.app_executor", "serve",
+    return [sys.executable, "-m", "node.app_executor",
             "--runtime-api-address", f"127.0.0.1:{kit.runtime_port}",
             "--app-sha256", kit.app_sha256,
             "--secret-file", str(secret_file),

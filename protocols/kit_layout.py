@@ -25,7 +25,10 @@ COORDINATOR_KIT = "coordinator"
 
 DEFAULT_RUNTIME_PORT = 9094
 DEFAULT_STATE_DIR = "state"
-DEFAULT_LEDGER_HEAD = "ledger-head"
+# The head file's default place: a folder of its own in the kit, not beside node-auth.key,
+# whose folder the node's app sandbox grants file by file (node.sandbox).
+DEFAULT_LEDGER_HEAD = "ledger-anchor/ledger-head"
+LEGACY_LEDGER_HEAD = "ledger-head"  # where nodes before that kept it; `start` moves it
 RECORDS_PLACEHOLDER = "/path/to/site-records.csv"
 SCHEMA_PLACEHOLDER = "/path/to/consortium-schema.yaml"
 # File modes of what a kit holds, wherever it is written (the hospital's keygen, the

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 from flwr.cli.build import build_fab_from_disk
 
-from node.app_executor import REFUSED_EXIT
+from node.app_task import REFUSED_EXIT
 from node.kit import read_kit
 from node.sandbox import confines_network
 from node.supernode_launch import executor_argv

@@ -73,8 +73,8 @@ def test_dry_run_prints_a_tls_authenticated_supernode_command(kit, records, caps
     assert flags["--isolation"] == "process"
     assert flags["--superexec-auth-secret-file"] == "$SUPEREXEC_SECRET"
     _, executor_argv = _command(executor)
-    assert executor_argv[1:4] == ["-m", "node.app_executor", "serve"]
-    executor_flags = dict(zip(executor_argv[4::2], executor_argv[5::2]))
+    assert executor_argv[1:3] == ["-m", "node.app_executor"]
+    executor_flags = dict(zip(executor_argv[3::2], executor_argv[4::2]))
     assert executor_flags["--app-sha256"] == release_sha256()
     assert executor_flags["--secret-file"] == "$SUPEREXEC_SECRET"
     assert flags["--superlink"] == "fl.consortium.example:9092"
@@ -206,3 +206,18 @@ def test_budget_reads_the_state_folder_and_budget_from_the_kit(kit: Path, capsys
     assert f"Privacy ledger {kit.resolve()}" in out or f"Privacy ledger {kit}" in out
     assert "No study has run at this site yet" in out and "left" in out
     assert "Delta budget 0.0001; committed 0; left 0.0001." in out
+
+
+def test_a_head_file_at_the_earlier_default_is_read_there_then_moved_out_of_the_keys_folder(
+        kit, records):
+    """Its default folder is its own since the app sandbox grants the key's folder file by
+    file (a head replaced there would be unreadable to the app)."""
+    from node.kit import prepare_state_dir, read_kit
+    legacy = kit / "ledger-head"
+    legacy.write_text("a" * 64 + "\n")
+    node_kit = read_kit(kit)
+    assert node_kit.ledger_head_file == legacy.resolve()
+    prepare_state_dir(node_kit)
+    moved = kit.resolve() / "ledger-anchor" / "ledger-head"
+    assert not legacy.exists() and moved.read_text() == "a" * 64 + "\n"
+    assert read_kit(kit).ledger_head_file == moved

@@ -169,7 +169,7 @@ def test_node_toml_limits_reach_the_supernodes_node_config(kit_dir):
     config = node_config(kit)
     assert "max-epsilon-per-study=2.0" in config and "max-model-parameters=50000" in config
     assert "max-delta-per-study=1e-05" in config and "max-rows-to-score=100000" in config
-    assert f'ledger-head-file="{kit_dir.resolve() / "ledger-head"}"' in config
+    assert f'ledger-head-file="{kit_dir.resolve() / "ledger-anchor" / "ledger-head"}"' in config
 
 
 @pytest.mark.parametrize("line, detail", [
