@@ -23,6 +23,16 @@ one process of its own, which:
 `fedsynth-node start` checks at start that the installed release builds the pinned
 bundle, so a node never accepts a bundle it does not itself run.
 
+Why not Flower's own check (`flower-supernode --trusted-entities`): in Flower 1.42 a FAB
+carries the signatures it checks only when the SuperLink fetched it from Flower Hub, an
+internet service (`_get_remote_fab` / `_format_verification` in
+flwr/superlink/servicer/control/control_handlers.py); a bundle a consortium builds and
+ships itself has none, and the SuperNode refuses every study
+(flwr/supernode/start_client_internal.py, "App verification is not supported by the
+connected SuperLink"). It would also still run the bundle's code, signed by its publisher,
+rather than the release the hospital installed. A hash pin needs no third party and names
+the exact code.
+
 Each task process (`node.app_task`) is started fresh, never forked from the executor, so
 it never holds the shared secret; and ahead of its task: it confines itself first, while
 it is a single thread, then imports the ClientApp (PyTorch and all) and waits for the
