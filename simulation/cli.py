@@ -32,6 +32,7 @@ from protocols.plan import StudyPlan
 from protocols.plan_defaults import (DEFAULT_COLLUDERS, DEFAULT_FAMILY,
                                      SECURE_AGGREGATION_MIN_SITES, default_plan)
 from protocols.release.manifest import Release
+from simulation import local_run
 from simulation.demo import DEMO_SITES, run_demo
 from simulation.engine import simulate_study
 
@@ -43,6 +44,9 @@ DEMO_EVALUATION_EPSILON = 0.5
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     coordinator_cli.configure_logging(getattr(args, "verbose", False))
+    if args.command == "local-run":
+        return coordinator_cli.run_reporting_errors(lambda: local_run.run(args),
+                                                    "interrupted; no cohort was released.")
     if args.command not in ("demo", "simulate"):
         return coordinator_cli.run_reporting_errors(lambda: coordinator_cli.run(args))
     return coordinator_cli.run_reporting_errors(lambda: _study(args),
@@ -93,6 +97,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="allow a fedsynth synthetic cohort among the site files (refused "
                           "otherwise); the new manifest names the sites that trained on one")
     coordinator_cli.add_commands(sub)
+    local_run.add_command(sub)
     for p in (demo, sim):
         p.add_argument("--epsilon", type=float, help=f"per site, whole study; 'inf' = no DP "
                        f"(default {DEFAULT_PLAN.epsilon})")
