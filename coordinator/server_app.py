@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -91,15 +92,18 @@ def run_study(grid: Grid, settings: StudySettings, progress: ProgressFn,
         progress(f"generated this coordinator's manifest-signing key {signer.path}")
     if settings.engine == "deployment":
         verify_tls(settings.superlink_address, settings.root_certificates)
-    study = plan.fingerprint(schema.sha256)
     family = family_for(plan)
     initial = initial_arrays(schema, plan)
-    resumed = resumable(settings.out_dir, study)
+    resumed = resumable(settings.out_dir, plan, schema.sha256)
     if resumed is None:
         clear_checkpoints(settings.out_dir)
+        plan = plan.issued()  # a new study: an id of its own, whatever other studies ran
     else:
+        plan = replace(plan, study_nonce=resumed.study_nonce)  # the same study, same id
         progress(f"resuming the study after round {resumed.round}/{plan.rounds} "
                  f"(checkpoint in {checkpoint_dir(settings.out_dir)})")
+    settings = replace(settings, plan=plan)
+    study = plan.fingerprint(schema.sha256)
     strategy = StudyStrategy(plan, initial, settings.round_timeout,
                              sites=resumed.sites if resumed else None,
                              contributions=resumed.contributions if resumed else None)
@@ -107,7 +111,7 @@ def run_study(grid: Grid, settings: StudySettings, progress: ProgressFn,
 
     def after_round(server_round: int, arrays: ArrayRecord) -> None:
         save_checkpoint(settings.out_dir, study, Checkpoint(
-            server_round, arrays, strategy.sites, strategy.contributions))
+            server_round, arrays, strategy.sites, strategy.contributions, plan.study_nonce))
         summary = _round_summary(strategy, server_round)
         progress(f"round {server_round}/{plan.rounds}: {summary}, "
                  f"{time.monotonic() - started:.1f} s")
