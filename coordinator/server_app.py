@@ -40,7 +40,7 @@ from protocols.errors import FedsynthError
 from protocols.generators import family_for
 from protocols.plan import StudyPlan
 from protocols.records import check_file
-from protocols.release.manifest import CSV_NAME, MANIFEST_NAME, Release
+from protocols.release.manifest import CSV_NAME, MANIFEST_NAME, Release, StudyRun
 from protocols.schema import Schema
 
 # Under `flwr run` only Flower's own logger reaches the operator's console.
@@ -124,7 +124,8 @@ def run_study(grid: Grid, settings: StudySettings, progress: ProgressFn,
     release = release_cohort(cohort, settings.out_dir, schema=schema, plan=plan,
                              sites=strategy.sites, contributions=strategy.contributions,
                              engine=settings.engine, signing_key=signer.key,
-                             tls=settings.engine == "deployment")
+                             tls=settings.engine == "deployment",
+                             run=_flower_run(grid, context))
     record_heads(settings.ledger_heads, release.manifest["ledger_heads"])
     mark_released(settings.out_dir, study)
     progress(f"released {len(cohort)} synthetic rows to {settings.out_dir}")
@@ -160,6 +161,12 @@ def _train(grid: Grid, context: Context, settings: StudySettings, strategy: Stud
     strategy.contributions = {_site_name(key, names): rounds
                               for key, rounds in strategy.contributions.items()}
     return arrays
+
+
+def _flower_run(grid: Grid, context: Context) -> StudyRun:
+    """This run's id and the sha256 of the bundle it shipped, as Flower recorded them
+    (Flower's simulation engine runs no bundle: its run has no hash)."""
+    return StudyRun(run_id=context.run_id, app_sha256=grid.run.fab_hash or None)
 
 
 def _site_name(key: str, names: Mapping[int, str]) -> str:
