@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from flwr.app import ArrayRecord
 
@@ -46,3 +47,15 @@ def test_a_checkpoint_whose_nonce_is_missing_or_malformed_is_not_resumed(tmp_pat
     report.write_text(report.read_text().replace('"study_nonce": ""',
                                                  '"study_nonce": "not-a-nonce"'))
     assert resumable(tmp_path, PLAN, SCHEMA) is None
+
+
+def test_a_run_config_cannot_set_the_study_nonce(tmp_path):
+    """Only the coordinator draws it (an empty one, as a plan's config carries it, is no
+    setting); a nonce someone chose could repeat another study's id."""
+    from coordinator.study import StudySettings
+    from protocols.errors import PlanError
+
+    config = {**PLAN.to_config(), "out-dir": str(tmp_path)}
+    assert StudySettings.from_run_config(config).plan == PLAN
+    with pytest.raises(PlanError, match="study-nonce cannot be set"):
+        StudySettings.from_run_config({**config, "study-nonce": "ab" * 16})
