@@ -268,17 +268,20 @@ def test_a_deployed_node_needs_a_ledger_folder_and_a_budget(site_files, demo_sch
 def test_under_secure_aggregation_an_answer_is_never_given_twice(site_files, demo_schema,
                                                                  caplog):
     """A second secure sum over other sites would reveal this site's update by subtraction,
-    so a round re-asked with the same model is refused rather than replayed."""
+    so a round re-asked with the same model is refused rather than replayed, within one
+    study; another study of the same plan (its own nonce) is a study of its own."""
     from node.client_app import train_reply
 
     secure = StudyPlan(epsilon=2.0, rounds=2, local_steps=3, hidden=16, latent=4,
-                       secure_aggregation=True)
+                       secure_aggregation=True).issued()
     context = _context(*site_files)
     source = resolve_site(context.node_config, {})
     train_reply(_message(demo_schema, secure)[0].content, context, source)
     with pytest.raises(BudgetError, match="never given twice"):
         train_reply(_message(demo_schema, secure)[0].content, context, source)
     assert _round_entries_of(site_files) == [1]
+    train_reply(_message(demo_schema, secure.issued())[0].content, context, source)
+    assert _round_entries_of(site_files) == [1, 1]
 
 
 def test_a_secure_plan_is_never_answered_in_the_clear(site_files, demo_schema, caplog):
