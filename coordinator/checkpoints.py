@@ -2,11 +2,13 @@
 
 Checkpoints hold only the averaged weights, the per-site ε reported so far and
 which sites contributed to which round (no record, nothing a node did not
-send), stamped with the study's fingerprint (plan + schema). A study that
-stopped (the ServerApp or the SuperLink was killed) is resumed from its last
-checkpoint when it is run again with the same plan and schema into the same
-folder; once the cohort is released, the checkpoints are marked released and
-a new run starts afresh.
+send), stamped with the study's id (`StudyPlan.fingerprint`: plan, schema and the
+study's random nonce) and its nonce. A study that stopped (the ServerApp or the
+SuperLink was killed) is resumed from its last checkpoint when it is run again with
+the same plan and schema into the same folder, under the same id (the checkpoint's
+nonce), so that each node recognises the rounds it already charged; once the cohort
+is released, the checkpoints are marked released and a new run starts afresh, a new
+study with a nonce of its own.
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ import json
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from flwr.app import ArrayRecord
 
+from protocols.errors import PlanError
+from protocols.plan import StudyPlan
 from protocols.release.manifest import SitePrivacySpent
 
 log = logging.getLogger(__name__)
@@ -29,12 +33,13 @@ RELEASED = "released.json"
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """The study's state after `round`."""
+    """The study's state after `round`; `study_nonce`: the nonce of the study's plan."""
 
     round: int
     arrays: ArrayRecord
     sites: dict[str, SitePrivacySpent]
     contributions: dict[str, list[int]]
+    study_nonce: str = ""
 
 
 def checkpoint_dir(out_dir: Path) -> Path:
@@ -49,6 +54,7 @@ def save_checkpoint(out_dir: Path, study: str, checkpoint: Checkpoint) -> Path:
     _atomic(stem.with_suffix(".pt"),
             lambda p: torch.save(checkpoint.arrays.to_torch_state_dict(), p))
     report = {"round": checkpoint.round, "study": study,
+              "study_nonce": checkpoint.study_nonce,
               "sites": {name: vars(site) for name, site in checkpoint.sites.items()},
               "contributions": checkpoint.contributions}
     _atomic(stem.with_suffix(".json"), lambda p: p.write_text(json.dumps(report, indent=2)))
@@ -61,14 +67,19 @@ def mark_released(out_dir: Path, study: str) -> None:
             lambda p: p.write_text(json.dumps({"study": study}) + "\n"))
 
 
-def resumable(out_dir: Path, study: str) -> Checkpoint | None:
-    """The last checkpoint of `study` if it stopped before its release, else None."""
+def resumable(out_dir: Path, plan: StudyPlan, schema_sha256: str) -> Checkpoint | None:
+    """The last checkpoint of a study of `plan` (its nonce aside) and schema that stopped
+    before its release, else None; the checkpoint carries the study's nonce."""
     folder = checkpoint_dir(out_dir)
     reports = sorted(folder.glob("round-*.json"))
     if not reports or (folder / RELEASED).exists():
         return None
     report = json.loads(reports[-1].read_text(encoding="utf-8"))
-    if report.get("study") != study:
+    try:
+        stopped = replace(plan, study_nonce=str(report.get("study_nonce") or ""))
+    except PlanError:  # not a nonce this coordinator drew: not a study to resume
+        return None
+    if not stopped.study_nonce or report.get("study") != stopped.fingerprint(schema_sha256):
         return None
     return load_checkpoint(out_dir, int(report["round"]))
 
@@ -81,7 +92,8 @@ def load_checkpoint(out_dir: Path, server_round: int) -> Checkpoint:
                       sites={name: SitePrivacySpent(**site)
                              for name, site in report["sites"].items()},
                       contributions={k: list(v) for k, v in
-                                     report.get("contributions", {}).items()})
+                                     report.get("contributions", {}).items()},
+                      study_nonce=str(report.get("study_nonce") or ""))
 
 
 def clear_checkpoints(out_dir: Path) -> None:

@@ -23,7 +23,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from protocols.generators import family_for
 from protocols.plan import StudyPlan
 from protocols.release.manifest import (CSV_NAME, MANIFEST_NAME, PARQUET_NAME, Release,
-                                        SitePrivacySpent, build_manifest, write_manifest)
+                                        SitePrivacySpent, StudyRun, build_manifest,
+                                        write_manifest)
 from protocols.release.provenance import marked_table
 from protocols.release.signing import sign_manifest
 from protocols.schema import Schema
@@ -31,9 +32,10 @@ from protocols.schema import Schema
 def release_cohort(cohort: pd.DataFrame, out_dir: Path, *, schema: Schema, plan: StudyPlan,
                    sites: Mapping[str, SitePrivacySpent],
                    contributions: Mapping[str, list[int]], engine: str,
-                   signing_key: Ed25519PrivateKey, tls: bool = False) -> Release:
+                   signing_key: Ed25519PrivateKey, tls: bool = False,
+                   run: StudyRun | None = None) -> Release:
     """Write synthetic.csv, synthetic.parquet and manifest.json (signed with
-    `signing_key`) into `out_dir`, all or nothing."""
+    `signing_key`; `run`: the Flower run releasing it) into `out_dir`, all or nothing."""
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".fedsynth-release-", dir=out_dir))
     try:
@@ -43,7 +45,8 @@ def release_cohort(cohort: pd.DataFrame, out_dir: Path, *, schema: Schema, plan:
         manifest = sign_manifest(build_manifest(
             schema_sha256=schema.sha256, plan=plan, sites=sites, contributions=contributions,
             engine=engine, tls=tls, files=files, rows=len(cohort),
-            exposed_epsilon=family_for(plan).exposed_epsilon(plan, schema)), signing_key)
+            exposed_epsilon=family_for(plan).exposed_epsilon(plan, schema), run=run),
+            signing_key)
         write_manifest(manifest, staging / MANIFEST_NAME)
         for name in (CSV_NAME, PARQUET_NAME, MANIFEST_NAME):
             os.replace(staging / name, out_dir / name)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -39,7 +40,7 @@ from protocols.errors import FedsynthError
 from protocols.generators import family_for
 from protocols.plan import StudyPlan
 from protocols.records import check_file
-from protocols.release.manifest import CSV_NAME, MANIFEST_NAME, Release
+from protocols.release.manifest import CSV_NAME, MANIFEST_NAME, Release, StudyRun
 from protocols.schema import Schema
 
 # Under `flwr run` only Flower's own logger reaches the operator's console.
@@ -91,15 +92,18 @@ def run_study(grid: Grid, settings: StudySettings, progress: ProgressFn,
         progress(f"generated this coordinator's manifest-signing key {signer.path}")
     if settings.engine == "deployment":
         verify_tls(settings.superlink_address, settings.root_certificates)
-    study = plan.fingerprint(schema.sha256)
     family = family_for(plan)
     initial = initial_arrays(schema, plan)
-    resumed = resumable(settings.out_dir, study)
+    resumed = resumable(settings.out_dir, plan, schema.sha256)
     if resumed is None:
         clear_checkpoints(settings.out_dir)
+        plan = plan.issued()  # a new study: an id of its own, whatever other studies ran
     else:
+        plan = replace(plan, study_nonce=resumed.study_nonce)  # the same study, same id
         progress(f"resuming the study after round {resumed.round}/{plan.rounds} "
                  f"(checkpoint in {checkpoint_dir(settings.out_dir)})")
+    settings = replace(settings, plan=plan)
+    study = plan.fingerprint(schema.sha256)
     strategy = StudyStrategy(plan, initial, settings.round_timeout,
                              sites=resumed.sites if resumed else None,
                              contributions=resumed.contributions if resumed else None)
@@ -107,7 +111,7 @@ def run_study(grid: Grid, settings: StudySettings, progress: ProgressFn,
 
     def after_round(server_round: int, arrays: ArrayRecord) -> None:
         save_checkpoint(settings.out_dir, study, Checkpoint(
-            server_round, arrays, strategy.sites, strategy.contributions))
+            server_round, arrays, strategy.sites, strategy.contributions, plan.study_nonce))
         summary = _round_summary(strategy, server_round)
         progress(f"round {server_round}/{plan.rounds}: {summary}, "
                  f"{time.monotonic() - started:.1f} s")
@@ -120,7 +124,8 @@ def run_study(grid: Grid, settings: StudySettings, progress: ProgressFn,
     release = release_cohort(cohort, settings.out_dir, schema=schema, plan=plan,
                              sites=strategy.sites, contributions=strategy.contributions,
                              engine=settings.engine, signing_key=signer.key,
-                             tls=settings.engine == "deployment")
+                             tls=settings.engine == "deployment",
+                             run=_flower_run(grid, context))
     record_heads(settings.ledger_heads, release.manifest["ledger_heads"])
     mark_released(settings.out_dir, study)
     progress(f"released {len(cohort)} synthetic rows to {settings.out_dir}")
@@ -156,6 +161,12 @@ def _train(grid: Grid, context: Context, settings: StudySettings, strategy: Stud
     strategy.contributions = {_site_name(key, names): rounds
                               for key, rounds in strategy.contributions.items()}
     return arrays
+
+
+def _flower_run(grid: Grid, context: Context) -> StudyRun:
+    """This run's id and the sha256 of the bundle it shipped, as Flower recorded them
+    (Flower's simulation engine runs no bundle: its run has no hash)."""
+    return StudyRun(run_id=context.run_id, app_sha256=grid.run.fab_hash or None)
 
 
 def _site_name(key: str, names: Mapping[int, str]) -> str:

@@ -58,6 +58,10 @@ class StudySettings:
         if engine not in ENGINES:
             raise PlanError(f"Run config: engine = {engine!r} is not one of "
                             f"{', '.join(ENGINES)}.")
+        if read_text(run_config.get("study-nonce")):
+            raise PlanError("Run config: study-nonce cannot be set: the coordinator draws a "
+                            "fresh one when a study starts, and keeps it when the study "
+                            "resumes from its checkpoints in out-dir.")
         plan = StudyPlan.from_config(dict(run_config))
         family_for(plan)  # the family's own rules, before the study's key or TLS is touched
         out_dir = read_path(run_config.get("out-dir")) or Path("fedsynth-out")

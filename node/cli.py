@@ -14,7 +14,8 @@ in the site kit, and the sha256 and size of every file it lists; it exits 0
 only when all match, 1 naming each file that does not, 3 when no trusted key
 was given (the signer is then not pinned); with `--kit` it also checks what the
 manifest says about this site (rounds, ε, steps, δ, ledger head) against the
-site's own ledger, and exits 1 naming each claim that disagrees. `budget` shows what
+site's own ledger, and the manifest's app hash against the kit's pinned `[app] sha256`,
+and exits 1 naming each claim that disagrees. `budget` shows what
 the site's privacy ledger has spent and committed, and what is left of its
 budget; it exits 2 when the ledger's hash chain is broken or the ledger no
 longer holds the head the node kept outside it (rolled back). `blend` measures, on
@@ -38,7 +39,7 @@ from node.keygen import write_node_auth_key_pair
 from node.kit import NodeKit, check_app_pin, check_kit, prepare_state_dir, read_kit
 from node.ledger.anchor import LedgerAnchor, check_anchor
 from node.ledger.budget_report import read_budget, report_text
-from node.ledger.manifest_claims import claim_problems
+from node.ledger.manifest_claims import app_hash_problem, claim_problems
 from node.ledger.privacy_ledger import PrivacyLedger
 from node.sandbox import unavailable_reason
 from node.supernode_launch import (executor_argv, executor_secret, find_flower_supernode,
@@ -184,10 +185,14 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _verify_site_claims(manifest_path: Path, kit: NodeKit) -> int:
-    """Exit 0 when what the (verified) manifest says about this site matches its ledger;
-    1 naming each claim that does not."""
+    """Exit 0 when the (verified) manifest's app bundle is the kit's pinned one and what it
+    says about this site matches its ledger; 1 naming what does not."""
     ledger = PrivacyLedger(kit.state_dir)
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    other_app = app_hash_problem(manifest, kit.directory)
+    if other_app:
+        print(f"fedsynth-node: {other_app}.", file=sys.stderr)
+        return 1
     problems, compared = claim_problems(manifest, kit.site, ledger.entries(), ledger.path)
     if problems:
         print(f"fedsynth-node: what the manifest says about site {kit.site} disagrees with "

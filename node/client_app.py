@@ -55,7 +55,7 @@ from protocols.config import read_flag
 from protocols.errors import FedsynthError, PlanError
 from protocols.generators import family_for
 from protocols.generators.family import SitePrivacy
-from protocols.plan import StudyPlan
+from protocols.plan import StudyPlan, check_issued
 from protocols.privacy.ledger import last_hash, study_rounds, study_spend
 from protocols.schema import Schema
 
@@ -177,12 +177,15 @@ def train_reply(content: RecordDict, context: Context, source: SiteSource) -> Re
 
 
 def _plan_for(schema: Schema, plan_config: Mapping[str, Any], what: str) -> StudyPlan:
-    """The plan of a message, refused when it is for another schema."""
+    """The plan of a message, refused when it is for another schema or names no study
+    (no nonce: its id could be another study's)."""
     if plan_config.get(keys.SCHEMA_SHA256) != schema.sha256:
         raise PlanError(f"The node refuses to {what}: the plan is for schema "
                         f"{plan_config.get(keys.SCHEMA_SHA256)}, but this site's schema is "
                         f"{schema.sha256}.")
-    return StudyPlan.from_config(dict(plan_config))
+    plan = StudyPlan.from_config(dict(plan_config))
+    check_issued(plan)
+    return plan
 
 
 def _note_small_site(plan: StudyPlan, site: SiteData) -> None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
+import secrets
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -46,6 +48,12 @@ class StudyPlan:
     many sites may side with the coordinator; a family whose sites add shares of
     one central noise (`GeneratorFamily.exposed_epsilon`) sizes the shares so that
     the `min_sites - colluders` honest sites' shares alone carry it.
+
+    `study_nonce`: 128 random bits (32 hex digits) the coordinator draws when a study
+    starts (`issued`) and keeps when it resumes, so that the study's id (`fingerprint`)
+    is its own: two consortia, or one re-running an identical plan against the same
+    sites, start two studies, each charged on its own. Empty in a plan as a user writes
+    it; a node takes part only in an issued plan (`check_issued`).
     """
 
     epsilon: float = 3.0
@@ -64,6 +72,7 @@ class StudyPlan:
     secure_aggregation: bool = False
     evaluation_epsilon: float = 0.0
     colluders: int = 0
+    study_nonce: str = ""
 
     def __post_init__(self) -> None:
         # One type per field, however the plan was built (3 and 3.0 are one epsilon): the
@@ -90,7 +99,8 @@ class StudyPlan:
         return self.evaluation_epsilon > 0
 
     def fingerprint(self, schema_sha256: str) -> str:
-        """SHA-256 of this plan with its schema: what a node agreed to at round 1."""
+        """SHA-256 of this plan with its schema: what a node agreed to at round 1, and
+        the study's id on both sides (an issued plan's nonce makes it the study's own)."""
         text = json.dumps({**self.to_config(), "schema": schema_sha256}, sort_keys=True)
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -111,6 +121,22 @@ class StudyPlan:
 
     def with_overrides(self, **changes: Any) -> StudyPlan:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def issued(self) -> StudyPlan:
+        """This plan as a coordinator starts a new study of it: with a fresh nonce."""
+        return replace(self, study_nonce=secrets.token_hex(NONCE_BYTES))
+
+
+NONCE_BYTES = 16
+_NONCE = re.compile(rf"[0-9a-f]{{{2 * NONCE_BYTES}}}")
+
+
+def check_issued(plan: StudyPlan) -> None:
+    """Refuse a plan that names no study (no `study-nonce`): a node takes part only in a
+    study a coordinator started, whose id no other study shares."""
+    if not plan.study_nonce:
+        raise PlanError(f"Study plan is invalid: study-nonce is missing; the coordinator "
+                        f"draws one when it starts a study (plan: {plan.to_config()}).")
 
 
 def _coerce(name: str, value: Any, default: Any) -> Any:
@@ -148,6 +174,9 @@ def check_plan(plan: StudyPlan) -> None:
          "evaluation-epsilon must be 0 (no federated evaluation) or a positive number"),
         (not plan.private or plan.evaluation_epsilon < plan.epsilon,
          "evaluation-epsilon is part of epsilon and must be smaller than it"),
+        (not plan.study_nonce or _NONCE.fullmatch(plan.study_nonce) is not None,
+         f"study-nonce must be {2 * NONCE_BYTES} lowercase hexadecimal digits (the random "
+         "id the coordinator draws when it starts a study)"),
     ]
     for holds, rule in rules:
         if not holds:

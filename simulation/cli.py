@@ -5,7 +5,8 @@ study; `simulate` runs one on your own files, one per site. Both run the
 coordinator's ServerApp and the hospitals' ClientApp together in Flower's
 simulation engine (`simulation.engine`), so they live in this harness, the one
 package allowed to import both sides. `provision`, `evaluate` and `verify` are
-the coordinator's own (`coordinator.cli`).
+the coordinator's own (`coordinator.cli`), and so is `study`, which runs a study on the
+consortium's SuperLink (`coordinator.study_command`).
 
 What the user leaves out of the plan `demo` and `simulate` take from
 `protocols.plan_defaults`, for the study's number of sites: the marginals family
@@ -27,6 +28,7 @@ import sys
 from pathlib import Path
 
 from coordinator import cli as coordinator_cli
+from coordinator import study_command
 from protocols.generators import FAMILIES
 from protocols.plan import StudyPlan
 from protocols.plan_defaults import (DEFAULT_COLLUDERS, DEFAULT_FAMILY,
@@ -47,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "local-run":
         return coordinator_cli.run_reporting_errors(lambda: local_run.run(args),
                                                     "interrupted; no cohort was released.")
+    if args.command == "study":
+        return coordinator_cli.run_reporting_errors(lambda: study_command.study_command(args),
+                                                    study_command.INTERRUPTED)
     if args.command not in ("demo", "simulate"):
         return coordinator_cli.run_reporting_errors(lambda: coordinator_cli.run(args))
     return coordinator_cli.run_reporting_errors(lambda: _study(args),
@@ -98,6 +103,7 @@ def _parser() -> argparse.ArgumentParser:
                           "otherwise); the new manifest names the sites that trained on one")
     coordinator_cli.add_commands(sub)
     local_run.add_command(sub)
+    study_command.add_study_parser(sub)
     for p in (demo, sim):
         p.add_argument("--epsilon", type=float, help=f"per site, whole study; 'inf' = no DP "
                        f"(default {DEFAULT_PLAN.epsilon})")

@@ -113,7 +113,7 @@ def _simulated_node_state(schema: Schema, plan: StudyPlan, out_dir: Path) -> Pat
     runs: a study resumed from its checkpoint finds them, so no round is charged
     twice; a fresh study starts with fresh ones; a released study removes them."""
     folder = out_dir / NODE_STATE
-    if resumable(out_dir, plan.fingerprint(schema.sha256)) is None:
+    if resumable(out_dir, plan, schema.sha256) is None:
         shutil.rmtree(folder, ignore_errors=True)
     return folder.resolve()
 

@@ -21,6 +21,12 @@ SUPERLINK_LOCAL_PORT = 9092
 FEDERATION = "consortium"
 
 
+def local_superlink_address(address: SuperLinkAddress) -> str:
+    """Where the coordinator's own processes reach the SuperLink: the consortium's address
+    itself on a trial machine, else the loopback port behind the public reverse proxy."""
+    return f"127.0.0.1:{address.port if address.is_loopback else SUPERLINK_LOCAL_PORT}"
+
+
 def coordinator_readme(directory: Path, address: SuperLinkAddress, sites: Sequence[str],
                        schema: Path | None) -> str:
     """How the coordinator runs the SuperLink, enrols `sites` and launches a study."""
@@ -29,16 +35,17 @@ def coordinator_readme(directory: Path, address: SuperLinkAddress, sites: Sequen
     def q(name: str) -> str:
         return shlex.quote(str(d / name))
 
-    local_port = address.port if address.is_loopback else SUPERLINK_LOCAL_PORT
+    local = local_superlink_address(address)
+    local_port = local.rpartition(":")[2]
     register = "\n".join(f"flwr supernode register {q('enrolled/' + s + '.pub')} {FEDERATION}"
                          f" --name {shlex.quote(s)}" for s in sorted(sites))
     names = ", ".join(dict.fromkeys([address.host, "localhost", "127.0.0.1"]))
     schema_arg = str(schema.resolve()) if schema else "/path/to/consortium-schema.yaml"
     secure_keys, secure_text = _secure_aggregation(len(sites))
-    run_config = (f'engine="deployment" schema-path="{schema_arg}" '
-                  f'out-dir="{d.parent / "study-out"}" '
-                  f'superlink-address="127.0.0.1:{local_port}" root-certificates="{d / "ca.pem"}" '
-                  f'signing-key="{d / "manifest-signing.key"}"{secure_keys}')
+    study = (f"fedsynth-coordinator study {FEDERATION} --kit {shlex.quote(str(d))} "
+             f"--schema {shlex.quote(schema_arg)} "
+             f"--out {shlex.quote(str(d.parent / 'study-out'))}"
+             + (f" --run-config {shlex.quote(secure_keys.strip())}" if secure_keys else ""))
     return f"""\
 # Coordinator kit — stays with the consortium coordinator, never shipped
 
@@ -86,7 +93,7 @@ In `$FLWR_HOME/config.toml` (default `~/.flwr/config.toml`):
 default = "{FEDERATION}"
 
 [superlink.{FEDERATION}]
-address = "127.0.0.1:{local_port}"
+address = "{local}"
 root-certificates = "{d / kit.CA_CERT}"
 ```
 
@@ -98,18 +105,22 @@ root-certificates = "{d / kit.CA_CERT}"
 
 ## 4. Launch a study
 
-From the fedsynth project folder (the one with `pyproject.toml`), once the sites' nodes run:
+Once the sites' nodes run (no source checkout needed: it ships the installed release):
 
 ```
-flwr run . {FEDERATION} --run-config {shlex.quote(run_config)}
+{study}
 ```
 
 {secure_text}
 
-The other study settings (`epsilon`, `generator`, `rows`, …) are the `[tool.flwr.app.config]`
-keys of `pyproject.toml` (the {DEFAULT_FAMILY} family by default); the run config overrides
-any of them. The cohort, its manifest and its report land in `out-dir`; the manifest is
-signed with `manifest-signing.key` (run config `signing-key`).
+The command prints the sha256 of the app bundle it ships (the one each site kit pins),
+streams the study's log, and exits 0 only when `--out` then holds this run's complete,
+signed release; otherwise 1, saying where to look. It fills the run config from this kit
+(`root-certificates`, `signing-key`, `superlink-address` {local}); the other study settings
+(`epsilon`, `generator`, `rows`, …) are the `[tool.flwr.app.config]` keys of fedsynth's
+`pyproject.toml` (the {DEFAULT_FAMILY} family by default), which `--run-config 'KEY=VALUE
+…'` overrides. The cohort, its manifest and its report land in `--out`; the manifest is
+signed with `manifest-signing.key`.
 
 ## 5. Verify a released cohort
 

@@ -7,16 +7,23 @@ as it answered: the study must be one the site reserved, every round the manifes
 credits to it one the site answered, the ε and steps those its ledger charged at the
 last such round, the δ its reserve's, and the ledger head it records one the ledger
 still holds. A study the manifest says nothing about at this site is no problem.
+
+It also compares the app bundle the study ran (the manifest's `app_sha256`, as Flower
+told the coordinator) with the one the site's kit pins (`[app] sha256` of node.toml):
+the node runs only that bundle's release, so a cohort made by any other was not made
+by the code this site agreed to.
 """
 
 from __future__ import annotations
 
 import math
+import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from node.ledger.anchor import rollback_problem
+from protocols.kit_layout import APP_SHA256, NODE_TOML, KitError
 from protocols.privacy.ledger import RESERVE, ROUND, LedgerEntry, is_head
 
 
@@ -50,6 +57,25 @@ def claim_problems(manifest: Mapping[str, Any], site: str, entries: Sequence[Led
     compared = (f"Site {site}: the manifest's rounds {sorted(rounds)}, epsilon, steps, delta "
                 f"and ledger head agree with its ledger {ledger_path}.")
     return problems, compared
+
+
+def app_hash_problem(manifest: Mapping[str, Any], kit_dir: Path) -> str | None:
+    """One line naming both hashes when the kit pins an app bundle and the manifest
+    records another (or none); None when they agree or the kit pins none."""
+    path = kit_dir / NODE_TOML
+    try:
+        section = tomllib.loads(path.read_text(encoding="utf-8")).get(APP_SHA256.section, {})
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise KitError(f"{path} cannot be read: {exc}.") from None
+    pinned = section.get(APP_SHA256.key) if isinstance(section, dict) else None
+    if pinned is None:
+        return None
+    recorded = manifest.get("app_sha256")
+    if recorded == pinned:
+        return None
+    return (f"the manifest records app bundle sha256 {recorded or 'none'}, but this site's "
+            f"kit pins {pinned} ({APP_SHA256} of {path}): the cohort was not made by the "
+            "release this site runs")
 
 
 def _compare(what: str, claimed: Any, recorded: float) -> list[str]:

@@ -2,7 +2,9 @@
 
 It states what the files are (synthetic, never real records), which data
 contract they follow (schema SHA-256), which study made them (the plan's
-fingerprint with the schema, the id every site's ledger knows it by), how
+fingerprint with the schema and the study's random nonce, the id every site's ledger
+knows it by; the Flower run that released it and the sha256 of the app bundle that run
+shipped, which a site compares with the one its kit pins), how
 private they are (one plain sentence naming the neighbouring relation, the
 mechanism, ε, δ and what is trusted; per-site ε spent; the plan; the
 accountant), how they were made (engine, rounds, sites, seed, fedsynth
@@ -53,6 +55,16 @@ class SitePrivacySpent:
     ledger_head: str = ""  # its privacy ledger's head after its last answer ("" if unknown)
 
 
+@dataclass(frozen=True)
+class StudyRun:
+    """The Flower run that released a cohort, as Flower tells the ServerApp: its run id
+    and the sha256 of the app bundle (FAB) the run shipped; None where Flower ran no
+    bundle (its simulation engine runs the apps it is handed, in-process)."""
+
+    run_id: int
+    app_sha256: str | None
+
+
 NEIGHBOURING = "add or remove one patient's record at one site"
 
 
@@ -67,7 +79,8 @@ def file_sha256(path: Path) -> str:
 def build_manifest(*, schema_sha256: str, plan: StudyPlan, sites: Mapping[str, SitePrivacySpent],
                    contributions: Mapping[str, list[int]], engine: str, tls: bool,
                    files: Mapping[str, Path], rows: int,
-                   exposed_epsilon: float | None = None) -> dict[str, Any]:
+                   exposed_epsilon: float | None = None,
+                   run: StudyRun | None = None) -> dict[str, Any]:
     """The manifest as plain JSON values (ε of a non-private study is null).
 
     `exposed_epsilon`: when the sites added only shares of one central noise behind
@@ -82,7 +95,10 @@ def build_manifest(*, schema_sha256: str, plan: StudyPlan, sites: Mapping[str, S
     collapse risk: such a cohort is partly generated from generated data).
     `ledger_heads`: the head of each site's privacy ledger after its last answer in
     the study, as the site reported it; the coordinator presents it at the site's next
-    study, and the site refuses a ledger that no longer holds it (a rollback)."""
+    study, and the site refuses a ledger that no longer holds it (a rollback).
+    `flower_run_id` (text, as Flower's CLI prints it: a 64-bit id) and `app_sha256` come
+    from `run`, the Flower run that released the cohort (a resumed study's last run);
+    null where unknown."""
     contributors = sorted(name for name, rounds in contributions.items() if rounds)
     family = family_for(plan)
     return {
@@ -93,6 +109,8 @@ def build_manifest(*, schema_sha256: str, plan: StudyPlan, sites: Mapping[str, S
         "schema_sha256": schema_sha256,
         "study": plan.fingerprint(schema_sha256),
         "engine": engine,
+        "flower_run_id": str(run.run_id) if run is not None else None,
+        "app_sha256": run.app_sha256 if run is not None else None,
         "tls": tls,
         "secure_aggregation": plan.secure_aggregation,
         "generator": plan.generator,

@@ -6,6 +6,9 @@ sys.path, as pytest puts it for rootless tests).
 
 from __future__ import annotations
 
+import hashlib
+import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +23,24 @@ from protocols.plan import StudyPlan
 from protocols.schema import Schema
 
 
+def issued(plan: StudyPlan) -> StudyPlan:
+    """`plan` as a coordinator sends it, with a study nonce. A plan without one gets the
+    same nonce every time (derived from the plan), so that a test's messages of one plan
+    are one study, as one coordinator's messages of one study are; `StudyPlan.issued`
+    draws a fresh one, for a second study of the same plan."""
+    if plan.study_nonce:
+        return plan
+    text = json.dumps(plan.to_config(), sort_keys=True)
+    return replace(plan, study_nonce=hashlib.sha256(text.encode()).hexdigest()[:32])
+
+
 def train_message(schema: Schema, plan: StudyPlan, schema_hash: str | None = None,
                   server_round: int = 1, arrays: ArrayRecord | None = None
                   ) -> tuple[Message, Any]:
-    """A training message for `plan` with the plan's initial VAE (or `arrays`)."""
+    """A training message for `plan` (`issued`) with the plan's initial VAE (or `arrays`)."""
     model = build_generator(build_encoding(schema), plan.hidden, plan.latent, plan.seed)
-    config = ConfigRecord({**plan.to_config(), keys.SCHEMA_SHA256: schema_hash or schema.sha256,
+    config = ConfigRecord({**issued(plan).to_config(),
+                           keys.SCHEMA_SHA256: schema_hash or schema.sha256,
                            keys.SERVER_ROUND: server_round})
     content = RecordDict({keys.ARRAYS: arrays or ArrayRecord(model.state_dict()),
                           keys.PLAN: config})

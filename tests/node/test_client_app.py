@@ -18,7 +18,7 @@ from protocols.generators.vae.model import build_generator
 from protocols.plan import StudyPlan
 
 # Helpers beside this file (tests/node/ is on sys.path, as pytest puts it for rootless tests).
-from client_calls import node_context, train_message
+from client_calls import issued, node_context, train_message
 
 @pytest.fixture(autouse=True)
 def task_identity():
@@ -128,7 +128,7 @@ def test_a_marginals_release_holds_only_the_tables_and_comes_in_two_stages(site_
     from coordinator.server_app import initial_arrays
 
     initial = initial_arrays(demo_schema, MARGINALS)
-    config = ConfigRecord({**MARGINALS.to_config(), keys.SCHEMA_SHA256: demo_schema.sha256,
+    config = ConfigRecord({**issued(MARGINALS).to_config(), keys.SCHEMA_SHA256: demo_schema.sha256,
                            keys.SERVER_ROUND: 1})
 
     def message(arrays):
@@ -189,6 +189,38 @@ def test_a_resumed_round_with_the_same_model_gets_the_same_answer_and_no_second_
     assert kinds == ["reserve", "round"]
 
 
+def test_two_studies_of_one_plan_are_both_charged_not_refused_as_charged_twice(
+        site_files, demo_schema):
+    """Two consortia, or one running an identical plan again against the same kits: each
+    study's plan comes with the coordinator's own nonce, so the node charges each as the
+    study it is, under its own id."""
+    app, context = build_client_app(), _context(*site_files)
+    studies = [PLAN.issued(), PLAN.issued()]
+    for plan in studies:
+        assert not app(_message(demo_schema, plan)[0], context).has_error()
+    entries = [json.loads(line) for line in _ledger_lines(site_files)]
+    ids = [plan.fingerprint(demo_schema.sha256) for plan in studies]
+    assert ids[0] != ids[1]
+    assert [(e["kind"], e["study"]) for e in entries] == [
+        ("reserve", ids[0]), ("round", ids[0]), ("reserve", ids[1]), ("round", ids[1])]
+
+
+@pytest.mark.parametrize("nonce, rule", [(None, "study-nonce is missing"),
+                                         ("", "study-nonce is missing"),
+                                         ("not-hex", "study-nonce must be 32 lowercase hex")])
+def test_a_plan_without_a_well_formed_study_nonce_is_refused_before_the_ledger(
+        site_files, demo_schema, caplog, nonce, rule):
+    msg, _ = _message(demo_schema)
+    config = msg.content[keys.PLAN]
+    if nonce is None:
+        del config["study-nonce"]
+    else:
+        config["study-nonce"] = nonce
+    _refused(lambda: build_client_app()(msg, _context(*site_files)), caplog,
+             f"Study plan is invalid: {rule}")
+    assert not _ledger_path(site_files).exists()
+
+
 def test_a_round_already_charged_is_refused_for_a_different_model(site_files, demo_schema, caplog):
     app, context = build_client_app(), _context(*site_files)
     first = app(_message(demo_schema)[0], context)
@@ -236,17 +268,20 @@ def test_a_deployed_node_needs_a_ledger_folder_and_a_budget(site_files, demo_sch
 def test_under_secure_aggregation_an_answer_is_never_given_twice(site_files, demo_schema,
                                                                  caplog):
     """A second secure sum over other sites would reveal this site's update by subtraction,
-    so a round re-asked with the same model is refused rather than replayed."""
+    so a round re-asked with the same model is refused rather than replayed, within one
+    study; another study of the same plan (its own nonce) is a study of its own."""
     from node.client_app import train_reply
 
     secure = StudyPlan(epsilon=2.0, rounds=2, local_steps=3, hidden=16, latent=4,
-                       secure_aggregation=True)
+                       secure_aggregation=True).issued()
     context = _context(*site_files)
     source = resolve_site(context.node_config, {})
     train_reply(_message(demo_schema, secure)[0].content, context, source)
     with pytest.raises(BudgetError, match="never given twice"):
         train_reply(_message(demo_schema, secure)[0].content, context, source)
     assert _round_entries_of(site_files) == [1]
+    train_reply(_message(demo_schema, secure.issued())[0].content, context, source)
+    assert _round_entries_of(site_files) == [1, 1]
 
 
 def test_a_secure_plan_is_never_answered_in_the_clear(site_files, demo_schema, caplog):
@@ -332,7 +367,7 @@ def test_a_site_that_missed_the_first_marginals_stage_does_not_release_the_secon
         site_files, demo_schema, caplog):
     from coordinator.server_app import initial_arrays
 
-    config = ConfigRecord({**MARGINALS.to_config(), keys.SCHEMA_SHA256: demo_schema.sha256,
+    config = ConfigRecord({**issued(MARGINALS).to_config(), keys.SCHEMA_SHA256: demo_schema.sha256,
                            keys.SERVER_ROUND: 2})
     msg = Message(content=RecordDict({keys.ARRAYS: initial_arrays(demo_schema, MARGINALS),
                                       keys.PLAN: config}), dst_node_id=1, message_type="train")
@@ -354,7 +389,7 @@ def test_a_reserved_study_whose_first_stage_never_left_does_not_release_it_late(
     data_path.write_text(good.replace("\n", "\nnot,a,valid,row\n", 1))
 
     def message(server_round: int) -> Message:
-        config = ConfigRecord({**MARGINALS.to_config(), keys.SCHEMA_SHA256: demo_schema.sha256,
+        config = ConfigRecord({**issued(MARGINALS).to_config(), keys.SCHEMA_SHA256: demo_schema.sha256,
                                keys.SERVER_ROUND: server_round})
         return Message(content=RecordDict({keys.ARRAYS: initial_arrays(demo_schema, MARGINALS),
                                            keys.PLAN: config}), dst_node_id=1,

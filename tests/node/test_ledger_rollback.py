@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from cli_process import run_cli
-from client_calls import train_message
+from client_calls import issued, train_message
 from coordinator.cohort import release_cohort
 from coordinator.ledger_heads import presented, read_known_heads, record_heads
 from coordinator.provisioning.signing_key import load_signing_key
@@ -34,7 +34,7 @@ from protocols.privacy.ledger import entry_line
 from protocols.release.manifest import SitePrivacySpent
 from simulation.cli import main as coordinator_main
 
-STUDIES = [StudyPlan(epsilon=1.0, rounds=1, local_steps=2, hidden=8, latent=2, seed=s)
+STUDIES = [issued(StudyPlan(epsilon=1.0, rounds=1, local_steps=2, hidden=8, latent=2, seed=s))
            for s in (1, 2, 3)]
 
 
@@ -231,7 +231,7 @@ def test_the_coordinator_keeps_the_heads_its_manifests_record(site, tmp_path, de
 def _released_with(site, tmp_path, demo_registry, demo_schema, **claims):
     """Two rounds answered by the real node, and a cohort released and signed by the
     coordinator kit's key with the claims it recorded (or `claims` instead)."""
-    plan = StudyPlan(epsilon=2.0, rounds=2, local_steps=2, hidden=8, latent=2)
+    plan = issued(StudyPlan(epsilon=2.0, rounds=2, local_steps=2, hidden=8, latent=2))
     first = _train(site, plan)
     second = _train(site, plan, server_round=2)
     metrics = second.content[keys.METRICS]

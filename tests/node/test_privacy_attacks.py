@@ -36,7 +36,7 @@ from protocols.release.manifest import CSV_NAME, build_manifest, render_manifest
 from protocols.release.signing import public_key_pem, sign_manifest
 
 # Helpers beside this file (tests/node/ is on sys.path, as pytest puts it for rootless tests).
-from client_calls import node_context, train_message, tripwire_state
+from client_calls import issued, node_context, train_message, tripwire_state
 
 
 @pytest.fixture(autouse=True)
@@ -167,7 +167,7 @@ def _release_files(make_site, folder: Path, cohort: pd.DataFrame, plan: StudyPla
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / CSV_NAME
     cohort.to_csv(path, index=False)
-    manifest = build_manifest(schema_sha256=schema.sha256, plan=plan, sites={},
+    manifest = build_manifest(schema_sha256=schema.sha256, plan=issued(plan), sites={},
                               contributions={}, engine="simulation", tls=False,
                               files={CSV_NAME: path}, rows=len(cohort))
     return path.read_bytes(), render_manifest(sign_manifest(manifest, make_site.key)).encode()
@@ -176,7 +176,8 @@ def _release_files(make_site, folder: Path, cohort: pd.DataFrame, plan: StudyPla
 def _evaluation(plan, schema, cohort_csv: bytes, manifest: bytes) -> Message:
     content = RecordDict({
         keys.COHORT: ConfigRecord({keys.COHORT_CSV: cohort_csv, keys.COHORT_MANIFEST: manifest}),
-        keys.PLAN: ConfigRecord({**plan.to_config(), keys.SCHEMA_SHA256: schema.sha256})})
+        keys.PLAN: ConfigRecord({**issued(plan).to_config(),
+                                 keys.SCHEMA_SHA256: schema.sha256})})
     return Message(content=content, dst_node_id=1, message_type="evaluate")
 
 
@@ -292,7 +293,7 @@ def test_an_evaluation_closes_the_study_so_no_later_epsilon_leaves_it_out(
     assert _answer(app, train_message(demo_schema, plan, server_round=2)[0],
                    context) == ("declined", keys.DECLINED)
     query = Message(content=RecordDict({keys.PLAN: ConfigRecord(
-        {**plan.to_config(), keys.SCHEMA_SHA256: demo_schema.sha256})}), dst_node_id=1,
+        {**issued(plan).to_config(), keys.SCHEMA_SHA256: demo_schema.sha256})}), dst_node_id=1,
         message_type="query")
     report = app(query, context).content[keys.REPORT]
     assert report[keys.EPSILON_SPENT] == dpsgd_epsilon(plan, 2, evaluated=True)

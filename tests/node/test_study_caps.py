@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from flwr.app import ConfigRecord, Message, RecordDict
 
-from client_calls import node_context, train_message
+from client_calls import issued, node_context, train_message
 from node.client_app import SiteRefusal, build_client_app
 from node.kit import read_kit
 from node.study_caps import StudyCaps
@@ -102,7 +102,7 @@ _HUGE_PLAN_SCRIPT = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     from flwr.app import ConfigRecord, Context, Message, RecordDict
     from flwr.supercore.task_identity import TaskIdentity
-    from client_calls import node_context, train_message
+    from client_calls import issued, node_context, train_message
     from node.client_app import SiteRefusal, build_client_app
     from protocols import messages as keys
     from protocols.plan import StudyPlan
@@ -114,7 +114,7 @@ _HUGE_PLAN_SCRIPT = textwrap.dedent("""
     small = StudyPlan(rounds=1, local_steps=2, hidden=8, latent=2)
     message, _ = train_message(schema, small)  # a small model's arrays...
     huge = small.with_overrides(hidden=100_000)  # ...under a plan of 2e10 weights
-    message.content[keys.PLAN].update(huge.to_config())
+    message.content[keys.PLAN].update(issued(huge).to_config())
     limit = 4 * 2**30  # far below the 80 GB the plan's model would take
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     try:
@@ -140,7 +140,7 @@ def test_a_plan_with_hidden_ten_to_the_five_is_refused_before_any_weight_exists(
 def test_a_cohort_beyond_the_rows_cap_is_not_scored(site_files, demo_schema, caplog):
     plan = PLAN.with_overrides(evaluation_epsilon=0.5, rows=100)
     cohort = ("a,b\n" + "1,2\n" * 5000).encode()
-    config = ConfigRecord({**plan.to_config(), keys.SCHEMA_SHA256: demo_schema.sha256})
+    config = ConfigRecord({**issued(plan).to_config(), keys.SCHEMA_SHA256: demo_schema.sha256})
     message = Message(content=RecordDict({
         keys.PLAN: config,
         keys.COHORT: ConfigRecord({keys.COHORT_CSV: cohort, keys.COHORT_MANIFEST: b"{}"})}),

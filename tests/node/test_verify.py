@@ -5,6 +5,7 @@ the cohort released by the coordinator's own `release_cohort`, signed with the
 coordinator kit's manifest-signing.key; the node checks it with the site kit.
 """
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from coordinator.cohort import release_cohort
 from coordinator.provisioning.signing_key import load_signing_key
 from node.cli import main as node_main
 from protocols.plan import StudyPlan
-from protocols.release.manifest import SitePrivacySpent
+from protocols.release.manifest import SitePrivacySpent, StudyRun
 from simulation.cli import main as coordinator_main
 
 
@@ -86,3 +87,26 @@ def test_bad_usage_exits_2_with_one_paragraph(tmp_path, cohort, capsys):
     with pytest.raises(SystemExit) as usage:
         node_main(["verify", str(cohort), "--kit", str(tmp_path), "--public-key", str(tmp_path)])
     assert usage.value.code == 2
+
+
+def test_verify_kit_compares_the_manifests_app_bundle_with_the_kits_pin(
+        tmp_path, kits, demo_registry, demo_schema, capsys):
+    """The node runs only the bundle its kit pins ([app] sha256): a cohort whose manifest
+    records another bundle was not made by the release this site agreed to."""
+    key = load_signing_key(kits / "coordinator" / "manifest-signing.key")
+    folder = tmp_path / "cohort"
+    release_cohort(demo_registry.sites["hospital-01"].head(20), folder, schema=demo_schema,
+                   plan=StudyPlan(rounds=2).issued(), sites={}, contributions={},
+                   engine="deployment", signing_key=key, tls=True,
+                   run=StudyRun(run_id=42, app_sha256="ab" * 32))
+    kit = tmp_path / "siteA"
+    shutil.copytree(kits / "siteA", kit)
+    unpinned = (kit / "node.toml").read_text()
+    (kit / "node.toml").write_text(unpinned + f'\n[app]\nsha256 = "{"ab" * 32}"\n')
+    assert node_main(["verify", str(folder), "--kit", str(kit)]) == 0
+    capsys.readouterr()
+    (kit / "node.toml").write_text(unpinned + f'\n[app]\nsha256 = "{"cd" * 32}"\n')
+    assert node_main(["verify", str(folder), "--kit", str(kit)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "ab" * 32 in err[0] and "cd" * 32 in err[0], err
+    assert err[0].startswith("fedsynth-node: the manifest records app bundle sha256 ")

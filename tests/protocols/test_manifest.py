@@ -9,8 +9,8 @@ import pytest
 
 from protocols.generators import family_for
 from protocols.plan import StudyPlan
-from protocols.release.manifest import (NEIGHBOURING, SitePrivacySpent, build_manifest,
-                                        privacy_sentence)
+from protocols.release.manifest import (NEIGHBOURING, SitePrivacySpent, StudyRun,
+                                        build_manifest, privacy_sentence)
 
 
 @pytest.mark.parametrize("plan", [
@@ -63,6 +63,21 @@ def test_what_the_manifest_says_per_site_comes_from_the_plan_and_the_rounds(tmp_
     assert privacy["evaluation_epsilon"] == 0.4
     assert privacy["sites"]["a"] == privacy["sites"]["b"]
     assert manifest["study"] == plan.fingerprint("ab" * 32)
+
+
+def test_the_manifest_records_the_flower_run_and_the_app_bundle_it_ran(tmp_path):
+    """Flower's run ids are 64-bit: written as text, as Flower's own CLI does, so that no
+    JSON reader rounds them; no run given (or no bundle): null, never a guess."""
+    (tmp_path / "synthetic.csv").write_text("a\n1\n")
+    common = dict(schema_sha256="ab" * 32, plan=StudyPlan(epsilon=2.0).issued(), sites={},
+                  contributions={}, engine="deployment", tls=True,
+                  files={"synthetic.csv": tmp_path / "synthetic.csv"}, rows=1)
+    manifest = build_manifest(**common, run=StudyRun(2**63 + 5, "cd" * 32))
+    assert (manifest["flower_run_id"], manifest["app_sha256"]) == (str(2**63 + 5), "cd" * 32)
+    simulated = build_manifest(**common, run=StudyRun(7, None))
+    assert (simulated["flower_run_id"], simulated["app_sha256"]) == ("7", None)
+    unknown = build_manifest(**common)
+    assert (unknown["flower_run_id"], unknown["app_sha256"]) == (None, None)
 
 
 @pytest.mark.parametrize("plan", [StudyPlan(epsilon=2.0, rounds=2),

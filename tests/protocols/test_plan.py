@@ -11,7 +11,7 @@ import pytest
 from flwr.supercore.constant import DEFAULT_SIMULATION_CONFIG
 
 from protocols.errors import PlanError
-from protocols.plan import StudyPlan
+from protocols.plan import StudyPlan, check_issued
 from protocols.plan_defaults import default_plan
 
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
@@ -46,6 +46,9 @@ def test_default_plan_is_valid_and_private() -> None:
         ({"latent": 0}, "latent >= 1"),
         ({"rows": 0}, "rows must be at least 1"),
         ({"min_sites": 0}, "min-sites must be at least 1"),
+        ({"study_nonce": "ab" * 8}, "study-nonce must be 32 lowercase hexadecimal digits"),
+        ({"study_nonce": "AB" * 16}, "study-nonce must be 32 lowercase hexadecimal digits"),
+        ({"study_nonce": "zz" * 16}, "study-nonce must be 32 lowercase hexadecimal digits"),
     ],
 )
 def test_invalid_plan_is_refused_naming_the_rule(changes: dict, rule: str) -> None:
@@ -111,11 +114,33 @@ def test_flower_app_config_holds_the_default_plan_of_flowers_local_federation() 
     config = tomllib.loads(PYPROJECT.read_text(encoding="utf-8"))["tool"]["flwr"]["app"]["config"]
     expected, _ = default_plan(DEFAULT_SIMULATION_CONFIG.num_supernodes)
     for field in dataclasses.fields(StudyPlan):
+        if field.name == "study_nonce":
+            continue  # no setting: the coordinator draws it when a study starts
         key = field.name.replace("_", "-")
         assert key in config, f"[tool.flwr.app.config] lacks plan key {key}"
         assert config[key] == getattr(expected, field.name), (key, config[key])
         assert type(config[key]) is type(field.default), (key, config[key])
     assert StudyPlan.from_config(config) == expected
+
+
+def test_every_issued_plan_is_a_study_of_its_own():
+    """Two consortia, or one re-running an identical plan, start two studies: the
+    coordinator's fresh nonce makes each study's id its own, and a node that reads the
+    plan back from the message derives the same id."""
+    plan = StudyPlan(epsilon=2.0, rounds=2)
+    first, second = plan.issued(), plan.issued()
+    assert first.study_nonce != second.study_nonce and len(first.study_nonce) == 32
+    assert dataclasses.replace(first, study_nonce="") == plan == dataclasses.replace(
+        second, study_nonce="")
+    assert first.fingerprint("ab" * 32) != second.fingerprint("ab" * 32)
+    assert StudyPlan.from_config(first.to_config()).fingerprint("ab" * 32) == \
+        first.fingerprint("ab" * 32)
+    check_issued(first)
+
+
+def test_a_plan_that_names_no_study_is_refused_as_invalid():
+    with pytest.raises(PlanError, match="Study plan is invalid: study-nonce is missing"):
+        check_issued(StudyPlan.from_config({"epsilon": 2.0}))
 
 
 def test_a_plan_built_with_whole_numbers_is_the_same_study_as_its_config():

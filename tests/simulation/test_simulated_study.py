@@ -80,6 +80,9 @@ def test_manifest_is_consistent_with_the_study(private_study, sites):
     assert manifest["synthetic"] is True
     assert manifest["schema_sha256"] == schema.sha256
     assert manifest["engine"] == "simulation" and manifest["tls"] is False
+    # Flower's simulation engine runs the apps it is handed: a run id, and no bundle's hash.
+    assert manifest["flower_run_id"].isdigit() and manifest["app_sha256"] is None
+    assert len(manifest["plan"]["study-nonce"]) == 32
     assert manifest["secure_aggregation"] is False
     assert manifest["contributions"] == {name: [1, 2] for name in SITES}
     assert (manifest["rows"], manifest["rounds"], manifest["seed"]) == (300, 2, 5)
