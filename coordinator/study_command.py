@@ -41,13 +41,12 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from flwr.cli.build import build_fab_from_disk
-from flwr.common.constant import FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION
-from flwr.supercore.constant import FLWR_DISABLE_UPDATE_CHECK
 
 from coordinator.provisioning.consortium import CONSORTIUM_TOML, read_consortium
 from coordinator.provisioning.kit_readmes import local_superlink_address
 from protocols import kit_layout as kit
 from protocols.errors import FedsynthError
+from protocols.flower_environment import NO_DOWNLOADS
 from protocols.kit_layout import KitError
 from protocols.release.app_bundle import release_project, sha256_hex
 from protocols.release.manifest import MANIFEST_NAME
@@ -57,8 +56,7 @@ from protocols.schema import load_schema
 FLWR = "flwr"
 SIGNING_KEY = "manifest-signing.key"
 # Set for `flwr run` and whatever Flower process it starts (Flower's own names).
-ENVIRONMENT = {FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION: "1",
-               FLWR_DISABLE_UPDATE_CHECK: "1", "FLWR_TELEMETRY_ENABLED": "0"}
+ENVIRONMENT = NO_DOWNLOADS
 # What `flwr run` prints once the SuperLink accepted the run.
 _STARTED = re.compile(r"Successfully started run (\d+)")
 

@@ -35,23 +35,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from flwr.common.constant import FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION
-from flwr.supercore.constant import FLWR_DISABLE_UPDATE_CHECK
-
 from node.kit import NodeKit
 from node.sandbox import confines_network
 from node.site_config import (DATA_PATH, DELTA_BUDGET, EPSILON_BUDGET, FEDERATED_EVALUATION,
                               LEDGER_HEAD_FILE, MANIFEST_PUBLIC_KEY, SCHEMA_PATH, SITE_NAME,
                               STATE_DIR, TRAIN_ON_SYNTHETIC)
 from node.study_caps import CAP_KEYS
+from protocols.flower_environment import NO_DOWNLOADS
 from protocols.kit_layout import KitError
 
 EXECUTABLE = "flower-supernode"
-# Set in the environment of every Flower process the node starts (the names are
-# Flower's own constants, so a Flower that renamed them fails at import, not silently).
-LAUNCH_ENVIRONMENT = {FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION: "1",
-                      FLWR_DISABLE_UPDATE_CHECK: "1",
-                      "FLWR_TELEMETRY_ENABLED": "0"}
+# Set in the environment of every Flower process the node starts.
+LAUNCH_ENVIRONMENT = NO_DOWNLOADS
 
 
 def find_flower_supernode() -> str:

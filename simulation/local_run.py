@@ -39,11 +39,10 @@ from pathlib import Path
 
 import httpx
 from flwr.cli.constant import LOCAL_SUPERLINK_ADDRESS_MAGIC_VALUE
-from flwr.common.constant import (FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION,
-                                  FLWR_HOME, ISOLATION_MODE_SUBPROCESS)
-from flwr.supercore.constant import FLWR_DISABLE_UPDATE_CHECK
+from flwr.common.constant import FLWR_HOME, ISOLATION_MODE_SUBPROCESS
 
 from protocols.errors import FedsynthError
+from protocols.flower_environment import NO_DOWNLOADS
 from protocols.release.app_bundle import release_project
 from protocols.release.manifest import MANIFEST_NAME
 from simulation.engine import ray_environment
@@ -53,10 +52,7 @@ CONNECTION = "local"  # the one connection in the private FLWR_HOME's config.tom
 # Flower reads the local SuperLink's two ports from these (flwr/cli/constant.py).
 HTTP_PORT_VARIABLE = "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"
 CONTROL_PORT_VARIABLE = "FLWR_LOCAL_CONTROL_API_PORT"
-OFFLINE_ENVIRONMENT = {FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION: "1",
-                       FLWR_DISABLE_UPDATE_CHECK: "1",
-                       "FLWR_TELEMETRY_ENABLED": "0",
-                       "RAY_USAGE_STATS_ENABLED": "0"}
+OFFLINE_ENVIRONMENT = {**NO_DOWNLOADS, "RAY_USAGE_STATS_ENABLED": "0"}
 COMPLETED = "finished:completed"
 STARTUP_SECONDS = 60.0  # Flower waits 15 s; a loaded machine imports Flower slower
 STOP_SECONDS = 15.0

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 
 import pytest
 from flwr.cli import local_superlink
+from flwr.common.constant import FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION as SWITCH
 from flwr.superlink.cli.flower_superlink import _parse_args_run_superlink
 
 from simulation import local_run
@@ -34,7 +35,7 @@ SMALL = ["--run-config", "rows=50",
 def test_the_superlink_is_flowers_local_one_with_installation_off(monkeypatch, tmp_path):
     """The command line is the one `flwr run .` starts (read from Flower's own code),
     plus the flag, and Flower's parser reads it as installation off."""
-    monkeypatch.delenv(local_run.FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION, raising=False)
+    monkeypatch.delenv(SWITCH, raising=False)
     env = local_run.offline_environment(tmp_path)
     monkeypatch.setenv("FLWR_HOME", str(tmp_path))
     monkeypatch.setattr(local_superlink, "LOCAL_SUPERLINK_HTTP_API_PORT",
@@ -53,7 +54,7 @@ def test_the_superlink_is_flowers_local_one_with_installation_off(monkeypatch, t
     ours = local_run.superlink_argv(env)
     assert ours == [*flowers["command"], "--disable-runtime-dependency-installation"]
     assert not _parse_args_run_superlink().parse_args(ours[1:]).runtime_dependency_install
-    assert env[local_run.FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION] == "1"
+    assert env[SWITCH] == "1"
     assert env["FLWR_DISABLE_UPDATE_CHECK"] == "1" and env["FLWR_TELEMETRY_ENABLED"] == "0"
     assert "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION" not in flowers["env"], \
         "Flower's own local SuperLink now sets the switch: this command may be unneeded"
