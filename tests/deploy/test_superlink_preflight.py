@@ -1,5 +1,7 @@
 """The node's pre-flight check against a real SuperLink: a hospital whose key is not
-enrolled is told so, with its fingerprint, before it hands over to Flower.
+enrolled is told so, with its fingerprint, before it hands over to Flower. And the
+coordinator's side of the same question: `fedsynth-coordinator sites` lists the enrolled
+sites by name as the SuperLink sees them.
 
 One TLS SuperLink with node authentication for the module: siteA enrolled, siteB enrolled
 then revoked with `fedsynth-coordinator revoke --control`, siteC never enrolled, siteD
@@ -121,3 +123,18 @@ def test_an_unreachable_superlink_is_named(federation):
     with pytest.raises(SuperLinkUnreachable) as refused:
         check_enrolled(kit)
     assert f"Cannot reach the SuperLink at {address} (Connection refused)" in str(refused.value)
+
+
+def test_the_coordinator_lists_the_enrolled_sites_by_name(federation):
+    listed = run_cli("fedsynth-coordinator", "sites", "--out", federation.kits,
+                     "--control", federation.address)
+    assert listed.returncode == 0, listed.stderr
+    rows = {line.split()[0]: line.split() for line in listed.stdout.splitlines()[1:]}
+    assert set(rows) == {ENROLLED, NEVER_ENROLLED, ENROLLED_TOO}  # siteB is revoked
+    statuses = _statuses(federation)
+    for site in (ENROLLED, ENROLLED_TOO):
+        key = _site_fingerprint(federation, site)
+        assert rows[site][1] == key and rows[site][2].isdigit()
+        assert rows[site][3] == statuses[key]
+    assert rows[NEVER_ENROLLED][1:] == [_site_fingerprint(federation, NEVER_ENROLLED), "-",
+                                        "NOT", "REGISTERED"]
