@@ -26,7 +26,7 @@ from node.superlink_preflight import SuperLinkUnreachable, check_enrolled
 from protocols.kit_layout import KitError, parse_address
 from protocols.node_keys import fingerprint, read_public_key_file
 
-from cli_process import run_cli
+from cli_process import one_paragraph_error, run_cli
 from federation import Federation, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -138,3 +138,17 @@ def test_the_coordinator_lists_the_enrolled_sites_by_name(federation):
         assert rows[site][3] == statuses[key]
     assert rows[NEVER_ENROLLED][1:] == [_site_fingerprint(federation, NEVER_ENROLLED), "-",
                                         "NOT", "REGISTERED"]
+
+
+@pytest.mark.xfail(strict=True, reason="`fedsynth-node start` does not call check_enrolled "
+                   "yet (the lead wires it); remove this mark when it does")
+def test_start_tells_a_never_enrolled_hospital_why_before_flower_runs(federation, tmp_path,
+                                                                      demo_registry):
+    records = tmp_path / "records.csv"
+    demo_registry.sites["hospital-01"].to_csv(records, index=False)
+    result = run_cli("fedsynth-node", "start", "--kit", federation.kits / NEVER_ENROLLED,
+                     "--data", records, "--runtime-port", str(free_port()),
+                     "--state-dir", tmp_path / "state", "--ledger-head", tmp_path / "head")
+    message = one_paragraph_error(result, "fedsynth-node")
+    assert "does not accept this site's node-auth key" in message
+    assert _site_fingerprint(federation, NEVER_ENROLLED) in message
