@@ -18,6 +18,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from flwr.proto.control_pb2 import ListNodesRequest
 from flwr.supercore.control import ControlHttpClient
+from flwr.supernode import node_auth_http_interceptor
 
 from coordinator.provisioning.certificates import new_ca
 from node import superlink_preflight
@@ -152,3 +153,12 @@ def test_start_tells_a_never_enrolled_hospital_why_before_flower_runs(federation
     message = one_paragraph_error(result, "fedsynth-node")
     assert "does not accept this site's node-auth key" in message
     assert _site_fingerprint(federation, NEVER_ENROLLED) in message
+
+
+def test_a_clock_far_off_the_coordinators_is_named(federation, monkeypatch):
+    """Node authentication signs a timestamp; the SuperLink refuses one 10 minutes old."""
+    late = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=10)
+    monkeypatch.setattr(node_auth_http_interceptor, "now", lambda: late)
+    with pytest.raises(KitError) as refused:
+        check_enrolled(_kit(federation, ENROLLED))
+    assert "clock" in str(refused.value) and "HTTP 401" in str(refused.value)
