@@ -3,8 +3,9 @@
 `provision` writes the consortium CA, the SuperLink certificate, the
 manifest-signing key and one kit per hospital, enrolling the public key each hospital
 made itself (`--site NAME=PATH.pub`; `--sites` generates the keys here, for a loopback
-demo only). `revoke` removes a site from the enrolled set (and, with `--control`, from
-the running SuperLink); `renew-cert` renews the SuperLink certificate under the same
+demo only). `sites` lists the enrolled sites by name as the running SuperLink sees them
+(node id, status). `revoke` removes a site from the enrolled set (and, with `--control`,
+from the running SuperLink); `renew-cert` renews the SuperLink certificate under the same
 CA. `evaluate` scores a cohort
 against real records. `verify DIR [--public-key PUB]` checks a released cohort
 folder: the manifest's signature (against PUB when given) and the sha256 and
@@ -26,10 +27,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from coordinator.provisioning.consortium import (DEFAULT_SUPERLINK, ProvisionRequest, Provisioned,
-                                                 provision)
+                                                 enrolled_keys, provision, read_consortium)
 from coordinator.provisioning.renewal import renew_certificate
 from coordinator.provisioning.revocation import Revocation, revoke
-from protocols.kit_layout import KitError, parse_address
+from coordinator.provisioning.superlink_enrolment import Registration, site_registrations
+from protocols.kit_layout import COORDINATOR_KIT, KitError, parse_address
 from protocols.errors import FedsynthError
 from protocols.evaluation.report.files import evaluate_files, score_lines
 from protocols.release.signing import key_fingerprint, parse_public_key
@@ -39,10 +41,11 @@ PROG = "fedsynth-coordinator"
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    """Add `evaluate`, `provision`, `revoke`, `renew-cert` and `verify` to a command's
-    subparsers."""
+    """Add `evaluate`, `provision`, `sites`, `revoke`, `renew-cert` and `verify` to a
+    command's subparsers."""
     _evaluate_parser(sub)
     _provision_parser(sub)
+    _sites_parser(sub)
     _revoke_parser(sub)
     _renew_parser(sub)
     _verify_parser(sub)
@@ -50,8 +53,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run one of the commands of `add_commands`."""
-    commands = {"evaluate": _evaluate, "provision": _provision, "revoke": _revoke,
-                "renew-cert": _renew, "verify": _verify}
+    commands = {"evaluate": _evaluate, "provision": _provision, "sites": _sites,
+                "revoke": _revoke, "renew-cert": _renew, "verify": _verify}
     return commands[args.command](args)
 
 
@@ -136,6 +139,33 @@ def _site_key(value: str) -> tuple[str, Path]:
         raise KitError(f"--site {value!r} is not NAME=PATH.pub: give the site's name, '=', and "
                        "the public key file it sent (e.g. --site siteA=keys/siteA.pub).")
     return name.strip(), Path(path.strip()).expanduser()
+
+
+def _sites_parser(sub: argparse._SubParsersAction) -> None:
+    st = sub.add_parser("sites", help="list the enrolled sites by name as the running "
+                        "SuperLink sees them (key fingerprint, node id, status)")
+    st.add_argument("--out", type=Path, required=True,
+                    help="the kits folder `provision` wrote (holds coordinator/)")
+    st.add_argument("--control", metavar="HOST:PORT", required=True,
+                    help="the running SuperLink's loopback address (e.g. 127.0.0.1:9092)")
+
+
+def _sites(args: argparse.Namespace) -> int:
+    coordinator_dir = args.out / COORDINATOR_KIT
+    enrolled = enrolled_keys(coordinator_dir)
+    rows = site_registrations(parse_address(args.control),
+                              read_consortium(coordinator_dir).ca_pem, enrolled)
+    print(_registrations_table(rows))
+    return 0
+
+
+def _registrations_table(rows: list[Registration]) -> str:
+    cells = [("site", "node-auth key", "SuperLink node", "status")] + [
+        (row.site or "NOT ENROLLED", row.fingerprint,
+         "-" if row.node_id is None else str(row.node_id), row.status) for row in rows]
+    widths = [max(len(cell[i]) for cell in cells) for i in range(3)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(cell, widths)) + "  " + cell[3]
+                     for cell in cells)
 
 
 def _revoke_parser(sub: argparse._SubParsersAction) -> None:

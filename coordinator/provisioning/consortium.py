@@ -195,6 +195,15 @@ def read_consortium(coordinator_dir: Path) -> Consortium:
                       certs.certificate_expiry(ca_pem))
 
 
+def enrolled_keys(coordinator_dir: Path) -> dict[str, NodeAuthPublicKey]:
+    """The consortium's enrolled set: each site's public node key, by site name."""
+    if not (coordinator_dir / CONSORTIUM_TOML).is_file():
+        raise KitError(f"{coordinator_dir} is not a coordinator kit (no {CONSORTIUM_TOML}): "
+                       "give as --out the kits folder `fedsynth-coordinator provision` wrote.")
+    return {path.stem: read_public_key_file(path)
+            for path in sorted((coordinator_dir / ENROLLED).glob("*.pub"))}
+
+
 def _check_request(request: ProvisionRequest, coordinator_dir: Path
                    ) -> dict[str, NodeAuthPublicKey | None]:
     """Each new site and its own public key (None: the demo makes one); refuse anything

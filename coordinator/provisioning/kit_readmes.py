@@ -1,7 +1,7 @@
 """The README.md of each kit: the commands its holder runs, with this kit's paths.
 
-The coordinator's README is for the consortium's operator (start the SuperLink,
-enrol sites, launch a study); a site's README is for hospital IT and says what
+The coordinator's README is for the consortium's operator (start the SuperLink and the
+ServerApp's SuperExec, enrol sites, launch a study), in the layout of deploy/README.md; a site's README is for hospital IT and says what
 the node needs from the network (one outbound port) and which file is secret.
 Pure functions; `coordinator.provisioning.consortium` writes what they return.
 """
@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Sequence
-from pathlib import Path
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 
 from protocols import kit_layout as kit
 from protocols.kit_layout import SuperLinkAddress
@@ -19,6 +20,29 @@ from protocols.plan_defaults import (DEFAULT_FAMILY, SECURE_AGGREGATION_MIN_SITE
 
 SUPERLINK_LOCAL_PORT = 9092
 FEDERATION = "consortium"
+SIGNING_KEY = "manifest-signing.key"
+SCHEMA_PLACEHOLDER = "/path/to/consortium-schema.yaml"
+RUN_ENVIRONMENT = ("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 FLWR_TELEMETRY_ENABLED=0 "
+                   "FLWR_DISABLE_UPDATE_CHECK=1")
+
+
+@dataclass(frozen=True)
+class CoordinatorLayout:
+    """Where the coordinator's host keeps what it runs: deploy/README.md's layout, which
+    deploy/systemd's units use too."""
+
+    superlink: PurePosixPath  # the SuperLink's copies: ca.pem, superlink.pem, superlink.key
+    serverapp: PurePosixPath  # the ServerApp's: ca.pem, manifest-signing.key, schema.yaml
+    secret: PurePosixPath  # shared by the SuperLink and the ServerApp's SuperExec
+    superlink_state: PurePosixPath  # the SuperLink's database
+    studies: PurePosixPath  # each study's outputs
+
+
+DEPLOYED = CoordinatorLayout(PurePosixPath("/etc/fedsynth/superlink"),
+                             PurePosixPath("/etc/fedsynth/coordinator"),
+                             PurePosixPath("/etc/fedsynth/superexec.secret"),
+                             PurePosixPath("/var/lib/fedsynth-superlink"),
+                             PurePosixPath("/var/lib/fedsynth-coordinator/studies"))
 
 
 def local_superlink_address(address: SuperLinkAddress) -> str:
@@ -29,23 +53,28 @@ def local_superlink_address(address: SuperLinkAddress) -> str:
 
 def coordinator_readme(directory: Path, address: SuperLinkAddress, sites: Sequence[str],
                        schema: Path | None) -> str:
-    """How the coordinator runs the SuperLink, enrols `sites` and launches a study."""
+    """How the coordinator runs the SuperLink and the ServerApp, enrols `sites` and launches
+    a study, in deploy/README.md's layout (`DEPLOYED`), with this kit's own paths."""
     d = directory.resolve()
 
     def q(name: str) -> str:
         return shlex.quote(str(d / name))
 
     local = local_superlink_address(address)
-    local_port = local.rpartition(":")[2]
+    port = local.rpartition(":")[2]
     register = "\n".join(f"flwr supernode register {q('enrolled/' + s + '.pub')} {FEDERATION}"
                          f" --name {shlex.quote(s)}" for s in sorted(sites))
     names = ", ".join(dict.fromkeys([address.host, "localhost", "127.0.0.1"]))
-    schema_arg = str(schema.resolve()) if schema else "/path/to/consortium-schema.yaml"
+    schema_source = shlex.quote(str(schema.resolve()) if schema else SCHEMA_PLACEHOLDER)
+    out = shlex.quote(str(d.parent))
+    superlink, serverapp, secret = DEPLOYED.superlink, DEPLOYED.serverapp, DEPLOYED.secret
+    study = DEPLOYED.studies / "study-001"
     secure_keys, secure_text = _secure_aggregation(len(sites))
-    study = (f"fedsynth-coordinator study {FEDERATION} --kit {shlex.quote(str(d))} "
-             f"--schema {shlex.quote(schema_arg)} "
-             f"--out {shlex.quote(str(d.parent / 'study-out'))}"
-             + (f" --run-config {shlex.quote(secure_keys.strip())}" if secure_keys else ""))
+    server_paths = (f'root-certificates="{serverapp / kit.CA_CERT}" '
+                    f'signing-key="{serverapp / SIGNING_KEY}"{secure_keys}')
+    study_command = (f"fedsynth-coordinator study {FEDERATION} --kit {shlex.quote(str(d))} "
+                     f"--schema {serverapp / kit.SCHEMA_COPY} --out {study} "
+                     f"--run-config {shlex.quote(server_paths)}")
     return f"""\
 # Coordinator kit — stays with the consortium coordinator, never shipped
 
@@ -53,35 +82,67 @@ def coordinator_readme(directory: Path, address: SuperLinkAddress, sites: Sequen
 |---|---|
 | `ca.pem`, `ca.key` | the consortium CA; `ca.key` signs certificates: keep it offline if you can |
 | `superlink.pem`, `superlink.key` | the SuperLink's TLS certificate and key (valid for {names}) |
-| `manifest-signing.key`, `manifest-signing.pub` | Ed25519 key pair that signs released cohort manifests; the `.key` is **secret** (whoever holds it can sign cohorts in the consortium's name), every site kit holds the `.pub` |
+| `{SIGNING_KEY}`, `manifest-signing.pub` | Ed25519 key pair that signs released cohort manifests; the `.key` is **secret** (whoever holds it can sign cohorts in the consortium's name), every site kit holds the `.pub` |
 | `enrolled/<site>.pub` | each enrolled site's node-auth public key, to register with the SuperLink |
 | `revoked/`, `revocations.jsonl` | the keys of revoked sites, and when each was revoked |
 | `consortium.toml` | SuperLink address ({address}), sites, creation date, expiry |
 
 Sites dial **{address}**. To add a hospital later, have it run `fedsynth-node keygen --out
 KIT_DIR`, check the fingerprint it prints with them by phone, and run `fedsynth-coordinator
-provision --site NEWSITE=/path/to/its/node-auth.pub --out {shlex.quote(str(d.parent))}`: this
+provision --site NEWSITE=/path/to/its/node-auth.pub --out {out}`: this
 CA, certificate and signing key are reused and only the new site's kit is written (it holds
 no private key: the hospital keeps its own).
 
-## 1. Start the SuperLink
+## 1. Start the SuperLink and the ServerApp
+
+The SuperLink, which the hospitals' traffic reaches, runs no fedsynth code and never holds
+the manifest-signing key (`--isolation process`); Flower's SuperExec runs fedsynth's
+ServerApp, which signs the manifest, beside it. Each gets its own copies of the files it
+needs, and the two share a secret. As root, once (the database folder must exist before the
+SuperLink starts):
 
 ```
+install -d -m 0700 {superlink} {serverapp} \\
+    {DEPLOYED.superlink_state} {DEPLOYED.studies.parent} {DEPLOYED.studies}
+install -m 0644 {q(kit.CA_CERT)} {q('superlink.pem')} {superlink}/
+install -m 0600 {q('superlink.key')} {superlink}/
+install -m 0644 {q(kit.CA_CERT)} {serverapp}/
+install -m 0600 {q(SIGNING_KEY)} {serverapp}/
+install -m 0644 {schema_source} {serverapp / kit.SCHEMA_COPY}
+(umask 077; head -c 32 /dev/urandom > {secret})
+```
+
+Then the SuperLink, and the SuperExec in a second terminal (both stay in the foreground):
+
+```
+export {RUN_ENVIRONMENT}
 flower-superlink \\
-  --ssl-ca-certfile {q(kit.CA_CERT)} \\
-  --ssl-certfile {q('superlink.pem')} \\
-  --ssl-keyfile {q('superlink.key')} \\
-  --enable-supernode-auth \\
-  --database {q('superlink-state.db')} \\
-  --disable-runtime-dependency-installation \\
-  --host 127.0.0.1 --port {local_port}
+    --ssl-ca-certfile {superlink / kit.CA_CERT} \\
+    --ssl-certfile {superlink / 'superlink.pem'} \\
+    --ssl-keyfile {superlink / 'superlink.key'} \\
+    --enable-supernode-auth \\
+    --database {DEPLOYED.superlink_state / 'superlink-state.db'} \\
+    --disable-runtime-dependency-installation \\
+    --isolation process --superexec-auth-secret-file {secret} \\
+    --host 127.0.0.1 --port {port}
 ```
 
-`--database` keeps the enrolled nodes across restarts. This one port carries three
-APIs: `/v1/fleet/` (what hospitals dial), `/v1/control/` (the `flwr` CLI: it launches
-studies and enrols nodes, and is **unauthenticated**) and `/v1/runtime/` (the local
-ServerApp). `/v1/control/` and `/v1/runtime/` must never be reachable from outside,
-so the SuperLink listens on 127.0.0.1 only. {_public_entry(address)}
+```
+export {RUN_ENVIRONMENT}
+flower-superexec \\
+    --runtime-api-address 127.0.0.1:{port} \\
+    --root-certificates {serverapp / kit.CA_CERT} \\
+    --superexec-auth-secret-file {secret}
+```
+
+`--database` keeps the enrolled nodes across restarts. As services, fedsynth's
+`deploy/systemd/fedsynth-superlink.service` and `fedsynth-serverapp.service` run the same
+commands on the same paths, as two users (only the ServerApp's can read
+`{SIGNING_KEY}`); `deploy/README.md` §2 also shows the containers. This one port carries
+three APIs: `/v1/fleet/` (what hospitals dial), `/v1/control/` (the `flwr` CLI: it launches
+studies and enrols nodes, and is **unauthenticated**) and `/v1/runtime/` (the SuperExec,
+with the shared secret). `/v1/control/` and `/v1/runtime/` must never be reachable from
+outside, so the SuperLink listens on 127.0.0.1 only. {_public_entry(address)}
 Hospitals need no inbound port.
 
 ## 2. Tell the `flwr` CLI about the consortium
@@ -101,31 +162,36 @@ root-certificates = "{d / kit.CA_CERT}"
 
 ```
 {register}
+fedsynth-coordinator sites --out {out} --control 127.0.0.1:{port}
 ```
+
+`sites` lists each enrolled site by name with its key's fingerprint, its SuperLink node id
+and status (`flwr supernode ls` shows neither names nor keys).
 
 ## 4. Launch a study
 
 Once the sites' nodes run (no source checkout needed: it ships the installed release):
 
 ```
-{study}
+{study_command}
 ```
 
 {secure_text}
 
 The command prints the sha256 of the app bundle it ships (the one each site kit pins),
-streams the study's log, and exits 0 only when `--out` then holds this run's complete,
-signed release; otherwise 1, saying where to look. It fills the run config from this kit
-(`root-certificates`, `signing-key`, `superlink-address` {local}); the other study settings
-(`epsilon`, `generator`, `rows`, …) are the `[tool.flwr.app.config]` keys of fedsynth's
-`pyproject.toml` (the {DEFAULT_FAMILY} family by default), which `--run-config 'KEY=VALUE
-…'` overrides. The cohort, its manifest and its report land in `--out`; the manifest is
-signed with `manifest-signing.key`.
+streams the study's log, and exits 0 only when `--out` then holds this run's complete
+release, signed with this kit's key; otherwise 1, saying where to look. It fills the run
+config from this kit (`superlink-address` {local}) and takes the ServerApp's own copies of
+the CA and `{SIGNING_KEY}` from `--run-config`: paths are as the ServerApp's process sees
+them. The other study settings (`epsilon`, `generator`, `rows`, …) are the
+`[tool.flwr.app.config]` keys of fedsynth's `pyproject.toml` (the {DEFAULT_FAMILY} family by
+default), which `--run-config 'KEY=VALUE …'` overrides. The cohort, its manifest and its
+report land in `--out`.
 
 ## 5. Verify a released cohort
 
 ```
-fedsynth-coordinator verify {shlex.quote(str(d.parent / "study-out"))} --public-key {q(kit.MANIFEST_SIGNING_PUB)}
+fedsynth-coordinator verify {study} --public-key {q(kit.MANIFEST_SIGNING_PUB)}
 ```
 
 Exit 0 only when the manifest's signature is this consortium key's and every cohort file's
@@ -135,16 +201,18 @@ sha256 and size match; otherwise one line per problem. The sites run the same ch
 ## 6. Revoke a site, renew the certificate
 
 ```
-fedsynth-coordinator revoke --site SITE --out {shlex.quote(str(d.parent))} --control 127.0.0.1:{local_port}
-fedsynth-coordinator renew-cert --out {shlex.quote(str(d.parent))}
+fedsynth-coordinator revoke --site SITE --out {out} --control 127.0.0.1:{port}
+fedsynth-coordinator renew-cert --out {out}
+install -m 0644 {q('superlink.pem')} {superlink}/
+install -m 0600 {q('superlink.key')} {superlink}/
 ```
 
 `revoke` unregisters the site's key at the running SuperLink (`--control`: its loopback
 address), moves `enrolled/SITE.pub` to `revoked/` and records the revocation in
 `revocations.jsonl`; without `--control` it changes the files only, and the SuperLink still
 accepts the key until you run it again with `--control`. `renew-cert` issues a new SuperLink
-certificate under the same CA (it needs `ca.key`); restart the SuperLink to serve it. The
-site kits do not change.
+certificate under the same CA (it needs `ca.key`); install it where the SuperLink reads it
+and restart the SuperLink to serve it. The site kits do not change.
 """
 
 

@@ -151,6 +151,27 @@ def test_the_coordinators_study_command_runs_secure_aggregation_over_every_site(
         kits / "coordinator/README.md").read_text()
 
 
+def test_the_coordinators_readme_runs_the_serverapp_beside_an_isolated_superlink(
+        kits, schema_file):
+    """deploy/README.md §2's layout: each process's files installed in its own folder and
+    the database folder made before the SuperLink starts; the SuperLink runs no app code
+    and a SuperExec, sharing a secret with it, runs the ServerApp."""
+    readme = (kits / "coordinator/README.md").read_text()
+    blocks = readme.split("```")[1::2]
+    [install] = [b for b in blocks if "install -d" in b]
+    assert "/var/lib/fedsynth-superlink" in install.split("install -m")[0]  # install -d
+    assert f"install -m 0644 {schema_file} /etc/fedsynth/coordinator/schema.yaml" in install
+    assert "superexec.secret" in install
+    [superlink] = [b for b in blocks if "flower-superlink" in b]
+    assert ("--isolation process --superexec-auth-secret-file /etc/fedsynth/superexec.secret"
+            in superlink)
+    assert "--database /var/lib/fedsynth-superlink/superlink-state.db" in superlink
+    assert blocks.index(install) < blocks.index(superlink)
+    [superexec] = [b for b in blocks if "flower-superexec" in b]
+    assert "--superexec-auth-secret-file /etc/fedsynth/superexec.secret" in superexec
+    assert 'signing-key="/etc/fedsynth/coordinator/manifest-signing.key"' in readme
+
+
 def test_a_two_site_consortium_runs_without_secure_aggregation_and_is_told_why(tmp_path):
     assert coordinator_main(["provision", "--sites", "siteA,siteB", "--out",
                              str(tmp_path)]) == 0

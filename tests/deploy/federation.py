@@ -231,6 +231,24 @@ class Federation:
         return {**self.env, "FLWR_HOME": str(home)}
 
 
+def stop_tree(process: subprocess.Popen) -> None:
+    """End `process` and every process below it, whatever group each is in: SIGTERM, then
+    SIGKILL for whatever is still there (for processes started outside a Federation)."""
+    groups = Federation._groups(process)
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+        for group in groups:
+            try:
+                os.killpg(group, sig)
+            except ProcessLookupError:
+                pass
+        try:
+            process.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            continue
+        if not any(_group_alive(g) for g in groups):
+            return
+
+
 def _descendants(root: int) -> list[int]:
     """Every process below `root`, from /proc (children may have left its group)."""
     parents: dict[int, int] = {}

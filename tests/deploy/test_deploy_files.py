@@ -122,3 +122,21 @@ def test_every_package_the_distribution_installs_is_copied_into_the_image(image)
     text = (DEPLOY / image).read_text()
     for package in packages:
         assert f" {package} ./{package}\n" in text, package
+
+
+def test_every_state_volume_is_mounted_on_a_folder_its_image_gives_to_flowers_user(compose):
+    """Docker fills a new named volume from the image's folder at the mount point, owner
+    included; where the image has no such folder the volume is root's, and Flower's
+    processes (uid 49999) cannot write their state there (the SuperLink then dies with a
+    sqlalchemy error: it cannot open its database)."""
+    for name, service in compose["services"].items():
+        build = service.get("build", {})
+        dockerfile = build.get("dockerfile_inline") or (
+            (DEPLOY.parent / build["dockerfile"]).read_text() if "dockerfile" in build else "")
+        for volume in service.get("volumes", []):
+            source, target = volume.split(":")[:2]
+            if "/" in source or "$" in source:
+                continue  # a host file, read-only
+            made = re.search(rf"mkdir [^\n]*{re.escape(target)}\b", dockerfile)
+            given = re.search(rf"chown app:app [^\n]*{re.escape(target)}\b", dockerfile)
+            assert made and given, f"{name}: {volume}"

@@ -63,8 +63,11 @@ def test_the_signing_key_is_mounted_into_the_serverapp_only(compose):
                if any(SIGNING_KEY in v for v in service.get("volumes", []))}
     assert holders == {"serverapp"}
     superlink, serverapp = services["superlink"], services["serverapp"]
-    # The SuperLink is Flower's own image and starts no app code at all.
-    assert superlink["image"].startswith("flwr/superlink:") and "build" not in superlink
+    # The SuperLink is Flower's own image (plus its empty state folder: nothing copied or
+    # installed) and starts no app code at all.
+    dockerfile = superlink["build"]["dockerfile_inline"]
+    assert re.match(r"FROM flwr/superlink:\S+\n", dockerfile)
+    assert not re.search(r"^(COPY|ADD)\b|pip|ENTRYPOINT|CMD", dockerfile, re.M)
     assert "--isolation=process" in superlink["command"]
     # The ServerApp reaches it on loopback of a shared network namespace, publishing nothing.
     assert serverapp["network_mode"] == "service:superlink" and "ports" not in serverapp
