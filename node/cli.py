@@ -42,6 +42,7 @@ from node.ledger.budget_report import read_budget, report_text
 from node.ledger.manifest_claims import app_hash_problem, claim_problems
 from node.ledger.privacy_ledger import PrivacyLedger
 from node.sandbox import unavailable_reason
+from node.superlink_preflight import SuperLinkUnreachable, check_enrolled
 from node.supernode_launch import (executor_argv, executor_secret, find_flower_supernode,
                                    run_node, shell_command, starting_line, supernode_argv)
 from protocols.errors import FedsynthError
@@ -263,6 +264,15 @@ def _start(args: argparse.Namespace) -> int:
     ledger = PrivacyLedger(kit.state_dir)
     # A ledger rolled back is refused here, before the node connects to anyone.
     check_anchor(ledger.entries(), LedgerAnchor(kit.ledger_head_file), ledger.path)
+    try:
+        # A key the SuperLink does not hold is told here, with its fingerprint, not as
+        # Flower's "could not establish a connection".
+        check_enrolled(kit)
+    except SuperLinkUnreachable as exc:
+        # A node that boots before the SuperLink keeps trying (Flower retries); exit 2
+        # would stop a service for good.
+        print(f"fedsynth-node: warning: {exc} Starting anyway: the node keeps trying to "
+              "connect.", file=sys.stderr, flush=True)
     print(starting_line(kit, n_records), flush=True)
     with executor_secret() as secret:
         return run_node({"supernode": supernode_argv(kit, supernode, secret),

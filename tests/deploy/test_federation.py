@@ -109,8 +109,10 @@ def test_an_unenrolled_node_key_is_refused(running):
     federation = running
     stranger = federation.start_node(STRANGER, federation.root / f"{STRANGER}.csv")
     stranger.wait(timeout=120)
-    assert stranger.returncode != 0
-    assert "Failed to activate SuperNode" in federation.log(STRANGER)
+    # `start` asks the SuperLink first (node.superlink_preflight), which refuses the key,
+    # and tells the hospital so instead of handing over to Flower.
+    assert stranger.returncode == 2
+    assert "does not accept this site's node-auth key" in federation.log(STRANGER)
     listed = subprocess.run([tool("flwr"), "supernode", "ls", "--format", "json"],
                             capture_output=True, text=True, timeout=60,
                             env=federation._env(federation.root / "flwr-home"))

@@ -141,8 +141,6 @@ def test_the_coordinator_lists_the_enrolled_sites_by_name(federation):
                                         "NOT", "REGISTERED"]
 
 
-@pytest.mark.xfail(strict=True, reason="`fedsynth-node start` does not call check_enrolled "
-                   "yet (the lead wires it); remove this mark when it does")
 def test_start_tells_a_never_enrolled_hospital_why_before_flower_runs(federation, tmp_path,
                                                                       demo_registry):
     records = tmp_path / "records.csv"
