@@ -169,11 +169,17 @@ def _verify_parser(sub: argparse._SubParsersAction) -> None:
                          f"signed by the consortium key in its {MANIFEST_SIGNING_PUB}")
     trusted.add_argument("--public-key", type=Path,
                          help="the consortium's manifest-signing public key (PEM) to trust")
+    verify.add_argument("--state-dir", type=Path, help="with --kit: the node's state folder, "
+                        "where its ledger is, when the node runs with `start --state-dir` "
+                        "(overrides node.toml)")
 
 
 def _verify(args: argparse.Namespace) -> int:
     """Exit 0 when signature and files all match a trusted key, 1 (one line per problem)
     otherwise, 3 when they match a key nobody said to trust (`ReleaseCheck.exit_status`)."""
+    if args.state_dir is not None and args.kit is None:
+        raise FedsynthError("--state-dir names the ledger a manifest is compared with; it "
+                            "goes with --kit.")
     key_path = args.kit / MANIFEST_SIGNING_PUB if args.kit else args.public_key
     check = verify_release(args.directory, load_trusted_key(key_path) if key_path else None)
     if not check.ok:
@@ -181,7 +187,10 @@ def _verify(args: argparse.Namespace) -> int:
         return 1
     print(check.summary())
     if args.kit:
-        return _verify_site_claims(args.directory / MANIFEST_NAME, read_kit(args.kit))
+        kit = read_kit(args.kit)
+        if args.state_dir is not None:
+            kit = dataclasses.replace(kit, state_dir=args.state_dir.expanduser().resolve())
+        return _verify_site_claims(args.directory / MANIFEST_NAME, kit)
     return check.exit_status
 
 
@@ -190,7 +199,7 @@ def _verify_site_claims(manifest_path: Path, kit: NodeKit) -> int:
     says about this site matches its ledger; 1 naming what does not."""
     ledger = PrivacyLedger(kit.state_dir)
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    other_app = app_hash_problem(manifest, kit.directory)
+    other_app = app_hash_problem(manifest, kit.app_sha256, kit.directory)
     if other_app:
         print(f"fedsynth-node: {other_app}.", file=sys.stderr)
         return 1

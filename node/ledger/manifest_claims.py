@@ -17,13 +17,12 @@ by the code this site agreed to.
 from __future__ import annotations
 
 import math
-import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from node.ledger.anchor import rollback_problem
-from protocols.kit_layout import APP_SHA256, NODE_TOML, KitError
+from protocols.kit_layout import APP_SHA256, NODE_TOML
 from protocols.privacy.ledger import RESERVE, ROUND, LedgerEntry, is_head
 
 
@@ -59,23 +58,15 @@ def claim_problems(manifest: Mapping[str, Any], site: str, entries: Sequence[Led
     return problems, compared
 
 
-def app_hash_problem(manifest: Mapping[str, Any], kit_dir: Path) -> str | None:
-    """One line naming both hashes when the kit pins an app bundle and the manifest
-    records another (or none); None when they agree or the kit pins none."""
-    path = kit_dir / NODE_TOML
-    try:
-        section = tomllib.loads(path.read_text(encoding="utf-8")).get(APP_SHA256.section, {})
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise KitError(f"{path} cannot be read: {exc}.") from None
-    pinned = section.get(APP_SHA256.key) if isinstance(section, dict) else None
-    if pinned is None:
-        return None
+def app_hash_problem(manifest: Mapping[str, Any], pinned: str, kit_dir: Path) -> str | None:
+    """One line naming both hashes when the manifest records another app bundle (or none)
+    than the one the kit in `kit_dir` pins; None when they agree."""
     recorded = manifest.get("app_sha256")
     if recorded == pinned:
         return None
     return (f"the manifest records app bundle sha256 {recorded or 'none'}, but this site's "
-            f"kit pins {pinned} ({APP_SHA256} of {path}): the cohort was not made by the "
-            "release this site runs")
+            f"kit pins {pinned} ({APP_SHA256} of {kit_dir / NODE_TOML}): the cohort was not "
+            "made by the release this site runs")
 
 
 def _compare(what: str, claimed: Any, recorded: float) -> list[str]:

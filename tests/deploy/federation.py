@@ -26,6 +26,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 CONNECTION = "fedsynth-test"
+# The shared consortium of tests/deploy/conftest.py: three enrolled hospitals, and a
+# fourth provisioned (it holds a key and a kit) but never enrolled.
+SHARED_SITES = ["hospital-01", "hospital-02", "hospital-03"]
+STRANGER = "hospital-04"
 # What every Flower process of the harness runs with (Flower's own variable names).
 ENVIRONMENT = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
                "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "PYTHONUNBUFFERED": "1"}
@@ -61,10 +65,11 @@ class Federation:
     def ca(self) -> Path:
         return self.kits / "coordinator" / "ca.pem"
 
-    def provision(self) -> None:
+    def provision(self, epsilon_budget: float | None = None) -> None:
+        budget = [] if epsilon_budget is None else ["--epsilon-budget", str(epsilon_budget)]
         self._run([tool("fedsynth-coordinator"), "provision", "--sites", ",".join(self.sites),
                    "--out", str(self.kits), "--superlink", self.address,
-                   "--schema", str(self.schema)])
+                   "--schema", str(self.schema), *budget])
         home = self.root / "flwr-home"
         home.mkdir(exist_ok=True)
         (home / "config.toml").write_text(

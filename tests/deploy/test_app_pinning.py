@@ -1,7 +1,8 @@
 """A node runs only the app bundle its kit pins, and its own installed ClientApp.
 
-Real processes on loopback (`federation.Federation`): a provisioned consortium, a TLS
-SuperLink that enrols node keys, two hospitals running `fedsynth-node start`. The
+Real processes on loopback: the consortium the deployment tests share
+(tests/deploy/conftest.py: a TLS SuperLink that enrols node keys, three hospitals running
+`fedsynth-node start`). The
 coordinator's side is the attacker here: it ships, under fedsynth's own app id and
 version, a bundle whose ClientApp returns the site's records file byte for byte (the
 attack of issue 16, finding 1) and whose ServerApp keeps whatever comes back. Each node
@@ -20,7 +21,6 @@ import subprocess
 import sys
 import textwrap
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,9 +32,9 @@ from node.sandbox import confines_network
 from node.supernode_launch import executor_argv
 from protocols.release.app_bundle import release_sha256, sha256_hex, write_release_project
 
-from federation import REPO, Federation
+from federation import REPO, SHARED_SITES
 
-SITES = ["hospital-01", "hospital-02"]
+SITES = SHARED_SITES
 
 # The attacker's ClientApp: importing it leaves a mark, and its handler sends the records.
 TAMPERED_CLIENT = '''
@@ -91,23 +91,6 @@ def main(grid: Grid, context) -> None:
 '''
 
 
-@pytest.fixture(scope="module")
-def consortium(tmp_path_factory, demo_registry) -> Iterator[Federation]:
-    root = tmp_path_factory.mktemp("pinning")
-    fed = Federation(root, SITES, demo_registry.schema_yaml)
-    for site in SITES:
-        demo_registry.sites[site].to_csv(root / f"{site}.csv", index=False)
-    fed.provision()
-    try:
-        fed.start_superlink()
-        for site in SITES:
-            fed.enroll(site)
-            fed.start_node(site, root / f"{site}.csv")
-        yield fed
-    finally:
-        fed.stop()
-
-
 def _tampered_project(folder: Path, marker: Path) -> Path:
     project = write_release_project(folder)
     (project / "node" / "client_app.py").write_text(
@@ -130,7 +113,7 @@ def test_a_tampered_app_bundle_is_refused_unrun_and_no_record_leaves(consortium,
     spec = importlib.util.spec_from_file_location("tampered", project / "node" / "client_app.py")
     records_path = consortium.root / f"{SITES[0]}.csv"
 
-    out = tmp_path / "out"
+    out = tmp_path / "tampered-study"
     status, log = consortium.run_study(out, timeout=400, project=project)
     assert status == 0, log
     replies = json.loads((out / "replies.json").read_text())

@@ -3,9 +3,10 @@
 A consortium is provisioned, a real `flower-superlink` started with TLS and
 `--enable-supernode-auth`, real nodes with `fedsynth-node start`, and studies run
 with `flwr run`; each fixture ends every process group it started, also when a
-test fails. The tests that leave every process running share one federation
-(`running`: three enrolled sites, and a fourth provisioned but never enrolled);
-those that kill a process or need another SuperLink get their own (`federation`).
+test fails. The tests that leave every process running use the federation the deployment
+tests share (`consortium`, tests/deploy/conftest.py: three enrolled sites, and a fourth
+provisioned but never enrolled, in the coordinator's production layout); those that kill a
+process or need another SuperLink get their own (`federation`).
 """
 
 from __future__ import annotations
@@ -23,11 +24,10 @@ import pytest
 
 from node.cli import main as node_main
 
-from federation import Federation, free_port, tool
+from federation import SHARED_SITES, STRANGER, Federation, free_port, tool
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
-SITES = ["hospital-01", "hospital-02", "hospital-03"]
-STRANGER = "hospital-04"  # provisioned, so it holds a key, but never enrolled
+SITES = SHARED_SITES
 # The VAE, named (pyproject's default is the marginals family): these tests pin its rounds,
 # steps and a node lost between rounds.
 SMALL = {"generator": "vae", "local-steps": 2, "rows": 100, "hidden": 16}
@@ -45,22 +45,8 @@ def federation(tmp_path: Path, demo_registry) -> Iterator[Federation]:
         fed.stop()
 
 
-@pytest.fixture(scope="module")
-def running(tmp_path_factory, demo_registry) -> Iterator[Federation]:
-    root = tmp_path_factory.mktemp("running")
-    fed = Federation(root, [*SITES, STRANGER], demo_registry.schema_yaml)
-    for site in [*SITES, STRANGER]:
-        demo_registry.sites[site].to_csv(root / f"{site}.csv", index=False)
-    fed.provision()
-    try:
-        _start(fed, SITES)
-        yield fed
-    finally:
-        fed.stop()
-
-
-def _start(fed: Federation, sites: list[str]) -> None:
-    fed.start_superlink()
+def _start(fed: Federation, sites: list[str], separate_serverapp: bool = False) -> None:
+    fed.start_superlink(separate_serverapp=separate_serverapp)
     for site in sites:
         fed.enroll(site)
         fed.start_node(site, fed.root / f"{site}.csv")
@@ -79,17 +65,31 @@ def _manifest(out: Path) -> dict:
     return json.loads((out / "manifest.json").read_text())
 
 
-def _round_entries(fed: Federation, site: str) -> list[int]:
-    return [e["round"] for e in fed.ledger(site) if e["kind"] == "round"]
+def _round_entries(fed: Federation, site: str, study: str | None = None) -> list[int]:
+    """The rounds charged on the site's ledger (of one study, if named)."""
+    return [e["round"] for e in fed.ledger(site)
+            if e["kind"] == "round" and study in (None, e["study"])]
 
 
-def test_a_tls_federation_with_secure_aggregation_produces_a_cohort(running):
-    """(deploy/demo-deployment.sh's test covers the same federation without SecAgg+.)"""
-    federation = running
-    out = federation.root / "study"
-    code, log = federation.run_study(out, timeout=500, rounds=1, **SMALL,
-                                     **{"secure-aggregation": True})
+def test_a_tls_federation_with_secure_aggregation_produces_a_cohort(consortium):
+    """In the production layout: the ServerApp, which signs the manifest, runs below its
+    own SuperExec, never below the SuperLink (the process that faces the hospitals, which
+    is never given the signing key)."""
+    federation = consortium
+    out = federation.root / "federation-cohort"
+    study = federation.start_study(out, rounds=1, **SMALL, **{"secure-aggregation": True})
+    ran_below: set[str] = set()
+    deadline = time.monotonic() + 500
+    while study.poll() is None and time.monotonic() < deadline:
+        ran_below |= {name for name in ("superlink", "serverapp")
+                      if federation.runs_below(name, "flwr-serverapp")}
+        time.sleep(0.5)
+    if study.poll() is None:
+        study.kill()
+    log, _ = study.communicate()
+    code = study.returncode
     assert code == 0, log[-4000:]
+    assert ran_below == {"serverapp"}
     assert "combined by SecAgg+" in log
     manifest = _manifest(out)
     assert (manifest["engine"], manifest["tls"], manifest["secure_aggregation"]) == (
@@ -100,13 +100,14 @@ def test_a_tls_federation_with_secure_aggregation_produces_a_cohort(running):
     # signed with the provisioned key: a hospital verifies it against its own kit
     assert node_main(["verify", str(out), "--kit", str(federation.kits / SITES[0])]) == 0
     for site in SITES:  # each node charged its own ledger, once per round, and said so
-        assert _round_entries(federation, site) == [1]
+        assert _round_entries(federation, site, manifest["study"]) == [1]
         spent = manifest["privacy"]["sites"][site]["epsilon_spent"]
-        assert spent == federation.ledger(site)[-1]["epsilon"] and 0 < spent <= 3.0
+        charged = [e for e in federation.ledger(site) if e["study"] == manifest["study"]]
+        assert spent == charged[-1]["epsilon"] and 0 < spent <= 3.0
 
 
-def test_an_unenrolled_node_key_is_refused(running):
-    federation = running
+def test_an_unenrolled_node_key_is_refused(consortium):
+    federation = consortium
     stranger = federation.start_node(STRANGER, federation.root / f"{STRANGER}.csv")
     stranger.wait(timeout=120)
     # `start` asks the SuperLink first (node.superlink_preflight), which refuses the key,
@@ -120,8 +121,8 @@ def test_an_unenrolled_node_key_is_refused(running):
     assert [node["status"] for node in nodes] == ["online"] * len(SITES)  # the enrolled
 
 
-def test_a_plaintext_connection_is_refused(running):
-    federation = running
+def test_a_plaintext_connection_is_refused(consortium):
+    federation = consortium
     federation.tls_handshake()  # the consortium CA verifies the SuperLink
     # Plain HTTP to the Fleet API gets no HTTP answer from the TLS port.
     connection = http.client.HTTPConnection("127.0.0.1", federation.port, timeout=10)

@@ -1,7 +1,7 @@
-"""deploy/README.md, followed literally: the shell commands of its §1-§4, in order, as real
-processes on loopback, on hosts that start empty.
+"""deploy/README.md, followed literally: the shell commands of its §1-§5, in order, as real
+processes on loopback, on hosts that start empty, up to a released, verified cohort.
 
-Each fenced block of §1-§4 is run as it is written (`bash -e`), with only what is
+Each fenced block of §1-§5 is run as it is written (`bash -e`), with only what is
 host-specific replaced: the public address by the SuperLink's loopback one, port 9092 by a
 free port, and `/etc`, `/var/lib` and `/srv` by a folder per machine (the coordinator, and
 one per hospital). A block that runs `fedsynth-node` is a hospital's, run on each of
@@ -9,7 +9,9 @@ theirs with its site's name; the others are the coordinator's. What the guide le
 people (a hospital sends its node-auth.pub and receives its kit folder; the records and the
 schema exist) is done between the blocks. Long-running commands (the SuperLink, the
 SuperExec, each node) are started in the background; every other command must exit 0, the
-SuperLink must listen and every node must come online at the SuperLink.
+SuperLink must listen and every node must come online at the SuperLink before §5's study
+(`fedsynth-coordinator study`, which exits 0 only on a signed release of the bundle it
+shipped); a hospital then verifies the cohort against its own kit and ledger, as §5 says.
 """
 
 from __future__ import annotations
@@ -28,13 +30,15 @@ import pytest
 
 from federation import ENVIRONMENT, free_port, stop_tree
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 GUIDE = Path(__file__).resolve().parents[2] / "deploy" / "README.md"
 SITES = {"siteA": "hospital-01", "siteB": "hospital-02", "siteC": "hospital-03"}
 PUBLIC_ADDRESS = "fl.consortium.example:443"
 LOCAL_PORT = "9092"
 LONG_RUNNING = ("flower-superlink", "flower-superexec", "fedsynth-node start")
 ONLINE_S = 120
+STUDY_S = 500  # a SecAgg+ study of three hospitals, on a busy 2-core machine
+STUDY_OUT = "var/lib/fedsynth-coordinator/studies/study-001"
 
 
 @dataclass(frozen=True)
@@ -51,7 +55,7 @@ class Block:
         return any(command in self.text for command in LONG_RUNNING)
 
 
-def guide_blocks(first: int = 1, last: int = 4) -> list[Block]:
+def guide_blocks(first: int = 1, last: int = 5) -> list[Block]:
     """The fenced blocks of sections `first`..`last`, in order."""
     text = GUIDE.read_text()
     sections = re.split(r"^## (\d+)\. ", text, flags=re.M)
@@ -84,8 +88,8 @@ class Host:
         assert LOCAL_PORT not in text, text
         return text
 
-    def run(self, text: str) -> None:
-        run_everywhere({self: text})
+    def run(self, text: str, timeout: float = 180) -> None:
+        run_everywhere({self: text}, timeout)
 
     def begin(self, text: str) -> subprocess.Popen:
         return subprocess.Popen(["bash", "-e", "-c", self.localise(text)], cwd=self.cwd,
@@ -106,22 +110,27 @@ class Host:
             log.close()
 
 
-def run_everywhere(scripts: dict[Host, str]) -> None:
+def run_everywhere(scripts: dict[Host, str], timeout: float = 180) -> None:
     """Each host runs its script, all at once (they are separate machines); each must
     exit 0."""
     running = {host: host.begin(text) for host, text in scripts.items()}
     for host, process in running.items():
-        output, _ = process.communicate(timeout=180)
+        output, _ = process.communicate(timeout=timeout)
         assert process.returncode == 0, f"{host.localise(scripts[host])}\n{output[-4000:]}"
 
 
-def test_the_operators_guide_followed_literally_starts_a_federation(tmp_path, demo_registry):
+def test_the_operators_guide_followed_literally_releases_a_verified_cohort(tmp_path,
+                                                                           demo_registry):
     port = free_port()
     coordinator = Host(tmp_path / "coordinator", port)
     hospitals = {site: Host(tmp_path / site, port) for site in SITES}
     hosts = [coordinator, *hospitals.values()]
     try:
-        for block in guide_blocks():
+        for number, block in enumerate(guide_blocks()):
+            if block.section == 5 and block.text.startswith("fedsynth-coordinator study"):
+                _wait_until_online(coordinator, hosts)
+                coordinator.run(block.text, timeout=STUDY_S)
+                continue
             if block.hospital:
                 _before_hospitals(block, coordinator, hospitals, demo_registry)
                 scripts = {host: block.text.replace("siteA", site)
@@ -135,15 +144,22 @@ def test_the_operators_guide_followed_literally_starts_a_federation(tmp_path, de
             else:
                 _before_coordinator(block, coordinator, hospitals, demo_registry)
                 if block.long_running:
-                    coordinator.start(block.text, f"section-{block.section}")
+                    coordinator.start(block.text, f"section-{block.section}-{number}")
                     if "flower-superlink" in block.text:
                         _wait_for_port(port, coordinator)
                 else:
                     coordinator.run(block.text)
-        _wait_until_online(coordinator, hosts)
         crashed = [host.root.name for host in hosts for p in host.processes
                    if p.poll() is not None]
         assert not crashed, "\n".join(_logs(host) for host in hosts)
+        # §5: the coordinator sends the cohort; each hospital checks it with the guide's
+        # command, against its own kit and ledger.
+        [verify] = re.findall(r"`(fedsynth-node verify OUT_DIR --kit [^`]*)` \(a site\)",
+                              " ".join(GUIDE.read_text().split()))
+        for site, host in hospitals.items():
+            received = host.cwd / "study-001"
+            shutil.copytree(coordinator.root / STUDY_OUT, received)
+            host.run(verify.replace("OUT_DIR", str(received)))
     finally:
         for host in hosts:
             host.stop()

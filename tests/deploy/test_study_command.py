@@ -1,7 +1,7 @@
 """`fedsynth-coordinator study` on a real federation: the study command a coordinator runs.
 
-One federation for the module (a TLS SuperLink with node authentication and two
-`fedsynth-node start` nodes, as tests/deploy/federation.py runs them); the command runs
+The federation the deployment tests share (tests/deploy/conftest.py: a TLS SuperLink
+with node authentication and three `fedsynth-node start` nodes); the command runs
 as the operator would, from the installed release (no `flwr run .` of a checkout), with
 the coordinator kit filling the run config. It exits 0 only for a verified release of
 its own run and bundle; a study that fails exits 1, also when the folder still holds an
@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,28 +20,17 @@ import pytest
 from node.cli import main as node_main
 from protocols.release.app_bundle import release_sha256
 
-from federation import CONNECTION, Federation, tool
+from federation import CONNECTION, SHARED_SITES, Federation, tool
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
-SITES = ["hospital-01", "hospital-02"]
+SITES = SHARED_SITES
 SMALL = 'generator="vae" rounds=1 local-steps=2 rows=100 hidden=16'
 
 
-@pytest.fixture(scope="module")
-def federation(tmp_path_factory, demo_registry) -> Iterator[Federation]:
-    root = tmp_path_factory.mktemp("study-command")
-    fed = Federation(root, SITES, demo_registry.schema_yaml)
-    for site in SITES:
-        demo_registry.sites[site].to_csv(root / f"{site}.csv", index=False)
-    fed.provision()
-    try:
-        fed.start_superlink()
-        for site in SITES:
-            fed.enroll(site)
-            fed.start_node(site, root / f"{site}.csv")
-        yield fed
-    finally:
-        fed.stop()
+@pytest.fixture
+def federation(consortium: Federation) -> Federation:
+    """The consortium the deployment tests share (tests/deploy/conftest.py)."""
+    return consortium
 
 
 def _study(fed: Federation, out: Path, run_config: str, timeout: float = 400
@@ -63,7 +51,7 @@ def _reserved_studies(fed: Federation, site: str) -> list[str]:
 
 
 def test_the_same_plan_run_twice_is_two_studies_each_released_and_verified(federation):
-    out = federation.root / "study"
+    out = federation.root / "study-command"
     first = _study(federation, out, SMALL)
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-2000:]
     shipped = release_sha256()
@@ -73,11 +61,9 @@ def test_the_same_plan_run_twice_is_two_studies_each_released_and_verified(feder
     assert (manifest["app_sha256"], manifest["flower_run_id"]) == (shipped, run_id)
     assert manifest["engine"] == "deployment" and manifest["tls"] is True
     assert manifest["contributors"] == SITES
-    # A site whose kit pins this release finds the cohort made by it.
-    kit = federation.kits / SITES[0]
-    with (kit / "node.toml").open("a") as toml:
-        toml.write(f'\n[app]\nsha256 = "{shipped}"\n')
-    assert node_main(["verify", str(out), "--kit", str(kit)]) == 0
+    # A site whose kit pins this release (every provisioned kit does) finds the cohort
+    # made by it.
+    assert node_main(["verify", str(out), "--kit", str(federation.kits / SITES[0])]) == 0
 
     # The identical plan again, into the same folder: a new study with an id of its own,
     # charged as such at every site (not refused as a round charged twice).
@@ -87,16 +73,16 @@ def test_the_same_plan_run_twice_is_two_studies_each_released_and_verified(feder
     assert again["study"] != manifest["study"]
     assert again["plan"] == {**manifest["plan"], "study-nonce": again["plan"]["study-nonce"]}
     for site in SITES:
-        assert _reserved_studies(federation, site) == [manifest["study"], again["study"]]
+        assert _reserved_studies(federation, site)[-2:] == [manifest["study"], again["study"]]
 
 
 def test_a_failed_study_exits_1_even_beside_an_earlier_release(federation):
-    """Three sites asked for, two online: the ServerApp stops after round-timeout. The
+    """Four sites asked for, three online: the ServerApp stops after round-timeout. The
     folder still holds the last test's release, which is not this run's."""
-    out = federation.root / "study"
+    out = federation.root / "study-command"
     if not (out / "manifest.json").exists():
         pytest.skip("needs the release of the test before")
-    result = _study(federation, out, f'{SMALL} min-sites=3 round-timeout=5.0')
+    result = _study(federation, out, f'{SMALL} min-sites=4 round-timeout=5.0')
     assert result.returncode == 1, result.stdout[-4000:]
     assert result.stderr.startswith("fedsynth-coordinator: the study failed: ")
     assert "left from an earlier study" in result.stderr

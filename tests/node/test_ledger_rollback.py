@@ -31,7 +31,8 @@ from node.ledger.privacy_ledger import PrivacyLedger
 from protocols import messages as keys
 from protocols.plan import StudyPlan
 from protocols.privacy.ledger import entry_line
-from protocols.release.manifest import SitePrivacySpent
+from protocols.release.app_bundle import release_sha256
+from protocols.release.manifest import SitePrivacySpent, StudyRun
 from simulation.cli import main as coordinator_main
 
 STUDIES = [issued(StudyPlan(epsilon=1.0, rounds=1, local_steps=2, hidden=8, latent=2, seed=s))
@@ -244,7 +245,8 @@ def _released_with(site, tmp_path, demo_registry, demo_schema, **claims):
     folder = tmp_path / "cohort"
     release_cohort(demo_registry.sites["hospital-01"].head(30), folder, schema=demo_schema,
                    plan=plan, sites={"siteA": SitePrivacySpent(**{**honest, **claims})},
-                   contributions={"siteA": rounds}, engine="deployment", signing_key=key)
+                   contributions={"siteA": rounds}, engine="deployment", signing_key=key,
+                   run=StudyRun(run_id=7, app_sha256=release_sha256()))  # the kit's pin
     return folder
 
 

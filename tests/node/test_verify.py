@@ -15,6 +15,7 @@ from coordinator.cohort import release_cohort
 from coordinator.provisioning.signing_key import load_signing_key
 from node.cli import main as node_main
 from protocols.plan import StudyPlan
+from protocols.release.app_bundle import release_sha256
 from protocols.release.manifest import SitePrivacySpent, StudyRun
 from simulation.cli import main as coordinator_main
 
@@ -32,7 +33,8 @@ def _release(folder: Path, cohort, schema, key: Ed25519PrivateKey) -> Path:
     release_cohort(cohort, folder, schema=schema, plan=StudyPlan(rounds=2),
                    sites={"siteX": SitePrivacySpent(1.9, 40), "siteY": SitePrivacySpent(1.8, 40)},
                    contributions={"siteX": [1, 2], "siteY": [1, 2]}, engine="deployment",
-                   signing_key=key, tls=True)
+                   signing_key=key, tls=True,
+                   run=StudyRun(run_id=7, app_sha256=release_sha256()))  # the kits' pin
     return folder
 
 
@@ -101,12 +103,26 @@ def test_verify_kit_compares_the_manifests_app_bundle_with_the_kits_pin(
                    run=StudyRun(run_id=42, app_sha256="ab" * 32))
     kit = tmp_path / "siteA"
     shutil.copytree(kits / "siteA", kit)
-    unpinned = (kit / "node.toml").read_text()
-    (kit / "node.toml").write_text(unpinned + f'\n[app]\nsha256 = "{"ab" * 32}"\n')
+    provisioned = (kit / "node.toml").read_text()
+    pinned = f'sha256 = "{release_sha256()}"'
+    assert pinned in provisioned  # every kit pins the release that provisioned it
+
+    def pin(sha256: str) -> None:
+        (kit / "node.toml").write_text(provisioned.replace(pinned, f'sha256 = "{sha256}"'))
+
+    pin("ab" * 32)
     assert node_main(["verify", str(folder), "--kit", str(kit)]) == 0
     capsys.readouterr()
-    (kit / "node.toml").write_text(unpinned + f'\n[app]\nsha256 = "{"cd" * 32}"\n')
+    pin("cd" * 32)
     assert node_main(["verify", str(folder), "--kit", str(kit)]) == 1
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and "ab" * 32 in err[0] and "cd" * 32 in err[0], err
     assert err[0].startswith("fedsynth-node: the manifest records app bundle sha256 ")
+
+
+def test_state_dir_goes_with_kit(cohort, tmp_path, capsys):
+    """`--state-dir` names the ledger the claims are compared with (a node started with
+    `start --state-dir`); without a kit there are no claims to compare."""
+    assert node_main(["verify", str(cohort), "--public-key",
+                      str(tmp_path / "unused.pub"), "--state-dir", str(tmp_path)]) == 2
+    assert "goes with --kit" in capsys.readouterr().err
