@@ -147,13 +147,14 @@ def site_kit(site: str, consortium: Consortium, schema: bytes | None, epsilon_bu
 
     With `own_key` (the site's own, made at the hospital) the kit holds no private key;
     without it (the demo) a key pair is made here and its private half put in the kit."""
+    app_sha256 = release_sha256()
     files = {kit.CA_CERT: KitFile(consortium.ca_pem),
              kit.MANIFEST_SIGNING_PUB: KitFile(consortium.signing_pub),
              kit.NODE_TOML: KitFile(node_toml(site, consortium.address, schema is not None,
                                               epsilon_budget, delta_budget,
-                                              release_sha256()).encode()),
+                                              app_sha256).encode()),
              kit.KIT_README: KitFile(site_readme(site, consortium.address,
-                                                 own_key is not None).encode())}
+                                                 own_key is not None, app_sha256).encode())}
     if own_key is None:
         pair = new_node_auth_key_pair()
         files[kit.NODE_AUTH_KEY] = KitFile(pair.private, secret=True)

@@ -263,9 +263,10 @@ def _public_entry(address: SuperLinkAddress) -> str:
             "repository.")
 
 
-def site_readme(site: str, address: SuperLinkAddress, own_key: bool) -> str:
+def site_readme(site: str, address: SuperLinkAddress, own_key: bool, app_sha256: str) -> str:
     """What hospital IT needs to know to run site `site`'s node; `own_key`: the site made
-    its key pair itself (`fedsynth-node keygen`), so the kit holds no private key."""
+    its key pair itself (`fedsynth-node keygen`), so the kit holds no private key;
+    `app_sha256`: the release's app bundle the kit pins."""
     return f"""\
 # fedsynth node kit for site {site}
 
@@ -338,6 +339,15 @@ study that would exceed the budget in `{kit.NODE_TOML}` is refused) and study st
 it up and never delete it.
 
 ## What your security officer needs to know
+
+**Only the agreed code runs.** `{kit.NODE_TOML}` pins the fedsynth release's app bundle
+(`{kit.APP_SHA256}` = `{app_sha256}`). The node's SuperNode runs no study code itself;
+fedsynth's executor beside it refuses any study whose bundle has another hash before a line
+of it runs, and runs the ClientApp installed on this machine, never the bundle's. `start`
+refuses a pin that is not the installed release's (`fedsynth-node app-hash` prints that).
+The process that handles the coordinator's messages is sandboxed (Linux Landlock, 5.13+):
+it cannot read `{kit.NODE_AUTH_KEY}`. deploy/README.md in the fedsynth sources has the whole
+page for security officers.
 
 **The ledger cannot be rolled back unnoticed.** The hash chain catches an entry edited or
 removed from the middle. A ledger cut short, deleted, or rewritten with a recomputed chain
