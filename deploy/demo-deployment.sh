@@ -2,7 +2,7 @@
 # A whole deployment on one machine, as an operator would run it for real:
 # provision 3 sites, start a SuperLink (TLS, node authentication) and 3
 # SuperNodes as separate processes on loopback, enrol the nodes, run a small
-# study with `flwr run`, and leave synthetic.csv, manifest.json and the report in
+# study with `fedsynth-coordinator study`, and leave synthetic.csv, manifest.json and the report in
 # OUTDIR. Everything else it creates (kits, logs, FLWR_HOME folders, the
 # SuperLink's database, the simulated hospitals' records) stays in OUTDIR/work.
 # The study is the default one (pyproject.toml: the marginals family) under SecAgg+
@@ -236,10 +236,9 @@ done
 echo "${#SITES[@]} nodes online: ${SITES[*]}"
 
 # --- 6. the study ---------------------------------------------------------------------
-run_config="engine=\"deployment\" schema-path=\"$schema\" out-dir=\"$study\""
-run_config+=" superlink-address=\"$address\" root-certificates=\"$ca\""
-run_config+=" signing-key=\"$kits/coordinator/manifest-signing.key\""
-run_config+=" local-steps=5 rows=500 round-timeout=120.0"
+# `fedsynth-coordinator study` fills the deployment keys (engine, schema-path, out-dir, the
+# SuperLink's address, the CA, the signing key) from the coordinator kit; these are the rest.
+run_config="local-steps=5 rows=500 round-timeout=120.0"
 [[ -n $generator ]] && run_config+=" generator=\"$generator\""
 [[ -n $rounds ]] && run_config+=" rounds=$rounds"
 if [[ $secure == true ]]; then
@@ -253,13 +252,12 @@ print(secure_run_config(default_plan(int(sys.argv[1]))[0]))' "${#SITES[@]}") ||
 fi
 echo "running the study (generator: ${generator:-default}, rounds: ${rounds:-default}," \
   "secure aggregation: $secure); log: $logs/study.log"
-# In the background and waited for, so that INT or TERM reach the trap at once.
-start study "$flwr_home" timeout "$STUDY_S" flwr run "$REPO" "$CONNECTION" --stream \
-  --run-config "$run_config"
-wait "${pid_of[study]}" ||
-  fail "flwr run failed or ran past ${STUDY_S} s (exit status $?)." "$logs/study.log"
-# `flwr run` returns 0 whatever the ServerApp did: the released manifest is the proof.
-if [[ ! -f $study/manifest.json ]]; then
+# In the background and waited for, so that INT or TERM reach the trap at once. The study
+# command ships the installed release (the bundle every kit pins) and exits 0 only when the
+# study released a cohort signed by the consortium key (`flwr run` itself exits 0 always).
+start study "$flwr_home" timeout "$STUDY_S" fedsynth-coordinator study "$CONNECTION" \
+  --kit "$kits/coordinator" --schema "$schema" --out "$study" --run-config "$run_config"
+if ! wait "${pid_of[study]}"; then
   reason=$(grep -oE '[A-Za-z_.]*(Error|Exception): .*' "$logs/study.log" | tail -n 1 || true)
   fail "the study ended without releasing a cohort${reason:+: $reason}" "$logs/study.log"
 fi
