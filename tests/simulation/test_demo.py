@@ -1,25 +1,42 @@
-"""`fedsynth-coordinator demo`: the embedded default, run as a user runs it."""
+"""`fedsynth-coordinator demo`: the embedded default, run as a user runs it, offline.
+
+It runs the ServerApp and ClientApp in this process with Flower's `run_simulation`, whose
+code path never reaches Flower's dependency installer (only the SuperLink's and
+SuperNode's app processes call it) and whose Ray cluster is shut down at the end; `demo`
+runs through the same code as `simulate`. Pinned as an operator would see it: in a
+network namespace with only loopback, with `python -m uv` / `python -m pip` trapped
+(`offline`), nothing downloaded and nothing left running.
+"""
 
 import json
-import subprocess
-import sys
+from collections.abc import Iterator
 
 import pytest
 
+from offline import Scratch, offline_prefix
 from protocols.plan_defaults import DEFAULT_FAMILY
 from simulation.demo import DEMO_SITES
 
 pytestmark = pytest.mark.integration
 
 
-def test_demo_releases_a_cohort_with_its_manifest_and_a_full_report(tmp_path):
+@pytest.fixture
+def scratch() -> Iterator[Scratch]:
+    folder = Scratch()
+    yield folder
+    folder.remove()
+
+
+@pytest.mark.timeout(600)
+def test_demo_releases_a_cohort_with_its_manifest_and_a_full_report_offline(scratch):
     """The demo exactly as a user first runs it: the default family under SecAgg+ over
-    all six simulated hospitals."""
-    out = tmp_path / "demo"
-    code = "import sys; from simulation.cli import main; sys.exit(main(sys.argv[1:]))"
-    result = subprocess.run([sys.executable, "-c", code, "demo", "--out", str(out)],
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    all six simulated hospitals, with the network cut off."""
+    out = scratch.path / "demo"
+    result = scratch.run(*scratch.command("fedsynth-coordinator", "demo", "--out", str(out),
+                                          prefix=offline_prefix()), timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert not scratch.installers_started()
+    assert not scratch.processes(), "a process it started is still running"
     for name in ("synthetic.csv", "synthetic.parquet", "manifest.json", "report.html",
                  "report.json", "schema.yaml"):
         assert (out / name).is_file(), name
