@@ -10,7 +10,8 @@ with a secret the two share), the executor takes each ClientApp task and hands i
 one process of its own, which:
 
 1. confines itself (`node.sandbox`): it cannot read the node-auth key or the shared
-   secret, connects only to the runtime port, and cannot reach into the SuperNode;
+   secret, cannot reach into the SuperNode, and (Linux 6.7+) connects only to the
+   runtime port;
 2. pulls the task's message and the study's bundle, and compares the bundle's sha256
    with the pin (`[app] sha256` of node.toml). A bundle that differs is **refused before
    any of its code runs**: nothing of it is unpacked, installed or imported. The reply is
@@ -61,6 +62,7 @@ LOG = logging.getLogger("fedsynth.node.app")
 # The runtime API call that hands out tasks; only a holder of the shared secret may make it.
 _ACQUIRE_TASK = "/flwr.proto.Runtime/AcquireTask"
 _POLL_SECONDS = 0.5
+
 
 def serve(runtime_address: str, secret_file: Path, pinned_sha256: str,
           denied: list[Path]) -> None:

@@ -84,7 +84,7 @@ def run_task(runtime_address: str, token: str, pinned_sha256: str) -> int:
     except Exception as exc:  # pylint: disable=broad-exception-caught
         # Only the node's log holds the reason: an exception's text could quote a record.
         LOG.error("fedsynth app task failed: %s", exc, exc_info=exc)
-        details, exit_status = _FAILED, exit_status if exit_status != 0 else 1
+        details, exit_status = _FAILED, exit_status or 1
     finally:
         push_task_output(client=client, context=context, sub_status=status, details=details)
         heartbeat.stop()
