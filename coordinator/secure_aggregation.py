@@ -1,6 +1,6 @@
 """Study rounds under Flower's SecAgg+: the coordinator only ever holds the sum.
 
-Flower 1.41 offers SecAgg+ only in its legacy workflow API, so a study with
+Flower 1.42 (like 1.41) offers SecAgg+ only in its legacy workflow API, so a study with
 `secure-aggregation = true` runs its rounds with `DefaultWorkflow` whose fit
 step is `SecAggPlusWorkflow`, a `LegacyContext` and a legacy FedAvg
 (`SecureFedAvg`). The workflow unmasks only the sites' weighted average; what
