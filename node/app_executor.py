@@ -128,6 +128,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per poll of the SuperNode
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     serve(args.runtime_api_address, args.secret_file, args.app_sha256, args.deny)
     return 0

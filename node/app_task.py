@@ -119,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     confine(args.deny, connect_port=int(args.runtime_api_address.rsplit(":", 1)[1]))
     _end_with(args.parent_pid)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     import node.client_app  # noqa: F401 - the installed ClientApp, imported while waiting
     token = sys.stdin.readline().strip()
     if not token:

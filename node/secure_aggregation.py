@@ -85,21 +85,27 @@ def use_cryptographic_masks() -> None:
 
 def train_content(fitins: RecordDict, names: list[str]) -> RecordDict:
     """Our train content {ARRAYS, PLAN} from a legacy FitIns content and the array names."""
-    ins = compat.recorddict_to_fitins(_without_names(fitins), keep_input=True)
+    scalars, lists = _legacy_and_list_values(fitins)
+    ins = compat.recorddict_to_fitins(scalars, keep_input=True)
     arrays = parameters_to_ndarrays(ins.parameters)
     if len(arrays) != len(names):
         raise FedsynthError(f"The coordinator sent {len(arrays)} arrays under "
                             f"{len(names)} names; refusing to train on them.")
     weights = ArrayRecord({name: Array(a) for name, a in zip(names, arrays, strict=True)})
-    return RecordDict({keys.ARRAYS: weights, keys.PLAN: ConfigRecord(dict(ins.config))})
+    return RecordDict({keys.ARRAYS: weights,
+                       keys.PLAN: ConfigRecord({**dict(ins.config), **lists})})
 
 
-def _without_names(fitins: RecordDict) -> RecordDict:
-    """The FitIns content minus the names list (a legacy config holds scalars only)."""
+def _legacy_and_list_values(fitins: RecordDict) -> tuple[RecordDict, dict[str, list]]:
+    """The FitIns content with scalar config values only (what a legacy FitIns holds), and
+    the plan's list values apart (the ledger heads the coordinator presents,
+    `keys.LEDGER_HEADS`), minus the names list."""
     config = dict(fitins.config_records["fitins.config"])
     config.pop(contract.ARRAY_NAMES)
-    return RecordDict({"fitins.parameters": fitins.array_records["fitins.parameters"],
-                       "fitins.config": ConfigRecord(config)})
+    lists = {key: value for key, value in config.items() if isinstance(value, list)}
+    scalars = {key: value for key, value in config.items() if key not in lists}
+    return (RecordDict({"fitins.parameters": fitins.array_records["fitins.parameters"],
+                        "fitins.config": ConfigRecord(scalars)}), lists)
 
 
 def _fitres(reply: RecordDict, names: list[str], ranges: contract.SecureRanges) -> FitRes:

@@ -387,3 +387,20 @@ def test_a_node_sends_no_key_share_when_fewer_sites_than_min_sites_survive(monke
         secure_train(msg, context, lambda content: content)
     state.config_records[SURVIVORS_STATE] = ConfigRecord({MIN_SITES: 3})
     _refuse_too_few_survivors(unmask, context)  # three survivors meet min-sites 3
+
+
+def test_a_plans_list_values_reach_the_node_through_the_legacy_fit_instructions():
+    """The ledger heads the coordinator presents at a site's next study are a list; a
+    legacy FitIns holds scalars only, so under SecAgg+ they travel beside it. (Every
+    SecAgg+ study after a site's first was declined: Flower's conversion raised on them.)"""
+    from node.secure_aggregation import train_content
+    heads = [f"hospital-01={'a' * 64}", f"hospital-02={'b' * 64}"]
+    fitins = RecordDict({
+        "fitins.parameters": ArrayRecord({"w": Array(np.ones((2, 2), dtype=np.float32))}),
+        "fitins.config": ConfigRecord({contract.ARRAY_NAMES: ["w"], keys.LEDGER_HEADS: heads,
+                                       "epsilon": 3.0, "rounds": 2})})
+    content = train_content(fitins, ["w"])
+    plan = content[keys.PLAN]
+    assert list(plan[keys.LEDGER_HEADS]) == heads
+    assert (plan["epsilon"], plan["rounds"]) == (3.0, 2) and contract.ARRAY_NAMES not in plan
+    assert np.array_equal(content[keys.ARRAYS]["w"].numpy(), np.ones((2, 2)))
