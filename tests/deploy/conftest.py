@@ -34,6 +34,7 @@ def consortium(tmp_path_factory, demo_registry) -> Iterator[Federation]:
         for site in SHARED_SITES:
             fed.enroll(site)
             fed.start_node(site, root / f"{site}.csv")
+        fed.wait_until_online(len(SHARED_SITES))
         yield fed
     finally:
         fed.stop()

@@ -116,6 +116,25 @@ class Federation:
                                   "--runtime-port", str(free_port())],
                            home=self.root / f"{site}-home")
 
+    def node_statuses(self) -> list[str]:
+        """The status of every node the SuperLink knows (`flwr supernode ls`)."""
+        listed = subprocess.run([tool("flwr"), "supernode", "ls", "--format", "json"],
+                                capture_output=True, text=True, timeout=60,
+                                env=self._env(self.root / "flwr-home"))
+        if "{" not in listed.stdout:
+            return []
+        return [node["status"] for node in
+                json.loads(listed.stdout[listed.stdout.index("{"):])["nodes"]]
+
+    def wait_until_online(self, count: int, timeout: float = 180.0) -> None:
+        """Until `count` nodes are online: a study starts once `min-sites` are, so one
+        started earlier could leave a slower node out of its first round."""
+        deadline = time.monotonic() + timeout
+        while (online := self.node_statuses().count("online")) < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"only {online} of {count} nodes came online")
+            time.sleep(0.5)
+
     def start_study(self, out_dir: Path, project: Path = REPO, **run_config: object
                     ) -> subprocess.Popen:
         """`flwr run` of an app (this repository's unless `project` names another folder)

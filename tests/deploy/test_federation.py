@@ -50,6 +50,7 @@ def _start(fed: Federation, sites: list[str], separate_serverapp: bool = False) 
     for site in sites:
         fed.enroll(site)
         fed.start_node(site, fed.root / f"{site}.csv")
+    fed.wait_until_online(len(sites))
 
 
 def _wait_for(condition: Callable[[], bool], timeout: float, what: str,
@@ -114,11 +115,7 @@ def test_an_unenrolled_node_key_is_refused(consortium):
     # and tells the hospital so instead of handing over to Flower.
     assert stranger.returncode == 2
     assert "does not accept this site's node-auth key" in federation.log(STRANGER)
-    listed = subprocess.run([tool("flwr"), "supernode", "ls", "--format", "json"],
-                            capture_output=True, text=True, timeout=60,
-                            env=federation._env(federation.root / "flwr-home"))
-    nodes = json.loads(listed.stdout[listed.stdout.index("{"):])["nodes"]
-    assert [node["status"] for node in nodes] == ["online"] * len(SITES)  # the enrolled
+    assert federation.node_statuses() == ["online"] * len(SITES)  # the enrolled
 
 
 def test_a_plaintext_connection_is_refused(consortium):
