@@ -69,9 +69,12 @@ def leftovers(*needles: str, grace: float = 10.0) -> list[str]:
 @pytest.mark.integration
 @pytest.mark.timeout(600)
 def test_demo_releases_a_tls_deployment_cohort_and_stops_every_process(tmp_path: Path) -> None:
-    """The default study: the marginals family under SecAgg+ over all three sites."""
+    """The default family, without SecAgg+ (the script's --no-secure-aggregation): the
+    script's own work is what this pins (processes, kits, the study command, cleanup); a
+    3-site SecAgg+ deployment study runs in tests/deploy/test_operator_guide.py and
+    test_federation.py, and its four extra message stages a round would only add time."""
     out = tmp_path / "out"
-    result, marker = run_demo(out)
+    result, marker = run_demo(out, "--no-secure-aggregation")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     cohort = pd.read_csv(out / "synthetic.csv")
@@ -80,9 +83,9 @@ def test_demo_releases_a_tls_deployment_cohort_and_stops_every_process(tmp_path:
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["engine"] == "deployment"
     assert manifest["tls"] is True
-    assert manifest["secure_aggregation"] is True
-    assert {k: manifest["plan"][k] for k in ("generator", "rounds", "min-sites", "colluders")} \
-        == {"generator": "marginals", "rounds": 2, "min-sites": 3, "colluders": 1}
+    assert manifest["secure_aggregation"] is False
+    assert {k: manifest["plan"][k] for k in ("generator", "rounds")} \
+        == {"generator": "marginals", "rounds": 2}
     assert manifest["contributors"] == sorted(SITES)
     spent = {name: site["epsilon_spent"] for name, site in manifest["privacy"]["sites"].items()}
     assert set(spent) == set(SITES)
