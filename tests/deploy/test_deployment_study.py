@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -33,13 +34,25 @@ def federation(consortium: Federation) -> Federation:
     return consortium
 
 
-def _study(fed: Federation, out: Path, run_config: str, timeout: float = 400
-           ) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [tool("fedsynth-coordinator"), "study", CONNECTION, "--kit",
-         str(fed.kits / "coordinator"), "--schema", str(fed.schema), "--out", str(out),
-         "--run-config", run_config],
-        capture_output=True, text=True, timeout=timeout, env=fed._env(fed.root / "flwr-home"))
+def _study(fed: Federation, out: Path, run_config: str, timeout: float = 400,
+           watch: set[str] | None = None) -> subprocess.CompletedProcess:
+    """`fedsynth-coordinator study` to its end; `watch` collects which of the SuperLink and
+    the ServerApp's SuperExec ran the ServerApp (`flwr-serverapp`) below it meanwhile."""
+    argv = [tool("fedsynth-coordinator"), "study", CONNECTION, "--kit",
+            str(fed.kits / "coordinator"), "--schema", str(fed.schema), "--out", str(out),
+            "--run-config", run_config]
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=fed._env(fed.root / "flwr-home")) as study:
+        deadline = time.monotonic() + timeout
+        while study.poll() is None and time.monotonic() < deadline:
+            if watch is not None:
+                watch |= {name for name in ("superlink", "serverapp")
+                          if fed.runs_below(name, "flwr-serverapp")}
+            time.sleep(0.5)
+        if study.poll() is None:
+            study.kill()
+        stdout, stderr = study.communicate()
+    return subprocess.CompletedProcess(argv, study.returncode, stdout, stderr)
 
 
 def _manifest(out: Path) -> dict:
@@ -52,8 +65,12 @@ def _reserved_studies(fed: Federation, site: str) -> list[str]:
 
 def test_the_same_plan_run_twice_is_two_studies_each_released_and_verified(federation):
     out = federation.root / "study-command"
-    first = _study(federation, out, SMALL)
+    ran_below: set[str] = set()
+    first = _study(federation, out, SMALL, watch=ran_below)
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-2000:]
+    # The coordinator's production layout: the ServerApp, which signs the manifest, ran
+    # below its own SuperExec, never below the SuperLink (never given the signing key).
+    assert ran_below == {"serverapp"}
     shipped = release_sha256()
     assert f"app bundle sha256 {shipped}" in first.stdout
     run_id = re.search(r"Successfully started run (\d+)", first.stdout).group(1)

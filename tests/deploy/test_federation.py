@@ -6,7 +6,10 @@ with `flwr run`; each fixture ends every process group it started, also when a
 test fails. The tests that leave every process running use the federation the deployment
 tests share (`consortium`, tests/deploy/conftest.py: three enrolled sites, and a fourth
 provisioned but never enrolled, in the coordinator's production layout); those that kill a
-process or need another SuperLink get their own (`federation`).
+process or need another SuperLink get their own (`federation`). A SecAgg+ study over TLS
+with three sites runs in test_operator_guide.py (the guide's own study, each site verifying
+the release against its ledger); the production layout's ServerApp, apart from the
+SuperLink, is pinned in test_deployment_study.py.
 """
 
 from __future__ import annotations
@@ -21,8 +24,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-
-from node.cli import main as node_main
 
 from federation import SHARED_SITES, STRANGER, Federation, free_port, tool
 
@@ -45,8 +46,8 @@ def federation(tmp_path: Path, demo_registry) -> Iterator[Federation]:
         fed.stop()
 
 
-def _start(fed: Federation, sites: list[str], separate_serverapp: bool = False) -> None:
-    fed.start_superlink(separate_serverapp=separate_serverapp)
+def _start(fed: Federation, sites: list[str]) -> None:
+    fed.start_superlink()
     for site in sites:
         fed.enroll(site)
         fed.start_node(site, fed.root / f"{site}.csv")
@@ -70,41 +71,6 @@ def _round_entries(fed: Federation, site: str, study: str | None = None) -> list
     """The rounds charged on the site's ledger (of one study, if named)."""
     return [e["round"] for e in fed.ledger(site)
             if e["kind"] == "round" and study in (None, e["study"])]
-
-
-def test_a_tls_federation_with_secure_aggregation_produces_a_cohort(consortium):
-    """In the production layout: the ServerApp, which signs the manifest, runs below its
-    own SuperExec, never below the SuperLink (the process that faces the hospitals, which
-    is never given the signing key)."""
-    federation = consortium
-    out = federation.root / "federation-cohort"
-    study = federation.start_study(out, rounds=1, **SMALL, **{"secure-aggregation": True})
-    ran_below: set[str] = set()
-    deadline = time.monotonic() + 500
-    while study.poll() is None and time.monotonic() < deadline:
-        ran_below |= {name for name in ("superlink", "serverapp")
-                      if federation.runs_below(name, "flwr-serverapp")}
-        time.sleep(0.5)
-    if study.poll() is None:
-        study.kill()
-    log, _ = study.communicate()
-    code = study.returncode
-    assert code == 0, log[-4000:]
-    assert ran_below == {"serverapp"}
-    assert "combined by SecAgg+" in log
-    manifest = _manifest(out)
-    assert (manifest["engine"], manifest["tls"], manifest["secure_aggregation"]) == (
-        "deployment", True, True)
-    assert manifest["contributors"] == SITES
-    assert manifest["contributions"] == {site: [1] for site in SITES}
-    assert sum(1 for _ in (out / "synthetic.csv").open()) == 101
-    # signed with the provisioned key: a hospital verifies it against its own kit
-    assert node_main(["verify", str(out), "--kit", str(federation.kits / SITES[0])]) == 0
-    for site in SITES:  # each node charged its own ledger, once per round, and said so
-        assert _round_entries(federation, site, manifest["study"]) == [1]
-        spent = manifest["privacy"]["sites"][site]["epsilon_spent"]
-        charged = [e for e in federation.ledger(site) if e["study"] == manifest["study"]]
-        assert spent == charged[-1]["epsilon"] and 0 < spent <= 3.0
 
 
 def test_an_unenrolled_node_key_is_refused(consortium):
