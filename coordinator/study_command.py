@@ -31,30 +31,27 @@ import argparse
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from flwr.cli.build import build_fab_from_disk
 
 from coordinator.provisioning.consortium import CONSORTIUM_TOML, read_consortium
 from coordinator.provisioning.kit_readmes import local_superlink_address
+from coordinator.provisioning.signing_key import KEY_NAME as SIGNING_KEY
 from protocols import kit_layout as kit
 from protocols.errors import FedsynthError
-from protocols.flower_environment import NO_DOWNLOADS
+from protocols.flower_environment import NO_DOWNLOADS, flower_executable
 from protocols.kit_layout import KitError
-from protocols.release.app_bundle import release_project, sha256_hex
+from protocols.release.app_bundle import project_sha256, release_project
 from protocols.release.manifest import MANIFEST_NAME
 from protocols.release.verification import load_trusted_key, verify_release
 from protocols.schema import load_schema
 
 FLWR = "flwr"
-SIGNING_KEY = "manifest-signing.key"
 # Set for `flwr run` and whatever Flower process it starts (Flower's own names).
 ENVIRONMENT = NO_DOWNLOADS
 # What `flwr run` prints once the SuperLink accepted the run.
@@ -123,11 +120,9 @@ def run_study_command(request: StudyRequest, echo: Echo = print) -> int:
     release of the shipped bundle, else 1 (with one paragraph on stderr)."""
     settings = kit_run_config(request)
     trusted_key = load_trusted_key(request.kit / kit.MANIFEST_SIGNING_PUB)
-    flwr = _flwr()
+    flwr = flower_executable(FLWR)
     with release_project() as project:
-        with warnings.catch_warnings():  # Flower's builder's own deprecation noise
-            warnings.simplefilter("ignore", DeprecationWarning)
-            shipped = sha256_hex(build_fab_from_disk(project))
+        shipped = project_sha256(project)
         echo(f"app bundle sha256 {shipped}: the installed fedsynth release this study ships "
              "(each site's kit pins it as [app] sha256)")
         argv = [flwr, "run", str(project), request.connection, "--stream",
@@ -221,12 +216,3 @@ def _stream(argv: list[str], echo: Echo) -> tuple[int, int | None]:
         if process.poll() is None:  # interrupted: the run goes on at the SuperLink
             process.terminate()
             process.wait()
-
-
-def _flwr() -> str:
-    """Flower's `flwr` of this Python environment, else the first one on PATH."""
-    found = shutil.which(FLWR, path=str(Path(sys.executable).parent)) or shutil.which(FLWR)
-    if not found:
-        raise FedsynthError(f"`{FLWR}` was not found next to {sys.executable} or on PATH; "
-                            "install fedsynth (which brings Flower) in this environment.")
-    return found

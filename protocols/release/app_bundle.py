@@ -23,6 +23,7 @@ import hashlib
 import importlib.util
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -71,16 +72,18 @@ def release_project() -> Iterator[Path]:
         yield write_release_project(Path(folder) / "fedsynth")
 
 
-def release_bundle() -> bytes:
-    """The release's app bundle, built from the installed fedsynth."""
-    with release_project() as project:
-        return build_fab_from_disk(project)
+def project_sha256(project: Path) -> str:
+    """The sha256 of the bundle `flwr run project` ships (Flower's own builder)."""
+    with warnings.catch_warnings():  # the builder's own deprecation noise, not ours
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return sha256_hex(build_fab_from_disk(project))
 
 
 @functools.cache
 def release_sha256() -> str:
     """The sha256 of this installation's app bundle (computed once per process)."""
-    return sha256_hex(release_bundle())
+    with release_project() as project:
+        return project_sha256(project)
 
 
 def _package_folder(package: str) -> Path:

@@ -24,13 +24,12 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from flwr.cli.build import build_fab_from_disk
 
 from node.app_task import REFUSED_EXIT
 from node.kit import read_kit
 from node.sandbox import confines_network
 from node.supernode_launch import executor_argv
-from protocols.release.app_bundle import release_sha256, sha256_hex, write_release_project
+from protocols.release.app_bundle import project_sha256, release_sha256, write_release_project
 
 from federation import REPO, SHARED_SITES
 
@@ -105,7 +104,7 @@ def _tampered_project(folder: Path, marker: Path) -> Path:
 def test_a_tampered_app_bundle_is_refused_unrun_and_no_record_leaves(consortium, tmp_path):
     marker = tmp_path / "tampered-code-ran"
     project = _tampered_project(tmp_path / "tampered", marker)
-    tampered_sha256 = sha256_hex(build_fab_from_disk(project))
+    tampered_sha256 = project_sha256(project)
     pinned = read_kit(consortium.kits / SITES[0]).app_sha256
     assert pinned == release_sha256() != tampered_sha256
 
@@ -143,7 +142,7 @@ def test_a_tampered_app_bundle_is_refused_unrun_and_no_record_leaves(consortium,
 def test_a_source_checkout_builds_the_pinned_bundle():
     """`flwr run .` from a checkout of the release ships the very bundle a kit pins (the
     studies of test_federation.py run through the pinned executor this way)."""
-    assert sha256_hex(build_fab_from_disk(REPO)) == release_sha256()
+    assert project_sha256(REPO) == release_sha256()
 
 
 def test_the_app_process_cannot_read_the_node_key_nor_reach_past_its_supernode(tmp_path):
