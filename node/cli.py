@@ -43,14 +43,15 @@ from node.ledger.manifest_claims import app_hash_problem, claim_problems
 from node.ledger.privacy_ledger import PrivacyLedger
 from node.sandbox import unavailable_reason
 from node.superlink_preflight import SuperLinkUnreachable, check_enrolled
-from node.supernode_launch import (executor_argv, executor_secret, find_flower_supernode,
-                                   run_node, shell_command, starting_line, supernode_argv)
+from node.supernode_launch import (EXECUTABLE, executor_argv, executor_secret, run_node,
+                                   shell_command, starting_line, supernode_argv)
 from protocols.errors import FedsynthError
 from protocols.evaluation.report.files import evaluate_files, score_lines
+from protocols.flower_environment import flower_executable
 from protocols.kit_layout import MANIFEST_SIGNING_PUB, KitError
 from protocols.records import check_file
-from protocols.release.manifest import MANIFEST_NAME
 from protocols.release.app_bundle import release_sha256
+from protocols.release.manifest import MANIFEST_NAME
 from protocols.release.provenance import synthetic_provenance
 from protocols.release.verification import load_trusted_key, verify_release
 from protocols.schema import load_schema
@@ -263,7 +264,7 @@ def _start(args: argparse.Namespace) -> int:
                        "handles the coordinator's messages must be unable to read this "
                        "site's node-auth key; run the node on such a kernel (the container "
                        "and the service do not change this).")
-    supernode = find_flower_supernode()
+    supernode = flower_executable(EXECUTABLE)
     if args.dry_run:
         placeholder = Path("$SUPEREXEC_SECRET")
         print(shell_command(supernode_argv(kit, supernode, placeholder)))

@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
@@ -47,16 +46,6 @@ from protocols.kit_layout import KitError
 EXECUTABLE = "flower-supernode"
 # Set in the environment of every Flower process the node starts.
 LAUNCH_ENVIRONMENT = NO_DOWNLOADS
-
-
-def find_flower_supernode() -> str:
-    """The `flower-supernode` of this Python environment, else the first one on PATH."""
-    beside = shutil.which(EXECUTABLE, path=str(Path(sys.executable).parent))
-    found = beside or shutil.which(EXECUTABLE)
-    if not found:
-        raise KitError(f"`{EXECUTABLE}` was not found next to {sys.executable} or on PATH; "
-                       "install fedsynth (which brings Flower) in this environment.")
-    return found
 
 
 def supernode_argv(kit: NodeKit, executable: str, secret_file: Path) -> list[str]:
@@ -159,10 +148,9 @@ def run_node(commands: dict[str, list[str]]) -> int:
     previous = {signum: signal.signal(signum, pass_on) for signum in _STOP_SIGNALS}
     try:
         while True:
-            ended = [(name, child) for name, child in children.items()
-                     if child.poll() is not None]
+            ended = [child for child in children.values() if child.poll() is not None]
             if ended:
-                name, child = ended[0]
+                child = ended[0]
                 break
             time.sleep(0.2)
         for other in children.values():

@@ -30,6 +30,7 @@ from coordinator.provisioning.kit_readmes import coordinator_readme, site_readme
 from coordinator.provisioning.kit_staging import (KitFile, move_into_place, staging_folder,
                                                   write_tree)
 from coordinator.provisioning.kit_texts import consortium_toml, node_toml
+from coordinator.provisioning.signing_key import KEY_NAME as SIGNING_KEY
 from protocols import kit_layout as kit
 from protocols.kit_layout import KitError, SuperLinkAddress, check_site_name, parse_address
 from protocols.node_keys import NodeAuthPublicKey, new_node_auth_key_pair, read_public_key_file
@@ -132,7 +133,7 @@ def new_consortium(address: SuperLinkAddress, now: dt.datetime, valid_days: int,
     files = {kit.CA_CERT: KitFile(ca.cert_pem), "ca.key": KitFile(ca.key_pem, secret=True),
              "superlink.pem": KitFile(superlink.cert_pem),
              "superlink.key": KitFile(superlink.key_pem, secret=True),
-             "manifest-signing.key": KitFile(signing.private, secret=True),
+             SIGNING_KEY: KitFile(signing.private, secret=True),
              kit.MANIFEST_SIGNING_PUB: KitFile(signing.public)}
     valid_until = certs.certificate_expiry(superlink.cert_pem)
     ca_valid_until = certs.certificate_expiry(ca.cert_pem)

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from coordinator.provisioning.signing_key import KEY_NAME as SIGNING_KEY
 from protocols import kit_layout as kit
 from protocols.kit_layout import SuperLinkAddress
 from protocols.plan_defaults import (DEFAULT_FAMILY, SECURE_AGGREGATION_MIN_SITES,
@@ -20,7 +21,6 @@ from protocols.plan_defaults import (DEFAULT_FAMILY, SECURE_AGGREGATION_MIN_SITE
 
 SUPERLINK_LOCAL_PORT = 9092
 FEDERATION = "consortium"
-SIGNING_KEY = "manifest-signing.key"
 SCHEMA_PLACEHOLDER = "/path/to/consortium-schema.yaml"
 RUN_ENVIRONMENT = ("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 FLWR_TELEMETRY_ENABLED=0 "
                    "FLWR_DISABLE_UPDATE_CHECK=1")
