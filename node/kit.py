@@ -129,7 +129,8 @@ def check_app_pin(kit: NodeKit) -> None:
 
 def check_kit(kit: NodeKit) -> int:
     """Refuse a kit the node must not start with; return the number of valid records."""
-    _check_matches_public_key(kit.auth_private_key, _check_private_key(kit.auth_private_key),
+    _check_matches_public_key(kit.auth_private_key,
+                              load_auth_private_key(kit.auth_private_key),
                               kit.directory / layout.NODE_AUTH_PUB)
     _check_ca(kit.root_certificates)
     if str(kit.records) == layout.RECORDS_PLACEHOLDER:
@@ -191,7 +192,9 @@ def _move_legacy_head_file(kit: NodeKit) -> None:
                        f"{layout.LEDGER_HEAD} in node.toml.") from None
 
 
-def _check_private_key(path: Path) -> ec.EllipticCurvePrivateKey:
+def load_auth_private_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    """The site's node-auth private key, refused (one paragraph) when others may read it or
+    it is not an unencrypted OpenSSH EC key."""
     try:
         mode = path.stat().st_mode
         data = path.read_bytes()

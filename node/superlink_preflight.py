@@ -30,12 +30,8 @@ timestamp, Flower's version headers) and nothing about the site's records.
 from __future__ import annotations
 
 import ssl
-from pathlib import Path
 
 import httpx
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 from flwr.proto.fleet_pb2 import ActivateNodeRequest, DeactivateNodeRequest
 from flwr.supercore.error import ApiErrorCode, FlowerError
 from flwr.supercore.interceptors.http.utils import add_headers
@@ -46,7 +42,7 @@ from flwr.supercore.runtime_version_compatibility import (
 from flwr.supernode.fleet_http_client import FleetHttpClient
 from flwr.supernode.node_auth_http_interceptor import NodeAuthHttpInterceptor
 
-from node.kit import NodeKit
+from node.kit import NodeKit, load_auth_private_key
 from protocols.kit_layout import NODE_AUTH_PUB, KitError
 from protocols.node_keys import public_key_of
 
@@ -66,7 +62,7 @@ class SuperLinkUnreachable(KitError):
 def check_enrolled(kit: NodeKit) -> None:
     """Return when the SuperLink at `kit.superlink` accepts the kit's node-auth key; raise
     `KitError` (one paragraph) otherwise, `SuperLinkUnreachable` when it did not answer."""
-    key = _load_private_key(kit.auth_private_key)
+    key = load_auth_private_key(kit.auth_private_key)
     fingerprint = public_key_of(key).fingerprint
     try:
         with FleetHttpClient(f"https://{kit.superlink}",
@@ -150,21 +146,6 @@ def _deactivate(client: FleetHttpClient, node_id: int) -> None:
     """Undo an activation the probe was not meant to cause (a Flower that validates the
     interval after activating): the node goes back offline, still registered."""
     client.DeactivateNode(DeactivateNodeRequest(node_id=node_id))
-
-
-def _load_private_key(path: Path) -> ec.EllipticCurvePrivateKey:
-    """The key as `flower-supernode --auth-supernode-private-key` loads it (the kit check
-    has already refused a key that is not the enrolled one's private half)."""
-    try:
-        key = load_ssh_private_key(path.read_bytes(), None)
-    except OSError as exc:
-        raise KitError(f"Cannot read the node-auth key {path}: {exc.strerror}.") from None
-    except (ValueError, UnsupportedAlgorithm):
-        key = None
-    if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise KitError(f"{path} is not an OpenSSH EC private key; use the node-auth.key "
-                       "that `fedsynth-node keygen` wrote.")
-    return key
 
 
 class _RuntimeVersionHeaders:
